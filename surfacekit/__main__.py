@@ -1,0 +1,3 @@
+from surfacekit.app import main
+
+main()

@@ -1,0 +1,108 @@
+"""``task=train``: train a population on a data set and write ``results.h5`` with members, curves, params."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from surfacekit.config import DTYPES, ConfigError, check_memory, resolve_device, validate_training
+from surfacekit.data import Dataset, load_data
+from surfacekit.models import MLPSpec, num_params, spec_from_config
+from surfacekit.population import init_population, member_seed
+from surfacekit.store import RESULTS_NAME, now_iso, write_results
+from surfacekit.tasks._common import completed_results, job_attributes
+from surfacekit.train.common import TrainResult
+
+SUMMARY_COLUMNS = ["member", "final_train_loss", "final_test_loss", "train_error", "test_error", "grad_norm", "diverged"]
+
+
+def build(cfg: DictConfig) -> tuple[MLPSpec, Dataset, list[int]]:
+    """Validated spec, data on the job's device and dtype, and member seeds."""
+    validate_training(cfg)
+    device = resolve_device(cfg.device)
+    data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, DTYPES[cfg.dtype])
+    spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)
+    check_memory(cfg, num_params(spec), len(data.x_train))
+    first = int(cfg.population.first_member)
+    seeds = [member_seed(cfg.seed, first + k) for k in range(int(cfg.population.size))]
+    return spec, data, seeds
+
+
+def trainer_module(method: str):
+    """The training-method module ``surfacekit.train.<method>`` (each has ``train(...) -> TrainResult``)."""
+    try:
+        return importlib.import_module(f"surfacekit.train.{method}")
+    except ModuleNotFoundError:
+        raise ConfigError(f"trainer.method={method!r} is unknown") from None
+
+
+def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: TrainResult) -> tuple[dict, dict]:
+    """HDF5 groups and axis names for a training result."""
+    curves = result.curves
+    first = int(cfg.population.first_member)
+    members = {
+        "member": np.arange(first, first + len(seeds)),
+        "seed": np.asarray(seeds, dtype=np.int64),
+        "lr_scale": np.asarray(cfg.population.get("lr_scale") or [1.0] * len(seeds), dtype=np.float64),
+        "width": np.full(len(seeds), spec.widths[0]),
+        "depth": np.full(len(seeds), len(spec.widths)),
+        "num_params": np.full(len(seeds), num_params(spec)),
+        "final_train_loss": curves["train_loss"][:, -1],
+        "final_test_loss": curves["test_loss"][:, -1],
+        "train_error": curves["train_error"][:, -1],
+        "test_error": curves["test_error"][:, -1],
+        "grad_norm": curves["grad_norm"][:, -1],
+        "diverged": result.diverged,
+        "converged": result.converged,
+        "steps": result.steps,
+    }
+    as_np = lambda params: {k: v.cpu().numpy() for k, v in params.items()}  # noqa: E731
+    groups: dict[str, dict[str, Any]] = {
+        "members": members,
+        "curves": {**curves, **result.extra_curves, "step": result.curve_steps, "epoch": result.curve_epochs},
+        "params": as_np(result.params),
+        "init_params": as_np(result.init_params),
+    }
+    dims = {"members": "member", "curves": "member,eval", "curves/step": "eval", "curves/epoch": "eval",
+            "params": "member,...", "init_params": "member,..."}
+    if result.trajectory is not None:
+        groups["trajectory"] = {"theta": result.trajectory, "step": result.curve_steps}
+        dims.update({"trajectory/theta": "eval,member,param", "trajectory/step": "eval"})
+    return groups, dims
+
+
+def summary(members: dict[str, np.ndarray]) -> str:
+    """Per-member table (first 20 rows) with mean and std rows."""
+    frame = pd.DataFrame({c: members[c] for c in SUMMARY_COLUMNS}).set_index("member")
+    shown = frame.head(20)
+    stats = frame.drop(columns="diverged").astype(float).agg(["mean", "std"])
+    stats["diverged"] = [frame["diverged"].sum(), np.nan]
+    more = f"\n... {len(frame) - 20} more members in the results file" if len(frame) > 20 else ""
+    return shown.to_string(float_format="%.4g") + more + "\n" + stats.to_string(float_format="%.4g")
+
+
+def run(cfg: DictConfig, out_dir: Path) -> Path:
+    """Train ``population.size`` networks and write ``out_dir/results.h5``."""
+    done = completed_results(cfg, out_dir)
+    if done:
+        return done
+    started = now_iso()
+    spec, data, seeds = build(cfg)
+    params = init_population(spec, seeds, DTYPES[cfg.dtype], data.x_train.device)
+    trainer = trainer_module(cfg.trainer.method)
+    lr_scale = cfg.population.get("lr_scale")
+    if lr_scale is not None:
+        lr_scale = torch.tensor(list(lr_scale), dtype=DTYPES[cfg.dtype], device=data.x_train.device)
+    result = trainer.train(spec, data, params, seeds, cfg.optimizer, cfg.trainer, cfg.model.loss,
+                           chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale)
+    groups, dims = result_groups(cfg, spec, seeds, result)
+    path = write_results(out_dir / RESULTS_NAME, groups, job_attributes(cfg, started), dims)
+    print(summary(groups["members"]))
+    print(f"[surfacekit] {len(seeds)} networks, P={num_params(spec)} each -> {path}")
+    return path
