@@ -10,6 +10,7 @@ name in the same directory and renamed into place, so a killed job never leaves 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -121,12 +123,32 @@ def write_results(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, A
     return path
 
 
+@contextmanager
+def _exclusive(path: Path):
+    """Serialize writers of one results file across processes (a lock file beside it)."""
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def add_groups(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, Any] | None = None,
                dims: Mapping[str, str] | None = None) -> Path:
-    """Add or replace groups in an existing results file without risking it: copy, write, rename."""
+    """Add or replace groups in an existing results file without risking it: copy, write, rename.
+
+    Concurrent callers on one file are serialized, so two tasks adding groups never lose each other's.
+    """
     path = Path(path)
     check_results(path)
     tmp = _temporary(path)
+    with _exclusive(path):
+        _add_groups(path, tmp, groups, attrs, dims)
+    return path
+
+
+def _add_groups(path: Path, tmp: Path, groups: Groups, attrs, dims) -> None:
     try:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:
@@ -135,7 +157,6 @@ def add_groups(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, Any]
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def check_results(path: str | os.PathLike) -> str:

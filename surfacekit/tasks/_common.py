@@ -1,7 +1,8 @@
-"""What every task shares: the job's provenance attributes and the resume check."""
+"""What every task shares: provenance attributes, the resume check, reloading finished jobs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from surfacekit.store import RESULTS_NAME, ResultsError, check_results, now_iso, provenance
+from surfacekit.config import ConfigError
+from surfacekit.data import Dataset, load_data
+from surfacekit.models import MLPSpec, spec_from_config
+from surfacekit.population import Params
+from surfacekit.store import RESULTS_NAME, ResultsError, check_results, load_config, load_group, now_iso, provenance
 
 
 def job_attributes(cfg: DictConfig, started: str) -> dict[str, Any]:
@@ -43,3 +48,40 @@ def completed_results(cfg: DictConfig, out_dir: Path) -> Path | None:
     print(f"[surfacekit] resume: {path} is complete, skipping this job")
     return path
 
+
+
+@dataclass
+class Job:
+    """A finished training job rebuilt from its results file: spec, data and parameters in float64."""
+
+    path: Path
+    cfg: DictConfig
+    spec: MLPSpec
+    data: Dataset
+    params: Params
+    init_params: Params
+
+
+def source_files(source: str | None) -> list[Path]:
+    """Results files named by ``source=``: one file, or every job's results.h5 in a sweep directory."""
+    if not source:
+        raise ConfigError("source is not set: name a results.h5 file or a sweep directory (source=PATH)")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob(f"*/{RESULTS_NAME}"), key=lambda p: (len(p.parent.name), p.parent.name))
+        if not files:
+            raise ConfigError(f"source={path}: no */{RESULTS_NAME} in this directory")
+        return files
+    check_results(path)
+    return [path]
+
+
+def load_job(path: Path, device: str | torch.device = "cpu") -> Job:
+    """Rebuild a training job's spec and data from its stored config, with its parameters, in float64."""
+    if check_results(path) != "job":
+        raise ResultsError(f"{path}: a sweep file; name a job's results.h5 or the sweep directory")
+    cfg = OmegaConf.create(load_config(path))
+    data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, torch.float64)
+    spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)
+    as_torch = lambda group: {k: torch.from_numpy(v).to(device, torch.float64) for k, v in load_group(path, group).items()}  # noqa: E731
+    return Job(path, cfg, spec, data, as_torch("params"), as_torch("init_params"))
