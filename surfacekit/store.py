@@ -33,6 +33,7 @@ import surfacekit
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.h5"
 SWEEP_NAME = "sweep.h5"
+FAILURE_NAME = "error.txt"  # written by a failed job of a sweep
 
 Groups = Mapping[str, Mapping[str, Any]]
 
@@ -180,9 +181,10 @@ def check_results(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------------- merge
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
-    """Job directories of a Hydra multirun: those with a .hydra folder or a results file."""
+    """Job directories of a Hydra multirun: those with a .hydra folder, a results file or a failure note."""
+    markers = (".hydra", RESULTS_NAME, FAILURE_NAME)
     return sorted(
-        (p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / RESULTS_NAME).exists())),
+        (p for p in sweep_dir.iterdir() if p.is_dir() and any((p / m).exists() for m in markers)),
         key=lambda p: (len(p.name), p.name),
     )
 
@@ -208,7 +210,9 @@ def merge(sweep_dir: str | os.PathLike, output: str | os.PathLike | None = None)
                 name = job_dir.name
                 path = job_dir / RESULTS_NAME
                 if not path.exists():
-                    skipped[name] = "no results.h5 (job failed, still running or was killed)"
+                    failure = job_dir / FAILURE_NAME
+                    skipped[name] = (f"failed: {failure.read_text().strip().splitlines()[-1]}" if failure.exists()
+                                     else "no results.h5 (job failed, still running or was killed)")
                     continue
                 try:
                     if check_results(path) != "job":

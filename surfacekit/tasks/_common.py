@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -17,12 +19,21 @@ from surfacekit.population import Params
 from surfacekit.store import RESULTS_NAME, ResultsError, check_results, load_config, load_group, now_iso, provenance
 
 
+def job_overrides() -> list[str]:
+    """The command-line overrides of this job ([] outside Hydra)."""
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def _comparable(overrides: list[str]) -> list[str]:
+    return sorted(o for o in overrides if o.split("=")[0].lstrip("+~") not in ("resume", "progress"))
+
+
 def job_attributes(cfg: DictConfig, started: str) -> dict[str, Any]:
     """Root attributes of a job's results file: provenance, config, overrides, threads, device, times."""
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:
-        overrides = []
+    overrides = job_overrides()
     return {
         **provenance(),
         "kind": "job",
@@ -37,13 +48,17 @@ def job_attributes(cfg: DictConfig, started: str) -> dict[str, Any]:
 
 
 def completed_results(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """With ``resume=true``, the job's complete results file if one exists (the job is then skipped)."""
+    """With ``resume=true``, the job's complete results file, if one exists for the same overrides (then skip the job)."""
     path = out_dir / RESULTS_NAME
     if not cfg.get("resume", False) or not path.exists():
         return None
     try:
         check_results(path)
-    except ResultsError:
+        with h5py.File(path, "r") as f:
+            stored = json.loads(f.attrs.get("overrides", "[]"))
+    except (ResultsError, OSError, ValueError):
+        return None
+    if _comparable(stored) != _comparable(job_overrides()):
         return None
     print(f"[surfacekit] resume: {path} is complete, skipping this job")
     return path
