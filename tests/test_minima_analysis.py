@@ -1,0 +1,70 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from surfacekit import store
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "analyses"))
+import minima_histograms  # noqa: E402
+
+
+def fake_sweep(tmp_path, widths=(5, 25), k=40):
+    rng = np.random.default_rng(0)
+    for job, width in enumerate(widths):
+        train = rng.normal(1.0 / width, 0.1 / width, k)
+        test = train + rng.normal(0, 0.02 / width, k)
+        diverged = np.zeros(k, dtype=bool)
+        diverged[0] = True
+        members = {"member": np.arange(k), "width": np.full(k, width), "final_train_loss": train,
+                   "final_test_loss": test, "test_error": np.full(k, 0.1), "diverged": diverged}
+        (tmp_path / str(job)).mkdir()
+        store.write_results(tmp_path / str(job) / "results.h5", {"members": members},
+                            {**store.provenance(), "kind": "job", "config": "", "overrides": [f"model.width={width}"]})
+    return tmp_path
+
+
+def test_width_table_and_outputs(tmp_path):
+    sweep = fake_sweep(tmp_path)
+    assert minima_histograms.main([str(sweep), "--bootstrap", "100"]) == 0
+    out = sweep / "analysis" / "minima_histograms"
+    for name in ("test_loss_histograms.png", "test_loss_histograms.pdf", "train_loss_histograms.png",
+                 "test_loss_std_vs_width.png", "minima_by_width.md", "std_ratios.csv"):
+        assert (out / name).stat().st_size > 0
+    table = pd.read_csv(out / "minima_by_width.csv")
+    members = store.load_members(sweep / "sweep.h5")
+    ok = members[(members.width == 25) & ~members.diverged]
+    row = table[table.width == 25].iloc[0]
+    assert row.diverged == 1 and row.networks == 40
+    assert row.test_std == pytest.approx(ok.final_test_loss.std())
+    assert row.pearson_r == pytest.approx(np.corrcoef(ok.final_train_loss, ok.final_test_loss)[0, 1])
+    assert row.r_ci_low <= row.pearson_r <= row.r_ci_high
+    assert row.published_r == 0.7616
+    ratios = pd.read_csv(out / "std_ratios.csv")
+    assert ratios.ratio.tolist() == ["std(5)/std(25)"] and ratios.ci90_low[0] > 1.2
+
+
+def test_bad_source_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "analyses" / "minima_histograms.py"), str(tmp_path / "x.h5")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no such results file" in out.stderr
+
+
+@pytest.mark.slow
+def test_choromanska_properties_at_reduced_size(tmp_path):
+    """The figure's properties on digits, 40 networks per width (the full sweep uses 100)."""
+    cmd = [sys.executable, "-m", "surfacekit", "-m", "experiment=choromanska", "population.size=40", "progress=false",
+           f"hydra.sweep.dir={tmp_path}/s"]
+    assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=3000).returncode == 0
+    members = store.load_members(tmp_path / "s" / "sweep.h5")
+    ok = members[~members.diverged]
+    by_width = ok.groupby("width").final_test_loss
+    assert by_width.mean().is_monotonic_decreasing and by_width.max().is_monotonic_decreasing
+    ratios = minima_histograms.std_ratio_table(members, 1000)
+    assert (ratios.ci90_low > 1.2).all()
+    table = minima_histograms.width_table(members, 200)
+    assert table.pearson_r.iloc[0] > 0.6 and table.pearson_r.iloc[-2:].mean() < 0.5
