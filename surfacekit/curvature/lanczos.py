@@ -134,14 +134,15 @@ def eigsh(
     tol: float = 1e-10,
     max_hvps: int = 1000,
     max_basis: int | None = None,
+    floor: float = 1e-6,
     deflate: Tensor | None = None,
     like: Tensor | None = None,
     seed: int | None = 0,
 ) -> EigenResult:
     """``k`` extreme eigenpairs of a symmetric operator of order ``size`` by thick-restart Lanczos.
 
-    Convergence of a Ritz pair (theta, y): ``||H y - theta y|| <= tol * max(|theta|, 1e-6 ||H||)``
-    (the residual bounds the eigenvalue error). The basis grows to ``max_basis`` vectors (default
+    Convergence of a Ritz pair (theta, y): ``||H y - theta y|| <= tol * max(|theta|, floor ||H||)``
+    (the residual bounds the eigenvalue error; ||H|| is estimated by the largest |Ritz value|). The basis grows to ``max_basis`` vectors (default
     ``max(2k + 20, 160)``), then restarts keeping the wanted Ritz vectors and half the rest.
     ``deflate`` [q, P] excludes a subspace (e.g. already-locked eigenvectors). Returns
     ``converged=False`` (without raising) when ``max_hvps`` products did not suffice.
@@ -175,7 +176,7 @@ def eigsh(
                 basis[j + 1] = w / beta
             residuals = beta * s[-1].abs()
             want = _select(theta, min(k, j + 1), which)
-            bound = tol * torch.clamp(theta[want].abs(), min=1e-6 * norm_est)
+            bound = tol * torch.clamp(theta[want].abs(), min=floor * norm_est)
             done = len(want) == k and bool((residuals[want] <= bound).all())
             if done or hvps >= max_hvps or j + 1 == avail:
                 vecs = s[:, want].T @ basis[: j + 1]

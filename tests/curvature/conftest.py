@@ -11,6 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 
 torch.set_default_dtype(torch.float64)
+torch.set_num_threads(1)  # tiny float64 products: threading overhead dominates on small machines
 
 
 @dataclass
