@@ -61,10 +61,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / b.abs()).max())
 
 
+class Rows(list):
+    """Table rows that are also printed as they arrive (long runs show progress)."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        print(f"  {row[0]}: {row[1]}", flush=True)
+        super().append(row)
+
+
 def bench(hidden: int, steps: int, index_cap: int) -> list[tuple[str, str]]:
     loss_fn, theta = digits_mlp(hidden, steps)
     p = theta.numel()
-    rows = [("P", f"{p}"), ("train loss", f"{float(loss_fn(theta)):.2e}")]
+    rows = Rows()
+    rows.append(("P", f"{p}"))
+    rows.append(("train loss", f"{float(loss_fn(theta)):.2e}"))
     t_dense, eig = timed(lambda: torch.linalg.eigvalsh(dense_hessian(loss_fn, theta)), repeat=1)
     rows.append(("dense Hessian + eigvalsh (s)", f"{t_dense:.1f}"))
     scale = float(eig.abs().max())
