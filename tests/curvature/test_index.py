@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from conftest import toy_loss
+from surfacekit.curvature import index
+
+
+@pytest.mark.parametrize("relative", [1e-6, 1e-5, 1e-3])
+def test_index_equals_dense_count(mlp, relative):
+    scale = mlp.eigenvalues.abs().max()
+    res = index(mlp.loss_fn, mlp.theta, relative_threshold=relative)
+    expected = int((mlp.eigenvalues < -relative * scale).sum())
+    assert res.method == "dense" and not res.at_least
+    assert res.count == expected and res.fraction == expected / mlp.theta.numel()
+    assert math.isclose(res.threshold, -relative * float(scale), rel_tol=1e-12)
+    assert math.isclose(res.relative_threshold, -relative, rel_tol=1e-12)
+    # the problem is meant to be hard: many near-zero eigenvalues around the threshold
+    assert (mlp.eigenvalues.abs() < 1e-4 * scale).sum() > 100 and 0 < expected < 100
+
+
+@pytest.mark.parametrize("threshold", [None, -1e-3, -1e-6])
+def test_lanczos_path_agrees_with_dense(small_mlp, threshold):
+    dense = index(small_mlp.loss_fn, small_mlp.theta, threshold, method="dense")
+    lanc = index(small_mlp.loss_fn, small_mlp.theta, threshold, method="lanczos", block=4)
+    assert lanc.method == "lanczos"
+    assert lanc.count == dense.count == int((small_mlp.eigenvalues < dense.threshold).sum())
+    assert math.isclose(lanc.threshold, dense.threshold, rel_tol=1e-10)
+
+
+def test_cap_gives_at_least(small_mlp):
+    res = index(small_mlp.loss_fn, small_mlp.theta, method="lanczos", cap=5, block=4)
+    assert res.count == 5 and res.at_least
+    exact = index(small_mlp.loss_fn, small_mlp.theta, method="lanczos", cap=1000)
+    assert exact.count > 5 and not exact.at_least
+
+
+def test_threshold_zero_warns(mlp):
+    with pytest.warns(UserWarning, match="not numerically resolvable"):
+        res = index(mlp.loss_fn, mlp.theta, threshold=0.0)
+    # Two exact Hessians (stacked HVPs vs torch.func.hessian) disagree on the sign of the
+    # rounding-level eigenvalues, which is exactly why 0 is not a usable threshold.
+    tiny = int((mlp.eigenvalues.abs() < 1e-10 * mlp.eigenvalues.abs().max()).sum())
+    assert tiny > 0
+    assert abs(res.count - int((mlp.eigenvalues < 0).sum())) <= tiny
+
+
+@pytest.mark.parametrize("method", ["dense", "lanczos"])
+def test_toy_surface(method):
+    origin = torch.zeros(2)
+    w = math.sqrt(1.46)
+    for point, expected in [(origin, 1), (torch.tensor([w, w]), 0), (torch.tensor([-w, -w]), 0)]:
+        grad = torch.func.grad(toy_loss)(point)
+        assert grad.norm() < 1e-12
+        assert index(toy_loss, point, method=method).count == expected
+
+
+def test_rejects_unknown_method(mlp):
+    with pytest.raises(ValueError):
+        index(mlp.loss_fn, mlp.theta, method="density")
