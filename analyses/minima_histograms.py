@@ -81,10 +81,12 @@ def std_ratio_table(members: pd.DataFrame, n_boot: int) -> pd.DataFrame:
 
 def histogram_figure(members: pd.DataFrame, column: str, label: str) -> plt.Figure:
     ok = members[~members["diverged"].astype(bool)]
+    widths = [str(w) for w in sorted(ok.width.unique())]
+    ok = ok.assign(hidden_units=ok.width.astype(str))
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(ok[column].min(), ok[column].max(), 60)
-    sns.histplot(ok, x=column, hue="width", bins=bins, element="step", stat="density", common_norm=False,
-                 palette="viridis", ax=ax)
+    sns.histplot(ok, x=column, hue="hidden_units", hue_order=widths, bins=bins, element="step", stat="density",
+                 common_norm=False, palette=sns.color_palette("viridis", len(widths)), ax=ax)
     ax.set_xlabel(label)
     ax.set_title(f"{label} at the endpoints, per width")
     return fig

@@ -17,6 +17,7 @@ from surfacekit.models import MLPSpec, num_params, spec_from_config
 from surfacekit.population import init_population, member_seed
 from surfacekit.store import RESULTS_NAME, now_iso, write_results
 from surfacekit.tasks._common import completed_results, job_attributes
+from surfacekit.tasks.spectrum import spectrum_for_file
 from surfacekit.train.common import TrainResult
 
 SUMMARY_COLUMNS = ["member", "final_train_loss", "final_test_loss", "train_error", "test_error", "grad_norm", "diverged"]
@@ -103,6 +104,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
                            chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale)
     groups, dims = result_groups(cfg, spec, seeds, result)
     path = write_results(out_dir / RESULTS_NAME, groups, job_attributes(cfg, started), dims)
+    if cfg.spectrum.get("after_training", False):
+        spectrum_for_file(path, OmegaConf.to_container(cfg.spectrum, resolve=True), cfg.device, cfg.progress)
     print(summary(groups["members"]))
     print(f"[surfacekit] {len(seeds)} networks, P={num_params(spec)} each -> {path}")
     return path
