@@ -20,6 +20,7 @@ SETTINGS = {"members": None, "top_k": 3, "bottom_k": 3, "tol": 1e-8, "max_steps"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sweep") / "0"
+    run_dir.mkdir()
     cmd = [sys.executable, "-m", "surfacekit", "population.size=2", "trainer.epochs=5", "model.width=3",
            "data.train_size=150", "progress=false", "threads=1", f"hydra.run.dir={run_dir}"]
     assert subprocess.run(cmd, cwd=run_dir, capture_output=True).returncode == 0
