@@ -39,3 +39,12 @@ def test_cli_runs_every_trainer(tmp_path):
             assert inverse["inverse.2.weight"].shape == (2, 6, 6)
             with h5py.File(path) as f:
                 assert "inverse.2.weight" not in f["params"]
+    # the comparison analysis reads the merged sweep and writes figures and a table
+    sys.path.insert(0, str(ROOT / "analyses"))
+    import training_methods
+
+    assert training_methods.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "figs")]) == 0
+    for name in ("endpoint_loss_histograms", "learning_curves", "cosine_to_backprop"):
+        assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "figs" / f"{name}.pdf").stat().st_size > 0
+    assert "penalty" in (tmp_path / "figs" / "summary.md").read_text()
