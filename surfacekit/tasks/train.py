@@ -72,6 +72,10 @@ def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: Trai
     }
     dims = {"members": "member", "curves": "member,eval", "curves/step": "eval", "curves/epoch": "eval",
             "params": "member,...", "init_params": "member,..."}
+    if result.aux_params:
+        groups["aux_params"] = as_np(result.aux_params)
+        groups["init_aux_params"] = as_np(result.init_aux_params)
+        dims.update({"aux_params": "member,...", "init_aux_params": "member,..."})
     if result.trajectory is not None:
         groups["trajectory"] = {"theta": result.trajectory, "step": result.curve_steps}
         dims.update({"trajectory/theta": "eval,member,param", "trajectory/step": "eval"})

@@ -24,7 +24,9 @@ class TrainResult:
     params / init_params: stacked [K, ...]; curves: name -> [K, T] at ``curve_steps`` [T] and
     ``curve_epochs`` [T]; diverged / converged: [K] bool; steps: [K] optimizer steps taken by each
     member before it froze or training ended; trajectory: [T, K, P] flat snapshots at
-    ``curve_steps`` when requested, else None; extra_curves: method-specific curves [K, T] or [T].
+    ``curve_steps`` when requested, else None; extra_curves: method-specific curves [K, T] or [T];
+    aux_params / init_aux_params: a method's own stacked parameters [K, ...] that are not part of the
+    network (e.g. the inverse maps of target propagation), stored under /aux_params and /init_aux_params.
     """
 
     params: Params
@@ -37,6 +39,8 @@ class TrainResult:
     steps: np.ndarray
     trajectory: np.ndarray | None = None
     extra_curves: dict[str, np.ndarray] = field(default_factory=dict)
+    aux_params: Params = field(default_factory=dict)
+    init_aux_params: Params = field(default_factory=dict)
 
 
 def member_generators(seeds: list[int], device: str | torch.device) -> list[torch.Generator]:
