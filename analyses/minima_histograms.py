@@ -31,18 +31,6 @@ PUBLISHED_PEARSON = {25: 0.7616, 50: 0.6861, 100: 0.5983, 250: 0.5302, 500: 0.40
 STD_RATIOS = [(5, 25), (10, 250)]
 
 
-def results_path(source: Path) -> Path:
-    """A results or sweep file for ``source``; a sweep directory is merged first when it has no sweep.h5."""
-    if source.is_dir():
-        merged = source / store.SWEEP_NAME
-        if not merged.exists():
-            report = store.merge(source)
-            for job, reason in report["skipped"].items():
-                print(f"skipped job {job}: {reason}", file=sys.stderr)
-        return merged
-    return source
-
-
 def width_table(members: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     """One row per width: loss statistics, correlation with CI, published r, index summary."""
     rows = []
@@ -112,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     args = parser.parse_args(argv)
     try:
-        path = results_path(args.source)
+        path = store.results_file(args.source)
         members = store.load_members(path)
     except store.ResultsError as exc:
         print(f"minima_histograms: {exc}", file=sys.stderr)

@@ -276,6 +276,19 @@ class MergeCallback(Callback):
 
 # ----------------------------------------------------------------------------------- load
 
+def results_file(source: str | os.PathLike) -> Path:
+    """The file to load for ``source``: a results or sweep file as is; a sweep directory's sweep.h5,
+    merged first when absent (skipped jobs are reported on stderr)."""
+    source = Path(source)
+    if not source.is_dir():
+        return source
+    merged = source / SWEEP_NAME
+    if not merged.exists():
+        for job, reason in merge(source)["skipped"].items():
+            print(f"skipped job {job}: {reason}", file=sys.stderr)
+    return merged
+
+
 def _parse_overrides(text: str) -> dict[str, Any]:
     out = {}
     for item in json.loads(text) if text else []:
@@ -338,14 +351,16 @@ def load_members(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_group(path: str | os.PathLike, group: str, job: str | None = None) -> dict[str, np.ndarray]:
-    """All datasets of one group (e.g. 'curves', 'params', 'spectrum') of one job, as numpy arrays."""
+    """All datasets of one group (e.g. 'curves', 'params', 'spectrum') of one job, as numpy arrays,
+    in the order they were written (parameters in the model's canonical flattening order)."""
     f, g = _select(path, job)
     with f:
         if group not in g:
             raise ResultsError(f"{path}: job {job or ''!r} has no group /{group}")
         out = {}
         g[group].visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-        return out
+        order = json.loads(g[group].attrs.get("order", "[]"))
+        return {name: out[name] for name in order + sorted(set(out) - set(order))}
 
 
 def load_curves(path: str | os.PathLike, job: str | None = None) -> dict[str, np.ndarray]:

@@ -45,6 +45,15 @@ def test_spectrum_matches_dense_reference(trained):
     assert (members.lambda_max == arrays["top"][:, 0]).all()
 
 
+def test_reloaded_job_reproduces_stored_losses(trained):
+    job = load_job(trained)
+    d = job.data
+    loss_fn = member_loss_fn(job.spec, d.x_train, d.y_train, job.cfg.model.loss)
+    stored = store.load_members(trained).final_train_loss.to_numpy()
+    for k in range(2):
+        assert float(loss_fn(flatten(job.params)[k])) == pytest.approx(stored[k], rel=1e-5)  # trained in float32
+
+
 def test_bad_member_selection(trained):
     with pytest.raises(ConfigError, match="spectrum.members"):
         spectrum_for_file(trained, {**SETTINGS, "members": [7]}, progress=False)

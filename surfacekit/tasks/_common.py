@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from surfacekit.config import ConfigError
 from surfacekit.data import Dataset, load_data
-from surfacekit.models import MLPSpec, spec_from_config
+from surfacekit.models import MLPSpec, param_shapes, spec_from_config
 from surfacekit.population import Params
 from surfacekit.store import RESULTS_NAME, ResultsError, check_results, load_config, load_group, now_iso, provenance
 
@@ -92,11 +92,17 @@ def source_files(source: str | None) -> list[Path]:
 
 
 def load_job(path: Path, device: str | torch.device = "cpu") -> Job:
-    """Rebuild a training job's spec and data from its stored config, with its parameters, in float64."""
+    """Rebuild a training job's spec and data from its stored config, with its parameters, in float64.
+
+    Parameters come in the canonical order of ``models.param_shapes``, so ``flatten`` gives valid thetas.
+    """
     if check_results(path) != "job":
         raise ResultsError(f"{path}: a sweep file; name a job's results.h5 or the sweep directory")
     cfg = OmegaConf.create(load_config(path))
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, torch.float64)
     spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)
-    as_torch = lambda group: {k: torch.from_numpy(v).to(device, torch.float64) for k, v in load_group(path, group).items()}  # noqa: E731
+    def as_torch(group: str) -> Params:
+        arrays = load_group(path, group)
+        return {name: torch.from_numpy(arrays[name]).to(device, torch.float64) for name in param_shapes(spec)}
+
     return Job(path, cfg, spec, data, as_torch("params"), as_torch("init_params"))

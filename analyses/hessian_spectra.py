@@ -1,0 +1,124 @@
+"""Hessian spectra per width: spectral densities, index and top eigenvalues.
+
+    surfacekit -m model.width=5,10,25 ...                   # a training sweep
+    surfacekit task=spectrum source=outputs/multirun/DATE/TIME
+    python analyses/hessian_spectra.py outputs/multirun/DATE/TIME [--out DIR]
+
+Reads the ``/spectrum`` group of every job (a sweep directory, merged first if needed, a sweep.h5
+or one results.h5). Writes: the SLQ density per width (averaged over members, log y), the index
+fraction against width (every member, with its threshold stated), the top eigenvalues against
+width, and a table per width (PNG + PDF + CSV + markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from surfacekit import store
+from surfacekit.curvature import SpectralDensity, density_on_grid
+from surfacekit.plots import save_figure, save_table
+
+
+def load_spectra(path: Path) -> dict[int, dict[str, np.ndarray]]:
+    """width -> spectrum arrays of the analysed members of all jobs with that width."""
+    out: dict[int, dict[str, list[np.ndarray]]] = {}
+    for job in store.list_jobs(path):
+        try:
+            spectrum = store.load_group(path, "spectrum", job or None)
+        except store.ResultsError:
+            continue
+        width = int(store.load_group(path, "members", job or None)["width"][0])
+        ok = spectrum["analysed"]
+        for key, value in spectrum.items():
+            out.setdefault(width, {}).setdefault(key, []).append(value[ok])
+    return {w: {k: np.concatenate(v) for k, v in d.items()} for w, d in sorted(out.items())}
+
+
+def index_threshold_label(path: Path) -> str:
+    with h5py.File(path, "r") as f:
+        groups = [f] if f.attrs["kind"] == "job" else [f["jobs"][j] for j in json.loads(f.attrs["jobs"])]
+        values = {float(g.attrs["spectrum_relative_threshold"]) for g in groups if "spectrum_relative_threshold" in g.attrs}
+    return ", ".join(f"lambda < -{v:g} max|lambda|" for v in sorted(values)) or "absolute threshold"
+
+
+def density_figure(spectra: dict[int, dict[str, np.ndarray]]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = sns.color_palette("viridis", len(spectra))
+    for color, (width, s) in zip(colors, spectra.items()):
+        nodes = s["density_nodes"].reshape(-1, s["density_nodes"].shape[-1])
+        weights = s["density_weights"].reshape(nodes.shape) / len(s["density_nodes"])
+        density = SpectralDensity(torch.from_numpy(nodes), torch.from_numpy(weights), 0)
+        grid, values = density_on_grid(density, num_points=2000)
+        ax.semilogy(grid.numpy(), np.maximum(values.numpy(), 1e-8), color=color, label=f"{width}")
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (SLQ, mean over members)")
+    ax.set_ylim(bottom=1e-6)
+    ax.legend(title="hidden units")
+    return fig
+
+
+def per_width_table(spectra: dict[int, dict[str, np.ndarray]]) -> pd.DataFrame:
+    rows = []
+    for width, s in spectra.items():
+        rows.append({
+            "width": width, "networks": len(s["top"]),
+            "lambda_max_mean": s["top"][:, 0].mean(), "lambda_max_std": s["top"][:, 0].std(ddof=1) if len(s["top"]) > 1 else np.nan,
+            "lambda_min_mean": s["bottom"][:, 0].mean(), "trace_mean": s["trace"].mean(),
+            "index_fraction_mean": s["index_fraction"].mean(), "index_count_mean": s["index_count"].mean(),
+            "fraction_minima": float((s["index_count"] == 0).mean()),
+            "index_lower_bounds": int(s["index_at_least"].sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def scatter_figure(spectra, key: str, column: int | None, ylabel: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for width, s in spectra.items():
+        values = s[key] if column is None else s[key][:, column]
+        jitter = width * np.exp(np.random.default_rng(width).normal(0, 0.04, len(values)))
+        ax.scatter(jitter, values, s=8, alpha=0.5)
+        ax.plot([width], [np.mean(values)], "k_", markersize=14)
+    ax.set_xscale("log")
+    ax.set_xlabel("hidden units")
+    ax.set_ylabel(ylabel)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="sweep directory, sweep.h5 or results.h5 (after task=spectrum)")
+    parser.add_argument("--out", type=Path, help="output directory")
+    args = parser.parse_args(argv)
+    try:
+        path = store.results_file(args.source)
+        spectra = load_spectra(path)
+    except store.ResultsError as exc:
+        print(f"hessian_spectra: {exc}", file=sys.stderr)
+        return 2
+    if not spectra:
+        print(f"hessian_spectra: {path} has no /spectrum group; run surfacekit task=spectrum source=... first", file=sys.stderr)
+        return 2
+    out = args.out or (path.parent / "analysis" / "hessian_spectra")
+    table = per_width_table(spectra)
+    save_table(table, out, "spectra_by_width")
+    save_figure(density_figure(spectra), out, "density_per_width")
+    save_figure(scatter_figure(spectra, "index_fraction", None, f"index fraction\n({index_threshold_label(path)})"),
+                out, "index_vs_width")
+    save_figure(scatter_figure(spectra, "top", 0, "largest eigenvalue"), out, "top_eigenvalue_vs_width")
+    print(table.to_string(index=False, float_format="%.4g"))
+    print(f"wrote figures and tables to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
