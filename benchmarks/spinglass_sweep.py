@@ -17,37 +17,33 @@ import torch
 from surfacekit.spinglass import simulate, thresholds
 
 
-def sweep(sizes, p, samples, starts, method, seed, tol, max_steps):
-    rows = []
-    for n in sizes:
-        t0 = time.perf_counter()
-        runs = [
-            simulate(n, p, starts, seed=seed + 1000 * n + k, method=method, tol=tol, max_steps=max_steps)
-            for k in range(samples)
-        ]
-        wall = time.perf_counter() - t0
-        res = {key: np.concatenate([r[key] for r in runs]) for key in runs[0]}
-        e = res["energy_per_n"]
-        sample_means = np.array([r["energy_per_n"].mean() for r in runs])
-        rows.append(
-            {
-                "N": n,
-                "count": e.size,
-                "mean": e.mean(),
-                "sem": e.std(ddof=1) / np.sqrt(e.size),
-                "std": e.std(ddof=1),
-                "std_samples": sample_means.std(ddof=1) if samples > 1 else np.nan,
-                "min": e.min(),
-                "max": e.max(),
-                "in_band": np.mean((e > -1.75) & (e < -1.25)),
-                "median_grad": np.median(res["grad_norm"]),
-                "converged": res["converged"].mean(),
-                "index0": np.mean(res["index"] == 0) if "index" in res else np.nan,
-                "median_steps": np.median(res["steps"]),
-                "wall_s": wall,
-            }
-        )
-    return rows
+def measure(n, p, samples, starts, method, seed, tol, max_steps):
+    """Summary statistics of the endpoints at one size N (one dict)."""
+    t0 = time.perf_counter()
+    runs = [
+        simulate(n, p, starts, seed=seed + 1000 * n + k, method=method, tol=tol, max_steps=max_steps)
+        for k in range(samples)
+    ]
+    wall = time.perf_counter() - t0
+    res = {key: np.concatenate([r[key] for r in runs]) for key in runs[0]}
+    e = res["energy_per_n"]
+    sample_means = np.array([r["energy_per_n"].mean() for r in runs])
+    return {
+        "N": n,
+        "count": e.size,
+        "mean": e.mean(),
+        "sem": e.std(ddof=1) / np.sqrt(e.size),
+        "std": e.std(ddof=1),
+        "std_samples": sample_means.std(ddof=1) if samples > 1 else np.nan,
+        "min": e.min(),
+        "max": e.max(),
+        "in_band": np.mean((e > -1.75) & (e < -1.25)),
+        "median_grad": np.median(res["grad_norm"]),
+        "converged": res["converged"].mean(),
+        "index0": np.mean(res["index"] == 0) if "index" in res else np.nan,
+        "median_steps": np.median(res["steps"]),
+        "wall_s": wall,
+    }
 
 
 def fit_threshold(rows, e_inf):
@@ -73,24 +69,27 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-7)
     parser.add_argument("--max-steps", type=int, default=20_000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     e_0, e_inf = thresholds(args.p)
     print(f"p = {args.p}: -E_0 = {-e_0:.6f}, -E_inf = {-e_inf:.6f}; threads = {args.threads}")
     for method in args.methods:
-        rows = sweep(args.sizes, args.p, args.samples, args.starts, method, args.seed, args.tol, args.max_steps)
         print(f"\nmethod = {method}  ({args.samples} disorder samples x {args.starts} starts per N)")
         print(
             f"{'N':>5} {'count':>5} {'mean':>8} {'sem':>7} {'std':>7} {'std_smp':>7} {'min':>8} "
             f"{'max':>8} {'in_band':>7} {'med|g|':>9} {'conv':>5} {'idx0':>5} {'med_st':>6} {'wall_s':>7}"
         )
-        for r in rows:
+        rows = []
+        for n in args.sizes:
+            r = measure(n, args.p, args.samples, args.starts, method, args.seed, args.tol, args.max_steps)
+            rows.append(r)
             print(
                 f"{r['N']:>5} {r['count']:>5} {r['mean']:>8.4f} {r['sem']:>7.4f} {r['std']:>7.4f} "
                 f"{r['std_samples']:>7.4f} {r['min']:>8.4f} {r['max']:>8.4f} {r['in_band']:>7.3f} "
                 f"{r['median_grad']:>9.2e} {r['converged']:>5.2f} {r['index0']:>5.2f} "
-                f"{r['median_steps']:>6.0f} {r['wall_s']:>7.1f}"
+                f"{r['median_steps']:>6.0f} {r['wall_s']:>7.1f}",
+                flush=True,
             )
         means = [r["mean"] for r in rows]
         print("mean falls with N:", all(a > b for a, b in zip(means, means[1:])))

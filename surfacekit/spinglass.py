@@ -277,7 +277,7 @@ def gradient_descent(
     the endpoint), steps [S] (updates made), converged [S] bool.
     """
     s = w0.shape[0]
-    w = retract(w0.clone())
+    w = retract(w0)
     steps = torch.full((s,), max_steps, dtype=torch.int64, device=w.device)
     active = torch.arange(s, device=w.device)
     for t in range(max_steps):
@@ -315,7 +315,7 @@ def stochastic_gradient_descent(
     ``pieces`` [P, N, ..., N] (see ``split_couplings``; the full couplings are their sum over
     sqrt(P)); step t: w <- retract(w - lr / (1 + lr_decay t) * grad_R H_k(w)). Returns w [S, N].
     """
-    w = retract(w0.clone())
+    w = retract(w0)
     for t in range(num_steps):
         g = riemannian_gradient(pieces[t % pieces.shape[0]], w)
         w = retract(w - (lr / (1.0 + lr_decay * t)) * g)
