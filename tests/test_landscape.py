@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -149,8 +151,14 @@ def test_batch_norm_network_slices(digits64):
 
 # ------------------------------------------------------------------------------- CLI task
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "surfacekit", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    # Import this checkout's surfacekit, not whichever one is installed (an editable install may point elsewhere).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return subprocess.run([sys.executable, "-m", "surfacekit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
 
 
 def test_cli_landscape_task_writes_landscape_group(tmp_path):
@@ -185,7 +193,42 @@ def test_cli_landscape_task_writes_landscape_group(tmp_path):
 def test_cli_bad_source_is_one_line(tmp_path):
     out = cli("task=landscape", "+landscape=default", f"source={tmp_path}/missing.h5", f"hydra.run.dir={tmp_path}/x", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "missing.h5" in out.stderr
+    assert out.stderr.strip().splitlines() == [f"surfacekit: error: {tmp_path}/missing.h5: no such results file"]
+
+
+def compose_landscape(overrides):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="surfacekit.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=["task=landscape", "+landscape=default", *overrides])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ([], "source is not set"),
+    (["source=NOWHERE/missing.h5"], "no such results file"),
+    (["source=NOWHERE/junk.h5"], "not a readable HDF5 file"),
+    (["source=NOWHERE"], "no \\*/results.h5 in this directory"),
+    (["source=NOWHERE/missing.h5", "landscape.kind=slice3d"], "landscape.kind"),
+    (["source=NOWHERE/missing.h5", "landscape.slice.normalization=unit"], "landscape.slice.normalization"),
+    (["source=NOWHERE/missing.h5", "landscape.interpolation.pairs=some"], "landscape.interpolation.pairs"),
+])
+def test_bad_task_input_names_the_problem(tmp_path, overrides, message):
+    from surfacekit.app import USER_ERRORS
+    from surfacekit.tasks import landscape as task
+
     (tmp_path / "junk.h5").write_text("not hdf5")
-    out = cli("task=landscape", "+landscape=default", f"source={tmp_path}/junk.h5", f"hydra.run.dir={tmp_path}/y", cwd=tmp_path)
-    assert out.returncode == 2 and "not a readable HDF5" in out.stderr and "Traceback" not in out.stderr
+    cfg = compose_landscape([o.replace("NOWHERE", str(tmp_path)) for o in overrides])
+    with pytest.raises(USER_ERRORS, match=message):
+        task.run(cfg, tmp_path)
+
+
+def test_missing_landscape_group_says_how_to_add_it(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from surfacekit.config import ConfigError
+    from surfacekit.tasks import landscape as task
+
+    with initialize_config_module(config_module="surfacekit.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["task=landscape"])
+    with pytest.raises(ConfigError, match=r"\+landscape=default"):
+        task.run(cfg, tmp_path)
