@@ -61,7 +61,7 @@ def test_gradient_descent_lr025_decreases_monotonically_lr035_oscillates():
     s = toy.surface("two_minima")
     path, losses = toy.optimize(s.loss_fn, s.start, {"name": "sgd", "lr": 0.25}, steps=400)  # slow: 0.96 per step
     assert path.shape == (401, 2) and losses.shape == (401,)
-    assert (losses.diff() <= 0).all()
+    assert (losses.diff() <= 1e-14).all()  # monotone up to rounding once converged
     assert toy.gradient(s.loss_fn, path[-1]).norm() < 1e-5
     path, losses = toy.optimize(s.loss_fn, s.start, {"name": "sgd", "lr": 0.35}, steps=150)
     tail = losses[50:]
