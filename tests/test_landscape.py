@@ -188,8 +188,17 @@ def test_cli_landscape_task_writes_landscape_group(tmp_path):
         s2 = g["slice2d"]
         assert s2["train_loss"].shape == (2, 5, 5) and s2["train_loss"].attrs["dims"] == "member,x,y"
         np.testing.assert_allclose(s2["train_loss"][:, 2, 2], init["train_loss"][:, np.argmin(abs(alpha - 1))], rtol=1e-12)
+    # the analysis scripts read it back and write figures and tables
+    from analyses import interpolation, landscape_2d
+
+    assert interpolation.main([str(src), "--out", str(tmp_path / "fig")]) == 0
+    assert landscape_2d.main([str(src), "--member", "1", "--out", str(tmp_path / "fig")]) == 0
+    for name in ("interpolation.png", "interpolation.pdf", "interpolation_barriers.csv", "interpolation_barriers.md",
+                 "slice2d_m1_train.png", "slice2d_m1_train.pdf", "slice2d_summary.md"):
+        assert (tmp_path / "fig" / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # a second CLI start; the messages themselves are checked in-process below
 def test_cli_bad_source_is_one_line(tmp_path):
     out = cli("task=landscape", "+landscape=default", f"source={tmp_path}/missing.h5", f"hydra.run.dir={tmp_path}/x", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -105,3 +105,12 @@ def test_unknown_surface_lists_the_choices():
 def test_grid_layout():
     xs, ys, z = toy.grid(toy.saddle, (-1, 1, -2, 2), num=5)
     assert z.shape == (5, 5) and float(z[0, 2]) == pytest.approx(-4.0) and float(z[2, 0]) == pytest.approx(1.0)
+
+
+def test_toy_optimizers_analysis_writes_figure_and_table(tmp_path):
+    from analyses import toy_optimizers
+
+    assert toy_optimizers.main(["--steps", "20", "--optimizers", "gd_lr0.25", "newton", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "toy_two_minima_paths.md").read_text()
+    assert "gd_lr0.25" in table and "newton" in table
+    assert (tmp_path / "toy_two_minima_paths.png").stat().st_size > 0 and (tmp_path / "toy_two_minima_paths.pdf").exists()

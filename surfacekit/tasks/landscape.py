@@ -49,8 +49,11 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     if not splits or any(v not in ("train", "test") for v in splits):
         _fail("landscape.splits", splits, "a non-empty list of train and test")
     members = s.get("members")
-    if members is not None and (isinstance(members, (str, bool)) or not all(isinstance(m, int) for m in np.atleast_1d(members))):
-        _fail("landscape.members", members, "null or a list of member ids")
+    if isinstance(members, int) and not isinstance(members, bool):
+        members = s["members"] = [members]
+    if members is not None and not (isinstance(members, list) and members
+                                    and all(isinstance(m, int) and not isinstance(m, bool) for m in members)):
+        _fail("landscape.members", members, "null or a non-empty list of member ids")
     bp = s.get("batch_points")
     if bp is not None and not (isinstance(bp, int) and bp >= 1):
         _fail("landscape.batch_points", bp, "null or an integer >= 1")
@@ -98,7 +101,7 @@ def analyse(path: Path, s: dict[str, Any], device: torch.device, chunk_size: int
     job = load_job(path, device)
     loss = job.cfg.model.loss
     ids = [int(m) for m in load_group(path, "members")["member"]]
-    chosen = ids if s["members"] is None else [int(m) for m in np.atleast_1d(s["members"])]
+    chosen = ids if s["members"] is None else list(s["members"])
     unknown = sorted(set(chosen) - set(ids))
     if unknown:
         raise ConfigError(f"landscape.members={chosen} is invalid: {path} has no member(s) {unknown}; its members are {ids}")
