@@ -44,7 +44,7 @@ def gd_trajectory(loss_fn, theta0: torch.Tensor, steps: int = 3000, lr: float = 
         loss = loss_fn(theta)
         if step % every == 0:
             thetas.append(theta.detach().clone())
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         (g,) = torch.autograd.grad(loss, theta)
         with torch.no_grad():
             theta -= lr * g
