@@ -1,0 +1,160 @@
+"""Dauphin et al. (2014) Fig. 1 style: index against loss at critical points, and their spectra.
+
+    surfacekit task=critical +critical=default source=RUN/results.h5
+    python analyses/index_vs_loss.py RUN/results.h5 [--out DIR] [--bray-dean] [--finders newton_mr ...]
+
+Reads ``/critical/<finder>`` of a job's results file. Writes into --out (default
+RUN/analysis/index_vs_loss):
+
+* ``index_vs_loss``: index fraction against loss per finder. Accepted critical points
+  (||g||^2 < cutoff) are filled dots; rejected endpoints are grey crosses (gradient-flat) or
+  grey circles, shown for honesty and never fitted. With --bray-dean, the Bray-Dean curve
+  alpha = F((eps - eps_c) / w), F(t) = 1/2 + [x sqrt(1 - x^2) + arcsin x] / pi, x = t - 1
+  (clipped to [0, 1]) is fitted to the accepted points (eps_c, w) and overlaid.
+* ``eigenvalue_histograms``: Hessian eigenvalues (dense eigvalsh, log y) at three accepted critical
+  points of increasing loss (lowest, median, highest), recomputed from the stored endpoints.
+* ``index_vs_loss.md/.csv``: per finder, starts, acceptance rate, gradient-flat fraction of the
+  rejected, Spearman rho(loss, index) over accepted points with a permutation p-value, the fitted
+  Bray-Dean parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import h5py
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import curve_fit
+
+from surfacekit import store
+from surfacekit.curvature import dense_hessian
+from surfacekit.plots import save_figure, save_table
+from surfacekit.population import member_loss_fn
+from surfacekit.stats import spearman_permutation
+from surfacekit.tasks._common import load_job
+
+
+def bray_dean(eps: np.ndarray, eps_c: float, w: float) -> np.ndarray:
+    """alpha(eps) = F((eps - eps_c) / w), F(t) = 1/2 + [x sqrt(1 - x^2) + arcsin x] / pi, x = t - 1 in [-1, 1]."""
+    x = np.clip((np.asarray(eps, dtype=float) - eps_c) / w - 1.0, -1.0, 1.0)
+    return np.clip(0.5 + (x * np.sqrt(1.0 - x**2) + np.arcsin(x)) / np.pi, 0.0, 1.0)
+
+
+def fit_bray_dean(loss: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
+    """Least-squares (eps_c, w) of :func:`bray_dean` on accepted points; (nan, nan) if it fails."""
+    if len(loss) < 3 or np.ptp(loss) == 0:
+        return float("nan"), float("nan")
+    span = float(np.ptp(loss))
+    try:
+        (eps_c, w), _ = curve_fit(bray_dean, loss, alpha, p0=(float(loss.min()) - 0.1 * span, 2 * span),
+                                  bounds=([-np.inf, 1e-12], [np.inf, np.inf]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return float("nan"), float("nan")
+    return float(eps_c), float(w)
+
+
+def load_critical(path: Path, finders: list[str] | None) -> dict[str, pd.DataFrame]:
+    """One frame per finder from ``/critical/<finder>`` (theta kept as a column of arrays)."""
+    with h5py.File(path, "r") as f:
+        if "critical" not in f:
+            raise store.ResultsError(f"{path}: no /critical; run surfacekit task=critical +critical=default source={path}")
+        names = finders or list(f["critical"])
+    frames = {}
+    for name in names:
+        g = store.load_group(path, f"critical/{name}")
+        theta = g.pop("theta", None)
+        frame = pd.DataFrame({k: v.astype(str) if v.dtype.kind in "OS" else v for k, v in g.items()})
+        if theta is not None:
+            frame["theta"] = list(theta)
+        frames[name] = frame
+    return frames
+
+
+def summary_row(name: str, frame: pd.DataFrame, n_perm: int, fit: bool) -> dict:
+    acc, rej = frame[frame.accepted], frame[~frame.accepted]
+    rho, p = spearman_permutation(acc.loss.to_numpy(), acc.index_fraction.to_numpy(), n_perm) if len(acc) > 2 else (np.nan, np.nan)
+    eps_c, w = fit_bray_dean(acc.loss.to_numpy(), acc.index_fraction.to_numpy()) if fit else (np.nan, np.nan)
+    return {"finder": name, "starts": len(frame), "accepted": len(acc), "acceptance_rate": len(acc) / max(1, len(frame)),
+            "flat_of_rejected": rej.gradient_flat.mean() if len(rej) else np.nan,
+            "median_g2_rejected": rej.grad_norm2.median() if len(rej) else np.nan,
+            "spearman_rho_accepted": rho, "permutation_p": p, "bray_dean_eps_c": eps_c, "bray_dean_w": w}
+
+
+def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool):
+    fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 3.6), squeeze=False)
+    for ax, (name, frame) in zip(axes[0], frames.items()):
+        acc, rej = frame[frame.accepted], frame[~frame.accepted]
+        flat = rej[rej.gradient_flat]
+        other = rej[~rej.gradient_flat]
+        ax.scatter(other.loss, other.index_fraction, s=14, facecolors="none", edgecolors="0.6", label="rejected")
+        ax.scatter(flat.loss, flat.index_fraction, s=14, marker="x", color="0.6", label="gradient-flat (rejected)")
+        ax.scatter(acc.loss, acc.index_fraction, s=18, color="C0", label="critical (accepted)")
+        row = table.set_index("finder").loc[name]
+        if fit and np.isfinite(row.bray_dean_w) and len(acc):
+            grid = np.linspace(acc.loss.min(), acc.loss.max(), 200)
+            ax.plot(grid, bray_dean(grid, row.bray_dean_eps_c, row.bray_dean_w), color="C1", label="Bray-Dean fit")
+        ax.set(xlabel="training loss", ylabel="index (fraction of negative eigenvalues)",
+               title=f"{name}: {len(acc)}/{len(frame)} accepted")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
+    accepted = pd.concat([f[f.accepted] for f in frames.values()], ignore_index=True) if frames else pd.DataFrame()
+    if len(accepted) == 0 or "theta" not in accepted:
+        print("eigenvalue histograms: no accepted critical point with a stored endpoint; skipped", file=sys.stderr)
+        return None
+    accepted = accepted.sort_values("loss").reset_index(drop=True)
+    picks = sorted(set([0, len(accepted) // 2, len(accepted) - 1]))
+    job = load_job(path)
+    loss_fn = member_loss_fn(job.spec, job.data.x_train, job.data.y_train, job.cfg.model.loss, job.cfg.get("chunk_size"))
+    p = len(accepted.theta[0])
+    if p > dense_limit:
+        print(f"eigenvalue histograms: P = {p} > --dense-limit {dense_limit}; skipped", file=sys.stderr)
+        return None
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.4), squeeze=False, sharey=True)
+    for ax, i in zip(axes[0], picks):
+        theta = torch.from_numpy(np.asarray(accepted.theta[i], dtype=np.float64))
+        eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, theta)).numpy()
+        ax.hist(eig, bins=60, color="C0")
+        ax.set_yscale("log")
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set(xlabel="eigenvalue", title=f"loss {accepted.loss[i]:.4g}, index {accepted.index_fraction[i]:.3f}")
+    axes[0][0].set_ylabel("count")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a job's results.h5 holding /critical (from task=critical)")
+    parser.add_argument("--out", type=Path, help="output folder (default SOURCE_DIR/analysis/index_vs_loss)")
+    parser.add_argument("--finders", nargs="+", help="finders to show (default: all in the file)")
+    parser.add_argument("--bray-dean", action="store_true", help="fit and overlay the Bray-Dean curve (accepted points)")
+    parser.add_argument("--permutations", type=int, default=10000, help="permutations for the Spearman p-value")
+    parser.add_argument("--dense-limit", type=int, default=3000, help="largest P for the eigenvalue histograms")
+    args = parser.parse_args(argv)
+    try:
+        frames = load_critical(args.source, args.finders)
+    except (store.ResultsError, OSError) as exc:
+        print(f"index_vs_loss: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.source.parent / "analysis" / "index_vs_loss"
+    table = pd.DataFrame([summary_row(n, f, args.permutations, args.bray_dean) for n, f in frames.items()])
+    written = save_table(table, out, "index_vs_loss")
+    written += save_figure(plot_index(frames, table, args.bray_dean), out, "index_vs_loss")
+    spectra = plot_spectra(args.source, frames, args.dense_limit)
+    if spectra is not None:
+        written += save_figure(spectra, out, "eigenvalue_histograms")
+    print(table.to_markdown(index=False, floatfmt=".4g"))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Critical-point finders: toy saddles, the deep linear autoencoder, gradient-flat endpoints, the task."""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from surfacekit.critical import (
+    classify,
+    find,
+    flatness_ratio,
+    gradnorm,
+    newton,
+    sample_uniform_in_loss,
+    saddle_free,
+)
+from surfacekit.curvature import dense_hessian, index
+from surfacekit.models import MLPSpec, init_member
+from surfacekit.population import flatten, member_loss_fn
+from surfacekit.store import load_group
+
+F64 = dict(dtype=torch.float64)
+
+# ----------------------------------------------------------------------------- toy surfaces (inline)
+
+
+def saddle(t):  # x^2 - y^2: a non-degenerate saddle of index 1 at the origin
+    return t[0] ** 2 - t[1] ** 2
+
+
+def monkey(t):  # x^3 - 3 x y^2: a degenerate saddle (H = 0) at the origin
+    return t[0] ** 3 - 3 * t[0] * t[1] ** 2
+
+
+def two_weight(t):  # (w1 w2 - 1.5)^2 + 0.04 (w1^2 + w2^2): saddle at 0 (H eigenvalues 3.08, -2.92), minima off it
+    return (t[0] * t[1] - 1.5) ** 2 + 0.04 * (t[0] ** 2 + t[1] ** 2)
+
+
+SURFACES = {"saddle": saddle, "monkey": monkey, "two_weight": two_weight}
+NEAR = [(0.1, -0.07), (-0.05, 0.12), (0.08, 0.09)]
+
+
+@pytest.mark.parametrize("name", list(SURFACES))
+@pytest.mark.parametrize("method", ["newton", "newton_mr"])
+@pytest.mark.parametrize("start", NEAR)
+def test_newton_converges_to_the_saddle(name, method, start):
+    fn = SURFACES[name]
+    point = find(fn, torch.tensor(start, **F64), method, max_iter=60)
+    assert point.accepted and point.status == "critical"
+    assert point.grad_norm2 < 1e-10
+    assert point.theta.norm() < 0.02  # the saddle at the origin, not a minimum
+    if name != "monkey":  # non-degenerate quadratic saddles: index 1 of 2
+        assert point.theta.norm() < 1e-8
+        assert point.index.count == 1 and point.index.fraction == 0.5 and point.index.method == "dense"
+
+
+@pytest.mark.parametrize("name", list(SURFACES))
+@pytest.mark.parametrize("start", NEAR)
+def test_saddle_free_newton_escapes_and_decreases_f(name, start):
+    fn = SURFACES[name]
+    run = saddle_free(fn, torch.tensor(start, **F64), max_iter=20, damping=1e-3)
+    losses = np.asarray(run.losses)
+    assert np.all(np.diff(losses) < 0), losses  # strictly decreasing at every accepted step
+    assert losses[-1] < fn(torch.zeros(2, **F64)).item() - 0.1  # well below the saddle's value
+    assert run.theta.norm() > 10 * torch.tensor(start).norm()  # moved away from the saddle
+    if name == "two_weight":  # bounded below: it reaches a minimum (index 0)
+        point = find(fn, torch.tensor(start, **F64), "saddle_free", max_iter=60)
+        assert point.accepted and point.index.count == 0
+        assert abs(point.loss - 0.1184) < 1e-10  # min over w1 = w2 = s of (s^2 - 1.5)^2 + 0.08 s^2
+
+
+def test_gradient_flat_toy_point_is_classified():
+    # f = x + y^2: g = (1, 2y), H = diag(0, 2). At y = 0, g lies in the kernel of H: ||g||^2 = 1 is
+    # stationary for the gradient-norm minimizer, which ends there; not a critical point.
+    fn = lambda t: t[0] + t[1] ** 2  # noqa: E731
+    point = find(fn, torch.tensor([0.3, 0.4], **F64), "gradnorm", max_iter=50)
+    assert point.status == "gradient_flat" and point.gradient_flat and not point.accepted
+    assert abs(point.grad_norm2 - 1.0) < 1e-8 and point.flat_ratio < 1e-6
+    assert classify(1e-11, 0.5) == "critical" and classify(1e-3, 0.01) == "gradient_flat"
+    assert classify(1e-3, 0.5) == "rejected" and classify(1e-3, float("nan")) == "rejected"
+
+
+def test_flatness_ratio_of_a_quadratic():
+    a = torch.diag(torch.tensor([4.0, 1.0, -2.0], **F64))
+    fn = lambda t: 0.5 * t @ a @ t  # noqa: E731
+    theta = torch.tensor([0.0, 1.0, 0.0], **F64)  # g = (0, 1, 0), H g = g: ratio 1 / 4
+    ratio, norm = flatness_ratio(fn, theta)
+    assert abs(norm - 4.0) < 1e-10 and abs(ratio - 0.25) < 1e-10
+
+
+# ----------------------------------------------------------------------------- deep linear autoencoder
+
+def linear_autoencoder(d=5, p=2, n=40, eigenvalues=(5.0, 3.0, 2.0, 1.2, 0.5)):
+    """Loss 0.5/n ||X - X W1^T W2^T||^2 over theta = (W1 [p, d], W2 [d, p]), whose data covariance
+    X^T X / n is exactly Q diag(eigenvalues) Q^T (distinct eigenvalues)."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, **F64))
+    lam = torch.tensor(eigenvalues, **F64)
+    z = torch.randn(n, d, generator=gen, **F64)
+    z = z - z.mean(0)
+    chol = torch.linalg.cholesky(z.T @ z / n)
+    x = torch.linalg.solve_triangular(chol, z.T, upper=False).T @ (q * lam.sqrt()).T
+
+    def loss(t):
+        w1, w2 = t[: p * d].reshape(p, d), t[p * d :].reshape(d, p)
+        return 0.5 * ((x - x @ w1.T @ w2.T) ** 2).sum() / n
+
+    def critical_point(subset, c):  # Baldi & Hornik: W2 = U_I C, W1 = C^{-1} U_I^T
+        u = q[:, list(subset)]
+        return torch.cat([(torch.linalg.inv(c) @ u.T).reshape(-1), (u @ c).reshape(-1)])
+
+    return loss, critical_point, lam, gen
+
+
+def test_linear_autoencoder_newton_mr_finds_exact_critical_points():
+    d, p = 5, 2
+    loss, critical_point, lam, gen = linear_autoencoder(d, p)
+    results = []
+    for subset in itertools.combinations(range(d), p):
+        # Expected index from the closed form: every pair (i in I, j not in I) with lambda_j > lambda_i
+        # gives one descent direction (rotate eigenvector i towards j); nothing else is negative.
+        # Cross-checked against the dense Hessian at the exact critical point (C = identity), whose
+        # gradient vanishes to rounding; the index is invariant along the orbit C (Sylvester).
+        expected = sum(1 for i in subset for j in range(d) if j not in subset and lam[j] > lam[i])
+        exact = critical_point(subset, torch.eye(p, **F64))
+        assert torch.func.grad(loss)(exact).norm() < 1e-12
+        assert index(loss, exact).count == expected
+        for _ in range(2):
+            c = torch.eye(p, **F64) + 0.3 * torch.randn(p, p, generator=gen, **F64)
+            u = torch.randn(2 * d * p, generator=gen, **F64)
+            start = critical_point(subset, c) + 0.1 * u / u.norm()  # within 0.1 of a critical point
+            point = find(loss, start, "newton_mr", max_iter=50)
+            results.append(point.grad_norm2 < 1e-12 and point.index.count == expected and point.accepted)
+    assert np.mean(results) >= 0.9, results
+
+
+# ----------------------------------------------------------------------------- tanh memorization net
+
+def memorization_net(n=20, seed=0):
+    """5-6-5 tanh net (P = 71), random N(0, 1) inputs and targets, MSE, float64; and a GD trajectory."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=gen, **F64)
+    y = torch.randn(n, 5, generator=gen, **F64)
+    spec = MLPSpec(5, (6,), 5, activation="tanh", init="xavier")
+    loss_fn = member_loss_fn(spec, x, y, "mse")
+    theta = flatten({k: v[None] for k, v in init_member(spec, seed, torch.float64).items()})[0].requires_grad_(True)
+    thetas, losses = [], []
+    for step in range(1501):
+        value = loss_fn(theta)
+        if step % 10 == 0:
+            thetas.append(theta.detach().clone())
+            losses.append(float(value.detach()))
+        (g,) = torch.autograd.grad(value, theta)
+        with torch.no_grad():
+            theta -= 0.05 * g
+    return loss_fn, torch.stack(thetas), np.asarray(losses)
+
+
+def test_gradient_flat_endpoints_of_a_memorization_net_are_not_critical():
+    loss_fn, thetas, losses = memorization_net()
+    assert thetas.shape[1] == 71
+    starts = sample_uniform_in_loss(losses, 4, seed=1)
+    points = [find(loss_fn, thetas[i], "gradnorm", max_iter=100, compute_index=False) for i in starts]
+    flat = [p for p in points if p.gradient_flat]
+    # With a 100-step budget the gradient-norm minimizer stalls where g is nearly in the kernel of H.
+    assert len(flat) >= 1, [(p.grad_norm2, p.flat_ratio) for p in points]
+    for p in flat:
+        assert not p.accepted and p.status == "gradient_flat"
+        assert p.grad_norm2 >= 1e-10 and p.flat_ratio < 0.05
+        assert p.grad_norm2_relative < 1  # it did reduce ||g||^2, and still is not a critical point
+    for p in points:  # every endpoint is kept and labelled
+        assert p.status in ("critical", "gradient_flat", "rejected")
+        assert p.accepted == (p.grad_norm2 < 1e-10)
+
+
+# ----------------------------------------------------------------------------- start points and API
+
+def test_sample_uniform_in_loss_spreads_over_the_loss_range():
+    losses = np.exp(-np.linspace(0, 8, 400))  # fast early descent: most points at low loss
+    idx = sample_uniform_in_loss(losses, 2000, seed=0)
+    assert idx.shape == (2000,) and idx.dtype.kind == "i"
+    assert abs(np.mean(losses[idx]) - 0.5) < 0.03  # uniform on [e^-8, 1] has mean ~0.5
+    assert np.array_equal(idx, sample_uniform_in_loss(losses, 2000, seed=0))
+    with_nan = np.array([np.nan, 1.0, 0.5, np.inf])
+    assert set(sample_uniform_in_loss(with_nan, 50)) <= {1, 2}
+    with pytest.raises(ValueError):
+        sample_uniform_in_loss(np.array([]), 3)
+
+
+def test_find_rejects_bad_input_and_counts_costs():
+    with pytest.raises(ValueError, match="unknown finder"):
+        find(saddle, torch.ones(2, **F64), "bfgs")
+    with pytest.raises(ValueError, match="1-D"):
+        find(saddle, torch.ones(2, 2, **F64))
+    run = newton(two_weight, torch.tensor([0.1, -0.07], **F64))
+    assert run.num_hvps > 0 and run.num_grads > run.iterations and len(run.history) == run.iterations + 1
+    gd = gradnorm(saddle, torch.tensor([0.3, 0.2], **F64), optimizer="gd", step0=0.1, max_iter=200)
+    assert gd.history[-1] < 1e-10 and np.all(np.diff(gd.history) <= 0)
+
+
+# ----------------------------------------------------------------------------- the task, end to end
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd):
+    # Run this checkout's package (an installed surfacekit may point at another tree).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "surfacekit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_task_critical_end_to_end(tmp_path):
+    run_dir = tmp_path / "train"
+    out = cli("population.size=2", "trainer.epochs=3", "trainer.snapshots=true", "model.width=4",
+              "data.train_size=100", "progress=false", "threads=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    source = run_dir / "results.h5"
+    out = cli("task=critical", "+critical=default", f"source={source}", "critical.starts=2", "critical.members=[1]",
+              "critical.finders=[newton_mr,gradnorm]", "critical.options.newton_mr.max_iter=3",
+              "critical.options.gradnorm.max_iter=3", "progress=false", "threads=1",
+              f"hydra.run.dir={tmp_path / 'crit'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "accepted" in out.stdout and "gradient-flat" in out.stdout
+    for finder in ("newton_mr", "gradnorm"):
+        g = load_group(source, f"critical/{finder}")
+        assert g["loss"].shape == (2,) and set(g["member"]) == {1}
+        assert g["theta"].shape[0] == 2 and np.all(g["hvps"] > 0) and np.all(g["index_count"] >= 0)
+        assert np.array_equal(g["accepted"], g["grad_norm2"] < 1e-10)
+        assert np.allclose(g["grad_norm2_relative"], g["grad_norm2"] / g["start_grad_norm2"])
+        assert np.all(g["index_threshold"] < 0) and {m.decode() for m in g["index_method"]} == {"dense"}
+    assert load_group(source, "members")["member"].shape == (2,)  # the training results are still there
+
+
+
+def test_task_says_to_train_with_snapshots(tmp_path):
+    from surfacekit.store import ResultsError, provenance, write_results
+    from surfacekit.tasks.critical import check_trajectory
+
+    path = write_results(tmp_path / "results.h5", {"members": {"member": np.arange(2)}}, {**provenance(), "kind": "job"})
+    with pytest.raises(ResultsError, match="trainer.snapshots=true"):
+        check_trajectory(path)
+
+
+# ----------------------------------------------------------------------------- analysis helpers
+
+def test_bray_dean_curve_and_fit():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    from index_vs_loss import bray_dean, fit_bray_dean
+
+    t = np.array([0.0, 1.0, 2.0, 3.0])
+    assert np.allclose(bray_dean(t, 0.0, 1.0), [0.0, 0.5, 1.0, 1.0])
+    small = 1e-3  # near threshold alpha ~ (4 sqrt(2) / (3 pi)) t^{3/2} ~ 0.6 t^{3/2}
+    assert abs(bray_dean(np.array([small]), 0.0, 1.0)[0] / small**1.5 - 4 * np.sqrt(2) / (3 * np.pi)) < 1e-3
+    eps = np.linspace(0.2, 1.0, 40)
+    eps_c, w = fit_bray_dean(eps, bray_dean(eps, 0.1, 2.5))
+    assert abs(eps_c - 0.1) < 1e-4 and abs(w - 2.5) < 1e-3
+
+
+def test_spearman_permutation():
+    from surfacekit.stats import spearman_permutation
+
+    x = np.arange(30.0)
+    rho, p = spearman_permutation(x, x**3, n_perm=500)
+    assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 501)
+    rho, p = spearman_permutation(x, np.random.default_rng(0).permutation(x), n_perm=500)
+    assert abs(rho) < 0.5 and p > 0.05
