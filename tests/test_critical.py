@@ -221,7 +221,7 @@ def test_task_critical_end_to_end(tmp_path):
               "data.train_size=100", "progress=false", "threads=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     source = run_dir / "results.h5"
-    out = cli("task=critical", "+critical=default", f"source={source}", "critical.starts=2", "critical.members=[1]",
+    out = cli("task=critical", f"source={source}", "critical.starts=2", "critical.members=[1]",
               "critical.finders=[newton_mr,gradnorm]", "critical.options.newton_mr.max_iter=3",
               "critical.options.gradnorm.max_iter=3", "progress=false", "threads=1",
               f"hydra.run.dir={tmp_path / 'crit'}", cwd=tmp_path)

@@ -167,7 +167,7 @@ def test_cli_landscape_task_writes_landscape_group(tmp_path):
               "threads=1", f"hydra.run.dir={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     src = run / "results.h5"
-    out = cli("task=landscape", "+landscape=default", f"source={src}", "landscape.kind=[interpolation,slice1d,slice2d]",
+    out = cli("task=landscape", f"source={src}", "landscape.kind=[interpolation,slice1d,slice2d]",
               "landscape.interpolation.num=21", "landscape.slice.num=5", "progress=false", "threads=1",
               f"hydra.run.dir={tmp_path}/land", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -200,7 +200,7 @@ def test_cli_landscape_task_writes_landscape_group(tmp_path):
 
 @pytest.mark.slow  # a second CLI start; the messages themselves are checked in-process below
 def test_cli_bad_source_is_one_line(tmp_path):
-    out = cli("task=landscape", "+landscape=default", f"source={tmp_path}/missing.h5", f"hydra.run.dir={tmp_path}/x", cwd=tmp_path)
+    out = cli("task=landscape", f"source={tmp_path}/missing.h5", f"hydra.run.dir={tmp_path}/x", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"surfacekit: error: {tmp_path}/missing.h5: no such results file"]
 
@@ -209,7 +209,7 @@ def compose_landscape(overrides):
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="surfacekit.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=["task=landscape", "+landscape=default", *overrides])
+        return compose(config_name="config", overrides=["task=landscape", *overrides])
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -228,16 +228,4 @@ def test_bad_task_input_names_the_problem(tmp_path, overrides, message):
     (tmp_path / "junk.h5").write_text("not hdf5")
     cfg = compose_landscape([o.replace("NOWHERE", str(tmp_path)) for o in overrides])
     with pytest.raises(USER_ERRORS, match=message):
-        task.run(cfg, tmp_path)
-
-
-def test_missing_landscape_group_says_how_to_add_it(tmp_path):
-    from hydra import compose, initialize_config_module
-
-    from surfacekit.config import ConfigError
-    from surfacekit.tasks import landscape as task
-
-    with initialize_config_module(config_module="surfacekit.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["task=landscape"])
-    with pytest.raises(ConfigError, match=r"\+landscape=default"):
         task.run(cfg, tmp_path)

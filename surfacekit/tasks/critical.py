@@ -1,6 +1,6 @@
 """``task=critical``: critical-point finders from stored training trajectories, results into the source.
 
-    surfacekit task=critical +critical=default source=PATH [critical.starts=50 critical.finders=[newton_mr]]
+    surfacekit task=critical source=PATH [critical.starts=50 critical.finders=[newton_mr]]
 
 ``source`` is a job's ``results.h5`` trained with ``trainer.snapshots=true``, or a sweep directory
 (every job's file is processed). For each chosen member, start points are drawn from
@@ -39,8 +39,6 @@ DIMS = {"theta": "start,param"}
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
     """The validated ``critical`` config group as a plain dict."""
-    if cfg.get("critical") is None:
-        raise ConfigError("task=critical needs its config group: add +critical=default")
     c = OmegaConf.to_container(cfg.critical, resolve=True)
     finders = c.get("finders")
     if not finders or any(f not in FINDERS for f in finders):

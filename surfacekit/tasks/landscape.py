@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from surfacekit import landscape as ls
 from surfacekit.config import ConfigError, resolve_device
-from surfacekit.models import param_shapes
 from surfacekit.population import flatten
 from surfacekit.store import add_groups, load_group, now_iso
 from surfacekit.tasks._common import load_job, source_files
@@ -36,9 +35,6 @@ def _fail(key: str, value: Any, expected: str) -> None:
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
     """The validated ``landscape`` config as plain Python values."""
-    if cfg.get("landscape") is None:
-        raise ConfigError("no landscape config: add +landscape=default to the command line "
-                          "(or `- landscape: default` to the defaults list of config.yaml)")
     s = OmegaConf.to_container(cfg.landscape, resolve=True)
     kinds = s.get("kind")
     kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
@@ -73,15 +69,6 @@ def settings(cfg: DictConfig) -> dict[str, Any]:
     return s
 
 
-def ordered_flat(spec, params) -> torch.Tensor:
-    """[K, P] flat parameters in the canonical order of ``param_shapes`` whatever the dict order.
-
-    ``population.flatten`` concatenates in dict order, and parameters read back from HDF5 come in
-    alphabetical order (bias before weight), so reorder before flattening.
-    """
-    return flatten({name: params[name] for name in param_shapes(spec)})
-
-
 def _pairs(spec: Any, ids: list[int]) -> list[tuple[int, int]]:
     if spec in ("none", None):
         return []
@@ -106,8 +93,8 @@ def analyse(path: Path, s: dict[str, Any], device: torch.device, chunk_size: int
     if unknown:
         raise ConfigError(f"landscape.members={chosen} is invalid: {path} has no member(s) {unknown}; its members are {ids}")
     pos = {m: i for i, m in enumerate(ids)}
-    theta = ordered_flat(job.spec, job.params)
-    theta_init = ordered_flat(job.spec, job.init_params)
+    theta = flatten(job.params)
+    theta_init = flatten(job.init_params)
     ip, sl = s["interpolation"], s["slice"]
     common = dict(splits=s["splits"], chunk_size=chunk_size, batch_points=s["batch_points"])
     pairs = _pairs(ip["pairs"], chosen) if "interpolation" in s["kind"] else []
