@@ -17,13 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analyses._common import out_dir, plt, save, write_table  # noqa: E402
-from surfacekit.store import ResultsError, load_group  # noqa: E402
+from surfacekit.plots import save_figure, save_table
+from surfacekit.store import ResultsError, load_group
 
 
 def groups(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResultsError as exc:
         print(f"interpolation.py: error: {exc}", file=sys.stderr)
         return 2
-    out = out_dir(args.out)
+    out = Path(args.out)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     rows = []
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -86,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ylim:
         axes[0].set_ylim(*args.ylim)
     fig.tight_layout()
-    written = save(fig, out, "interpolation")
+    written = save_figure(fig, out, "interpolation")
     table = pd.DataFrame(rows)
-    written += write_table(table, out, "interpolation_barriers")
+    written += save_table(table, out, "interpolation_barriers")
     print(table.drop(columns="job").to_string(index=False, float_format="%.4g"))
     for p in written:
         print(p)

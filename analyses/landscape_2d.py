@@ -17,14 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from analyses._common import out_dir, plt, save, write_table  # noqa: E402
-from surfacekit.store import ResultsError, load_group  # noqa: E402
+from surfacekit.plots import save_figure, save_table
+from surfacekit.store import ResultsError, load_group
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"landscape_2d.py: error: members {missing} not in slice2d (stored: {ids})", file=sys.stderr)
         return 2
-    out = out_dir(args.out)
+    out = Path(args.out)
     x, y = g["x"], g["y"]
     X, Y = np.meshgrid(x, y, indexing="ij")
     written = []
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             a1.set_title(f"member {m}: 1D slice", fontsize=10)
             a1.legend()
         fig.tight_layout()
-        written += save(fig, out, f"slice2d_m{m}_{args.split}")
+        written += save_figure(fig, out, f"slice2d_m{m}_{args.split}")
     rows = []
     cx, cy = int(np.argmin(np.abs(x))), int(np.argmin(np.abs(y)))
     for i, m in enumerate(ids):
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"member": int(m), "split": split, "center": z[cx, cy], "min": z.min(), "max": z.max(),
                          "frac_within_2x_center": float(np.mean(z <= 2 * z[cx, cy])), "grid": f"{len(x)}x{len(y)}"})
     table = pd.DataFrame(rows)
-    written += write_table(table, out, "slice2d_summary")
+    written += save_table(table, out, "slice2d_summary")
     print(table.to_string(index=False, float_format="%.4g"))
     for p in written:
         print(p)

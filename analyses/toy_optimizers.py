@@ -14,14 +14,13 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from analyses._common import out_dir, plt, save, write_table  # noqa: E402
-from surfacekit import toy  # noqa: E402
+from surfacekit import toy
+from surfacekit.plots import save_figure, save_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in toy.TOY_OPTIMIZERS]
     if unknown:
         parser.error(f"unknown optimizer setting(s) {unknown}; choose from {list(toy.TOY_OPTIMIZERS)}")
-    out = out_dir(args.out)
+    out = Path(args.out)
     xs, ys, z = toy.grid(s.loss_fn, s.window, 201)
     z = z.numpy()
     levels = np.quantile(z, np.linspace(0, 1, 30) ** 2)
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         ax.axis("off")
     fig.suptitle(f"{s.name}: {s.formula}; start {start}, {args.steps} steps", fontsize=10)
     fig.tight_layout()
-    written = save(fig, out, f"toy_{s.name}_paths")
-    written += write_table(pd.DataFrame(table), out, f"toy_{s.name}_paths")
+    written = save_figure(fig, out, f"toy_{s.name}_paths")
+    written += save_table(pd.DataFrame(table), out, f"toy_{s.name}_paths")
     for p in written:
         print(p)
     return 0

@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from surfacekit.store import ResultsError, list_jobs, load_config, load_curves, load_group, load_members  # noqa: E402
+from surfacekit.plots import save_figure
+from surfacekit.store import ResultsError, list_jobs, load_config, load_curves, load_group, load_members
 
 
 def result_files(inputs: list[str]) -> list[Path]:
@@ -66,13 +64,6 @@ def collect(files: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
     return pd.concat(rows, ignore_index=True), jobs
 
 
-def save(fig, out: Path, name: str) -> None:
-    fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=150)
-    plt.close(fig)
-
-
 def plot_histograms(members: pd.DataFrame, out: Path) -> None:
     widths = sorted(members["width"].unique())
     fig, axes = plt.subplots(1, len(widths), figsize=(4.5 * len(widths), 3.5), squeeze=False)
@@ -81,7 +72,7 @@ def plot_histograms(members: pd.DataFrame, out: Path) -> None:
         sns.histplot(sub, x="final_test_loss", hue="method", element="step", stat="density", common_norm=False,
                      log_scale=True, ax=ax)
         ax.set_title(f"width {width}: endpoint test loss")
-    save(fig, out, "endpoint_loss_histograms")
+    save_figure(fig, out, "endpoint_loss_histograms")
 
 
 def long_curves(jobs: list[dict], names: list[str]) -> pd.DataFrame:
@@ -105,7 +96,7 @@ def plot_learning_curves(jobs: list[dict], out: Path) -> None:
                     errorbar=("pi", 50), facet_kws={"sharey": False}, height=3, aspect=1.3)
     g.set(yscale="log")
     g.figure.suptitle("learning curves (median, interquartile band)", y=1.02)
-    save(g.figure, out, "learning_curves")
+    save_figure(g.figure, out, "learning_curves")
 
 
 def plot_cosines(jobs: list[dict], out: Path) -> bool:
@@ -116,7 +107,7 @@ def plot_cosines(jobs: list[dict], out: Path) -> bool:
     g = sns.relplot(data, x="epoch", y="value", hue="curve", col="method", kind="line", errorbar=("pi", 50),
                     height=3, aspect=1.3)
     g.set_ylabels("cosine to backprop gradient")
-    save(g.figure, out, "cosine_to_backprop")
+    save_figure(g.figure, out, "cosine_to_backprop")
     return True
 
 
@@ -137,7 +128,7 @@ def plot_spectrum(jobs: list[dict], out: Path) -> bool:
     sns.boxplot(frame, x="method", y="index_fraction", ax=axes[0])
     sns.boxplot(frame, x="method", y="top_eigenvalue", ax=axes[1])
     axes[1].set_yscale("log")
-    save(fig, out, "spectrum_by_method")
+    save_figure(fig, out, "spectrum_by_method")
     return True
 
 
@@ -145,15 +136,7 @@ def table(members: pd.DataFrame) -> str:
     stats = members.groupby(["method", "width"]).agg(
         networks=("member", "size"), train_loss=("final_train_loss", "median"), test_loss=("final_test_loss", "median"),
         test_error=("test_error", "mean"), test_error_std=("test_error", "std"), diverged=("diverged", "sum"))
-    return stats.to_markdown(floatfmt=".4g") if _has_tabulate() else "```\n" + stats.to_string() + "\n```"
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return stats.to_markdown(floatfmt=".4g")
 
 
 def main(argv: list[str] | None = None) -> int:
