@@ -10,8 +10,9 @@ Writes into --out (default SOURCE/analysis/spinglass):
 * ``mean_vs_N``: the mean of H/N (with standard errors) against N and the least-squares fit
   mean = -E_inf + c N^(-2/3) (E_inf from theory, c the only free parameter);
 * ``spinglass_by_N`` table: starts, disorder samples, mean, sem, std, min, max, fraction in
-  [-1.75, -1.25], median gradient norm, converged and index-0 fractions, distinct minima, fit
-  and residual; ``fit`` table: c, its standard error, chi^2, and a free-intercept fit for comparison;
+  [-1.75, -1.25], median gradient norm, converged and index-0 fractions, distinct minima, the std
+  of the per-disorder-sample means (when a sweep over ``seed`` gives several), fit and residual;
+* ``fit`` table: c, its standard error, chi^2, and a free-intercept fit for comparison;
 * with ``--networks`` (a width sweep with ``width`` and ``final_test_loss`` members, e.g.
   ``experiment=choromanska``): ``side_by_side``, the spin-glass histograms beside the network
   test-loss histograms per width, as the paper sets them. Network losses are min-max normalized
@@ -83,6 +84,9 @@ def by_n_table(members: pd.DataFrame, e_inf: float) -> tuple[pd.DataFrame, pd.Da
             "distinct_minima": int(np.unique(np.round(e, 6)).size),
             "median_steps": float(np.median(g["steps"])),
         }
+        seeds = g["disorder_seed"] if "disorder_seed" in g else pd.Series(0, index=g.index)
+        sample_means = g.groupby(seeds)["energy_per_n"].mean()
+        row["std_sample_means"] = sample_means.std(ddof=1) if len(sample_means) > 1 else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     c = fit_c(table["N"], table["mean"], e_inf)
