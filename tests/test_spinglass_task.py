@@ -19,7 +19,8 @@ from surfacekit.tasks.spinglass import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-TINY = ["task=spinglass", "spinglass.N=10", "spinglass.starts=6", "spinglass.max_steps=5000", "threads=1", "progress=false"]
+SWEEP = ["task=spinglass", "spinglass.N=8,10", "seed=3", "spinglass.starts=6", "spinglass.max_steps=5000", "threads=1",
+         "progress=false"]
 
 
 def cli(*args, cwd):
@@ -43,8 +44,9 @@ def analysis_main():
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("spinglass")
-    out = cli("-m", *TINY, "spinglass.N=8,10", "seed=3", f"hydra.sweep.dir={tmp}/s", cwd=tmp)
+    out = cli("-m", *SWEEP, f"hydra.sweep.dir={tmp}/s", cwd=tmp)
     assert out.returncode == 0, out.stderr
+    assert "H/N mean" in out.stdout and "-E_inf = -1.632993" in out.stdout
     return tmp / "s"
 
 
@@ -65,11 +67,8 @@ def test_config_composes_with_defaults():
     assert settings(other)["seed"] == 7
 
 
-def test_single_job_writes_members_per_start(tmp_path):
-    out = cli(*TINY, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "H/N mean" in out.stdout and "-E_inf = -1.632993" in out.stdout
-    path = tmp_path / "run" / "results.h5"
+def test_job_writes_members_per_start(sweep):
+    path = sweep / "1" / "results.h5"  # job 1 of the sweep: spinglass.N=10, seed=3
     members = store.load_members(path)
     assert len(members) == 6
     assert np.isfinite(members["energy_per_n"]).all() and (members["N"] == 10).all()
@@ -80,10 +79,16 @@ def test_single_job_writes_members_per_start(tmp_path):
         assert f.attrs["E_0"] == pytest.approx(e_0) and f.attrs["E_inf"] == pytest.approx(e_inf)
         assert f.attrs["task"] == "spinglass" and f.attrs["threads"] == 1 and f["members/energy_per_n"].attrs["dims"] == "member"
     # the job is simulate() with the job seed: same endpoints
-    ref = sg.simulate(10, 3, 6, seed=0, max_steps=5000)
+    ref = sg.simulate(10, 3, 6, seed=3, max_steps=5000)
     np.testing.assert_allclose(members["energy_per_n"], ref["energy_per_n"], rtol=1e-12)
-    again = cli(*TINY, f"hydra.run.dir={tmp_path}/run", "resume=true", cwd=tmp_path)
-    assert again.returncode == 0 and "is complete, skipping this job" in again.stdout
+
+
+def test_resume_skips_complete_jobs(sweep):
+    before = (sweep / "0" / "results.h5").stat().st_mtime_ns
+    again = cli("-m", *SWEEP, f"hydra.sweep.dir={sweep}", "resume=true", cwd=sweep.parent)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("is complete, skipping this job") == 2
+    assert (sweep / "0" / "results.h5").stat().st_mtime_ns == before
 
 
 def test_multirun_is_merged(sweep):
