@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -268,13 +269,15 @@ def gradient_descent(
     lr_decay: float = 0.0,
     tol: float = 1e-7,
     max_steps: int = 20_000,
+    callback: Callable[[int, int], None] | None = None,
 ) -> dict[str, Tensor]:
     """Riemannian gradient descent from every row of ``w0`` [S, N], with retraction.
 
     Step t: w <- retract(w - lr / (1 + lr_decay t) * grad_R H(w)). A start is frozen as soon as
     its Riemannian gradient norm is below ``tol``; the others go on until ``max_steps``.
     Returns tensors: w [S, N], energy_per_n [S], grad_norm [S] (Euclidean norm of grad_R H at
-    the endpoint), steps [S] (updates made), converged [S] bool.
+    the endpoint), steps [S] (updates made), converged [S] bool. ``callback(t, finished)``, if
+    given, is called whenever starts converge and every 100 steps (for progress bars).
     """
     s = w0.shape[0]
     w = retract(w0)
@@ -288,6 +291,8 @@ def gradient_descent(
             steps[active[done]] = t
             keep = ~done
             active, wa, g = active[keep], wa[keep], g[keep]
+        if callback is not None and (bool(done.any()) or t % 100 == 0):
+            callback(t, s - active.numel())
         if active.numel() == 0:
             break
         w[active] = retract(wa - (lr / (1.0 + lr_decay * t)) * g)
@@ -346,6 +351,7 @@ def simulate(
     index_rel_threshold: float = 1e-5,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
+    callback: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Descend from ``num_starts`` random points on one disorder sample; per-start results.
 
@@ -355,7 +361,8 @@ def simulate(
     Returns numpy arrays of length S: energy_per_n, grad_norm, steps (gradient-descent steps),
     converged; for "sgd" also sgd_steps; for n <= index_max_n also index (tangent-space
     eigenvalues below -index_rel_threshold max|lambda|), index_fraction (index / (N-1)),
-    index_threshold (the absolute cut), lambda_min and lambda_max.
+    index_threshold (the absolute cut), lambda_min and lambda_max. ``callback`` is passed to
+    ``gradient_descent`` (progress of the final descent).
     """
     if method not in ("gd", "sgd"):
         raise ValueError(f"method must be 'gd' or 'sgd', got {method!r}")
@@ -371,7 +378,9 @@ def simulate(
         )
         del pieces
         out["sgd_steps"] = np.full(num_starts, sgd_steps, dtype=np.int64)
-    res = gradient_descent(x, w0, lr=lr, lr_decay=lr_decay, tol=tol, max_steps=max_steps)
+    res = gradient_descent(
+        x, w0, lr=lr, lr_decay=lr_decay, tol=tol, max_steps=max_steps, callback=callback
+    )
     for key in ("energy_per_n", "grad_norm", "steps", "converged"):
         out[key] = res[key].cpu().numpy()
     if n <= index_max_n:

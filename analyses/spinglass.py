@@ -1,0 +1,214 @@
+"""Choromanska et al. (2015), spin-glass side: histograms of H/N at gradient-descent endpoints per N.
+
+    surfacekit task=spinglass -m spinglass.N=25,50,100,150 spinglass.p=3 threads=1
+    python analyses/spinglass.py outputs/multirun/DATE/TIME [--networks NETWORK_SWEEP] [--out DIR]
+
+Reads a sweep directory (merging it if needed), a sweep.h5 or one results.h5 of ``task=spinglass``.
+Writes into --out (default SOURCE/analysis/spinglass):
+
+* ``energy_histograms``: H/N per N on common bins, with vertical lines at -E_0 and -E_inf;
+* ``mean_vs_N``: the mean of H/N (with standard errors) against N and the least-squares fit
+  mean = -E_inf + c N^(-2/3) (E_inf from theory, c the only free parameter);
+* ``spinglass_by_N`` table: starts, disorder samples, mean, sem, std, min, max, fraction in
+  [-1.75, -1.25], median gradient norm, converged and index-0 fractions, distinct minima, the std
+  of the per-disorder-sample means (when a sweep over ``seed`` gives several), fit and residual;
+* ``fit`` table: c, its standard error, chi^2, and a free-intercept fit for comparison;
+* with ``--networks`` (a width sweep with ``width`` and ``final_test_loss`` members, e.g.
+  ``experiment=choromanska``): ``side_by_side``, the spin-glass histograms beside the network
+  test-loss histograms per width, as the paper sets them. Network losses are min-max normalized
+  with ONE map over all widths, (L - min) / (max - min) over every non-diverged network, so
+  the relative spreads of the widths survive (a per-width z-score would erase them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from surfacekit import store
+from surfacekit.plots import save_figure, save_table
+from surfacekit.spinglass import thresholds
+
+BAND = (-1.75, -1.25)
+
+
+class AnalysisError(ValueError):
+    """Input the analysis cannot use (one-line message)."""
+
+
+def load_spinglass(source: Path, p: int | None) -> tuple[pd.DataFrame, int]:
+    """Members of the spin-glass jobs in ``source`` for one p (the only one, or ``p``)."""
+    path = store.results_file(source)
+    members = store.load_members(path)
+    if members.empty or not {"energy_per_n", "N", "p"} <= set(members.columns):
+        raise AnalysisError(f"{path}: no spin-glass members (energy_per_n, N, p); run surfacekit task=spinglass")
+    ps = sorted(int(v) for v in members["p"].unique())
+    if p is None:
+        if len(ps) > 1:
+            raise AnalysisError(f"{path}: several p values {ps}; choose one with --p")
+        p = ps[0]
+    if p not in ps:
+        raise AnalysisError(f"{path}: no jobs with p={p}; p values here are {ps}")
+    members = members[members["p"] == p].copy()
+    if "method" in members:
+        members["method"] = [m.decode() if isinstance(m, bytes) else str(m) for m in members["method"]]
+    return members, p
+
+
+def fit_c(n: np.ndarray, mean: np.ndarray, e_inf: float) -> float:
+    """Least-squares c in mean = -E_inf + c N^(-2/3) (closed form, c the only parameter)."""
+    x = np.asarray(n, dtype=float) ** (-2.0 / 3.0)
+    return float(np.sum((np.asarray(mean) + e_inf) * x) / np.sum(x * x))
+
+
+def by_n_table(members: pd.DataFrame, e_inf: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per N (statistics and fit residual) and a one-row fit summary."""
+    rows = []
+    for n, g in members.groupby("N"):
+        e = g["energy_per_n"].to_numpy()
+        row = {
+            "N": int(n), "starts": len(g),
+            "samples": g["disorder_seed"].nunique() if "disorder_seed" in g else 1,
+            "mean": e.mean(), "sem": e.std(ddof=1) / np.sqrt(e.size) if e.size > 1 else np.nan,
+            "std": e.std(ddof=1) if e.size > 1 else np.nan, "min": e.min(), "max": e.max(),
+            "in_band": float(np.mean((e >= BAND[0]) & (e <= BAND[1]))),
+            "median_grad_norm": float(np.median(g["grad_norm"])),
+            "converged": float(g["converged"].astype(bool).mean()),
+            "index0": float((g["index"] == 0).mean()) if "index" in g and g["index"].notna().all() else np.nan,
+            "distinct_minima": int(np.unique(np.round(e, 6)).size),
+            "median_steps": float(np.median(g["steps"])),
+        }
+        seeds = g["disorder_seed"] if "disorder_seed" in g else pd.Series(0, index=g.index)
+        sample_means = g.groupby(seeds)["energy_per_n"].mean()
+        row["std_sample_means"] = sample_means.std(ddof=1) if len(sample_means) > 1 else np.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    c = fit_c(table["N"], table["mean"], e_inf)
+    x = table["N"].to_numpy(float) ** (-2.0 / 3.0)
+    table["fit"] = -e_inf + c * x
+    table["residual"] = table["mean"] - table["fit"]
+    sem = table["sem"].to_numpy()
+    chi2 = float(np.sum((table["residual"] / sem) ** 2)) if np.all(sem > 0) else np.nan
+    c_se = float(np.sqrt(1.0 / np.sum(x * x / sem**2))) if np.all(sem > 0) else np.nan
+    slope, intercept = np.polyfit(x, table["mean"], 1) if len(table) > 1 else (np.nan, np.nan)
+    fit = pd.DataFrame([{"c": c, "c_se_from_sem": c_se, "chi2": chi2, "dof": len(table) - 1,
+                         "max_abs_residual": float(np.abs(table["residual"]).max()),
+                         "free_intercept": intercept, "free_slope": slope, "-E_inf": -e_inf}])
+    return table, fit
+
+
+def _energy_axes(ax, members: pd.DataFrame, e_0: float, e_inf: float) -> None:
+    sizes = sorted(int(n) for n in members["N"].unique())
+    data = members.assign(size=members["N"].astype(int).astype(str))
+    lo = min(data["energy_per_n"].min(), -e_0) - 0.02
+    hi = data["energy_per_n"].max() + 0.02
+    sns.histplot(data, x="energy_per_n", hue="size", hue_order=[str(n) for n in sizes], bins=np.linspace(lo, hi, 60),
+                 element="step", stat="density", common_norm=False, palette=sns.color_palette("viridis", len(sizes)), ax=ax)
+    ax.axvline(-e_0, color="k", ls="-", lw=1)
+    ax.axvline(-e_inf, color="k", ls="--", lw=1)
+    ax.text(-e_0, 1.0, " -E_0", transform=ax.get_xaxis_transform(), va="top", ha="right", fontsize=7)
+    ax.text(-e_inf, 0.94, " -E_inf", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=7)
+    ax.get_legend().set_title("N")
+    ax.set_xlabel("H / N at the endpoints")
+
+
+def histogram_figure(members: pd.DataFrame, p: int, e_0: float, e_inf: float) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _energy_axes(ax, members, e_0, e_inf)
+    ax.set_title(f"spherical {p}-spin glass: gradient-descent endpoints per N")
+    return fig
+
+
+def mean_figure(table: pd.DataFrame, fit: pd.DataFrame, e_0: float, e_inf: float) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(table["N"], table["mean"], yerr=table["sem"], marker="o", ls="none", capsize=3, label="mean H/N (sem)")
+    grid = np.linspace(table["N"].min() * 0.9, table["N"].max() * 1.1, 200)
+    c = float(fit["c"].iloc[0])
+    ax.plot(grid, -e_inf + c * grid ** (-2.0 / 3.0), label=f"-E_inf + {c:.3f} N^(-2/3)")
+    ax.axhline(-e_inf, color="k", ls="--", lw=1, label="-E_inf")
+    ax.axhline(-e_0, color="k", lw=1, label="-E_0")
+    ax.set_xscale("log")
+    ax.set_xlabel("N")
+    ax.set_ylabel("mean H / N")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def load_networks(source: Path) -> pd.DataFrame:
+    """Non-diverged members of a network width sweep with a ``normalized_test_loss`` column (one min-max map)."""
+    path = store.results_file(source)
+    nets = store.load_members(path)
+    if nets.empty or not {"width", "final_test_loss"} <= set(nets.columns):
+        raise AnalysisError(f"{path}: --networks needs members with width and final_test_loss (a training width sweep)")
+    if "diverged" in nets:
+        nets = nets[~nets["diverged"].astype(bool)]
+    nets = nets[np.isfinite(nets["final_test_loss"])]
+    if nets.empty:
+        raise AnalysisError(f"{path}: no finite, non-diverged test losses")
+    loss = nets["final_test_loss"]
+    span = loss.max() - loss.min()
+    return nets.assign(normalized_test_loss=(loss - loss.min()) / (span if span > 0 else 1.0))
+
+
+def side_by_side_figure(members: pd.DataFrame, nets: pd.DataFrame, p: int, e_0: float, e_inf: float) -> plt.Figure:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    _energy_axes(left, members, e_0, e_inf)
+    left.set_title(f"spin glass (p = {p})")
+    widths = sorted(int(w) for w in nets["width"].unique())
+    data = nets.assign(hidden_units=nets["width"].astype(int).astype(str))
+    sns.histplot(data, x="normalized_test_loss", hue="hidden_units", hue_order=[str(w) for w in widths],
+                 bins=np.linspace(0, 1, 60), element="step", stat="density", common_norm=False,
+                 palette=sns.color_palette("viridis", len(widths)), ax=right)
+    right.get_legend().set_title("hidden units")
+    right.set_xlabel("test loss, min-max normalized over all widths")
+    right.set_title("networks")
+    return fig
+
+
+def network_table(nets: pd.DataFrame) -> pd.DataFrame:
+    return (nets.groupby("width")["normalized_test_loss"].agg(["count", "mean", "std", "min", "max"])
+            .reset_index().rename(columns={"count": "networks"}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="task=spinglass sweep directory, sweep.h5 or results.h5")
+    parser.add_argument("--networks", type=Path, help="network width sweep (directory, sweep.h5 or results.h5)")
+    parser.add_argument("--p", type=int, help="interaction order to analyse when the source holds several")
+    parser.add_argument("--out", type=Path, help="output directory (default SOURCE/analysis/spinglass)")
+    args = parser.parse_args(argv)
+    try:
+        members, p = load_spinglass(args.source, args.p)
+        nets = load_networks(args.networks) if args.networks else None
+    except (store.ResultsError, AnalysisError) as exc:
+        print(f"spinglass: {exc}", file=sys.stderr)
+        return 2
+    base = args.source if args.source.is_dir() else args.source.parent
+    out = args.out or (base / "analysis" / "spinglass")
+    e_0, e_inf = thresholds(p)
+    table, fit = by_n_table(members, e_inf)
+    save_table(table, out, "spinglass_by_N")
+    save_table(fit, out, "fit")
+    save_figure(histogram_figure(members, p, e_0, e_inf), out, "energy_histograms")
+    save_figure(mean_figure(table, fit, e_0, e_inf), out, "mean_vs_N")
+    pd.set_option("display.width", 200)
+    print(f"p = {p}: -E_0 = {-e_0:.6f}, -E_inf = {-e_inf:.6f}")
+    print(table.to_string(index=False, float_format="%.4g"))
+    print(fit.to_string(index=False, float_format="%.4g"))
+    if nets is not None:
+        save_figure(side_by_side_figure(members, nets, p, e_0, e_inf), out, "side_by_side")
+        ntable = network_table(nets)
+        save_table(ntable, out, "networks_normalized")
+        print(ntable.to_string(index=False, float_format="%.4g"))
+    print(f"wrote figures and tables to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
