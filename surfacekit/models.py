@@ -128,9 +128,13 @@ def forward(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) 
     h = x
     last = spec.num_layers - 1
     for i in range(spec.num_layers):
-        z = torch.matmul(h, params[f"layers.{i}.weight"].transpose(1, 2))
-        if spec.bias:
-            z = z + params[f"layers.{i}.bias"].unsqueeze(1)
+        weight_t = params[f"layers.{i}.weight"].transpose(1, 2)
+        if spec.bias and h.dim() == 3:
+            z = torch.baddbmm(params[f"layers.{i}.bias"].unsqueeze(1), h, weight_t)  # fused bias add
+        else:
+            z = torch.matmul(h, weight_t)
+            if spec.bias:
+                z = z + params[f"layers.{i}.bias"].unsqueeze(1)
         if i == last:
             return z
         if spec.batch_norm:
