@@ -20,10 +20,11 @@ def test_index_equals_dense_count(mlp, relative):
     assert (mlp.eigenvalues.abs() < 1e-4 * scale).sum() > 100 and 0 < expected < 100
 
 
+@pytest.mark.parametrize("strategy", ["locking", "blocks"])
 @pytest.mark.parametrize("threshold", [None, -1e-3, -1e-6])
-def test_lanczos_path_agrees_with_dense(small_mlp, threshold):
+def test_lanczos_path_agrees_with_dense(small_mlp, threshold, strategy):
     dense = index(small_mlp.loss_fn, small_mlp.theta, threshold, method="dense")
-    lanc = index(small_mlp.loss_fn, small_mlp.theta, threshold, method="lanczos", block=4)
+    lanc = index(small_mlp.loss_fn, small_mlp.theta, threshold, method="lanczos", strategy=strategy, block=4)
     assert lanc.method == "lanczos"
     assert lanc.count == dense.count == int((small_mlp.eigenvalues < dense.threshold).sum())
     assert math.isclose(lanc.threshold, dense.threshold, rel_tol=1e-10)
@@ -59,3 +60,51 @@ def test_toy_surface(method):
 def test_rejects_unknown_method(mlp):
     with pytest.raises(ValueError):
         index(mlp.loss_fn, mlp.theta, method="density")
+
+
+@pytest.mark.parametrize("relative", [1e-6, 1e-5, 1e-3])
+def test_locking_lanczos_equals_dense_on_crowded_tail(mlp, relative):
+    """P = 610 with >100 eigenvalues within 1e-4 max|lambda| of zero: the hard case for Lanczos."""
+    scale = mlp.eigenvalues.abs().max()
+    res = index(mlp.loss_fn, mlp.theta, relative_threshold=relative, method="lanczos")
+    assert res.method == "lanczos" and not res.at_least
+    assert res.count == int((mlp.eigenvalues < -relative * scale).sum())
+    assert math.isclose(res.max_abs_eigenvalue, float(scale), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_locking_lanczos_exact_for_other_starts(mlp, seed):
+    res = index(mlp.loss_fn, mlp.theta, method="lanczos", seed=seed)
+    assert res.count == int((mlp.eigenvalues < res.threshold).sum())
+
+
+def test_locking_lanczos_small_basis_restarts_and_stays_exact(mlp):
+    res = index(mlp.loss_fn, mlp.theta, method="lanczos", basis_size=60)
+    assert res.count == int((mlp.eigenvalues < res.threshold).sum())
+
+
+def test_locking_lanczos_hvp_budget(mlp):
+    """Measured: 375 products for the 41 eigenvalues below -1e-5 max|lambda| (the block path with
+    a fresh start per block of 16 took 3110). Budget with margin: 600, about 15 per eigenvalue."""
+    res = index(mlp.loss_fn, mlp.theta, method="lanczos")
+    assert res.count == 41
+    assert res.num_hvps <= 600
+
+
+@pytest.mark.slow
+def test_locking_needs_far_fewer_products_than_blocks(mlp):
+    """The block path (kept as ``strategy="blocks"``) gives the same count at >= 4x the products (~10 s)."""
+    new = index(mlp.loss_fn, mlp.theta, method="lanczos")
+    old = index(mlp.loss_fn, mlp.theta, method="lanczos", strategy="blocks")
+    assert new.count == old.count
+    assert 4 * new.num_hvps <= old.num_hvps
+
+
+def test_locking_cap_gives_at_least(mlp):
+    res = index(mlp.loss_fn, mlp.theta, method="lanczos", cap=10)
+    assert res.count == 10 and res.at_least
+
+
+def test_rejects_unknown_strategy(small_mlp):
+    with pytest.raises(ValueError, match="strategy"):
+        index(small_mlp.loss_fn, small_mlp.theta, method="lanczos", strategy="density")
