@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -44,10 +45,18 @@ def test_every_group_option_composes(group, option):
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("optimizer.lr=-1", "optimizer.lr"),
     ("model.activation=gelu", "model.activation"),
+    ("population.lr_scale=[1,2]", "population.lr_scale"),
 ])
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         validate_training(compose_config([override]))
+
+
+def test_population_that_cannot_fit_in_memory_is_refused():
+    from surfacekit.tasks.train import build
+
+    with pytest.raises(ConfigError, match="population.size=100000000 .* GiB"):
+        build(compose_config(["population.size=100000000"]))
 
 
 def cli(*args, cwd):
@@ -61,6 +70,11 @@ def test_cli_run_writes_results(tmp_path):
     members = load_members(tmp_path / "run" / "results.h5")
     assert len(members) == 2 and {"final_test_loss", "grad_norm", "diverged", "seed"} <= set(members.columns)
     assert load_curves(tmp_path / "run" / "results.h5")["train_loss"].shape == (2, 3)
+    with h5py.File(tmp_path / "run" / "results.h5") as f:
+        for key in ("git_commit", "git_dirty", "torch_version", "numpy_version", "hostname", "start_time", "end_time",
+                    "config", "overrides", "threads", "device", "schema_version"):
+            assert key in f.attrs, key
+        assert f.attrs["threads"] == 1 and "population.size=2" in f.attrs["overrides"]
 
 
 def test_cli_bad_value_gives_one_line_error(tmp_path):

@@ -65,6 +65,15 @@ def test_mnist_npz(tmp_path):
     assert d.x_train.shape == (8, 784)
 
 
+def test_nan_in_data_is_rejected(tmp_path):
+    x = np.zeros((8, 28, 28))
+    x[3, 4, 5] = np.nan
+    np.savez(tmp_path / "bad.npz", x_train=x, y_train=np.zeros(8, dtype=int), x_test=np.zeros((2, 28, 28)),
+             y_test=np.zeros(2, dtype=int))
+    with pytest.raises(DataError, match="inputs contain NaN"):
+        load_data({"name": "mnist", "path": str(tmp_path)})
+
+
 def test_bad_inputs_give_one_line_errors(tmp_path, mnist_dir):
     with pytest.raises(DataError, match="no such directory"):
         load_data({"name": "mnist", "path": str(tmp_path / "nope")})
