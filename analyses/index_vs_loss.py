@@ -1,6 +1,6 @@
 """Dauphin et al. (2014) Fig. 1 style: index against loss at critical points, and their spectra.
 
-    surfacekit task=critical +critical=default source=RUN/results.h5
+    surfacekit task=critical source=RUN/results.h5
     python analyses/index_vs_loss.py RUN/results.h5 [--out DIR] [--bray-dean] [--finders newton_mr ...]
 
 Reads ``/critical/<finder>`` of a job's results file. Writes into --out (default
@@ -62,7 +62,7 @@ def load_critical(path: Path, finders: list[str] | None) -> dict[str, pd.DataFra
     """One frame per finder from ``/critical/<finder>`` (theta kept as a column of arrays)."""
     with h5py.File(path, "r") as f:
         if "critical" not in f:
-            raise store.ResultsError(f"{path}: no /critical; run surfacekit task=critical +critical=default source={path}")
+            raise store.ResultsError(f"{path}: no /critical; run surfacekit task=critical source={path}")
         names = finders or list(f["critical"])
     frames = {}
     for name in names:

@@ -1,6 +1,7 @@
 """Acceptance rates of the critical-point finders on a small tanh memorization net (P = 71).
 
     python benchmarks/critical_points.py [--starts 60] [--max-iter 100] [--finders newton_mr gradnorm ...]
+        [--weight-decay 0.01] [--minres-maxiter 25]
 
 A one-hidden-layer tanh net 5-6-5 (P = 71, MSE) is trained by full-batch gradient descent on N
 random Gaussian inputs and targets (memorization), storing the trajectory. Start points are drawn
@@ -8,7 +9,9 @@ from it uniformly in loss; every finder runs from the same starts in float64. Pr
 acceptance rate (||g||^2 < 1e-10), fraction of rejected endpoints that are gradient-flat (flatness
 ratio < 0.05), quantiles of ||g||^2 over rejected runs, Spearman rho(loss, index) over accepted
 points with a permutation p-value, the same rho over all endpoints (not evidence of anything), and
-the mean HVP cost.
+the mean HVP cost. ``--weight-decay`` adds ``wd/2 ||theta||^2`` to the loss (training and finders),
+which gives the problem finite, non-degenerate minima (without it the loss keeps decreasing as
+weights grow and tanh saturates). ``--minres-maxiter`` sets Newton-MR's inner budget (default 2P).
 """
 
 from __future__ import annotations
@@ -26,14 +29,18 @@ from surfacekit.population import flatten, member_loss_fn
 from surfacekit.stats import spearman_permutation
 
 
-def memorization_problem(n: int = 20, in_dim: int = 5, width: int = 6, out_dim: int = 5, seed: int = 0):
-    """(loss_fn, theta0, spec): a tanh net on random N(0,1) inputs and targets, MSE, float64."""
+def memorization_problem(n: int = 20, in_dim: int = 5, width: int = 6, out_dim: int = 5, seed: int = 0,
+                         weight_decay: float = 0.0):
+    """(loss_fn, theta0, spec): a tanh net on random N(0,1) inputs and targets, MSE (+ wd/2 ||theta||^2), float64."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_dim, generator=gen, dtype=torch.float64)
     y = torch.randn(n, out_dim, generator=gen, dtype=torch.float64)
     spec = MLPSpec(in_dim, (width,), out_dim, activation="tanh", init="xavier")
     theta0 = flatten({k: v[None] for k, v in init_member(spec, seed, torch.float64).items()})[0]
-    return member_loss_fn(spec, x, y, "mse"), theta0, spec
+    mse = member_loss_fn(spec, x, y, "mse")
+    if weight_decay == 0:
+        return mse, theta0, spec
+    return (lambda theta: mse(theta) + 0.5 * weight_decay * (theta @ theta)), theta0, spec
 
 
 def gd_trajectory(loss_fn, theta0: torch.Tensor, steps: int = 3000, lr: float = 0.05, every: int = 10):
@@ -51,13 +58,14 @@ def gd_trajectory(loss_fn, theta0: torch.Tensor, steps: int = 3000, lr: float = 
     return torch.stack(thetas), np.asarray(losses)
 
 
-def run_finder(loss_fn, starts: torch.Tensor, method: str, max_iter: int, seed: int = 0) -> pd.DataFrame:
+def run_finder(loss_fn, starts: torch.Tensor, method: str, max_iter: int, **options) -> pd.DataFrame:
     rows = []
     for theta in starts:
-        r = find(loss_fn, theta, method, max_iter=max_iter)
+        r = find(loss_fn, theta, method, max_iter=max_iter, **options)
         rows.append({"start_loss": r.start_loss, "loss": r.loss, "grad_norm2": r.grad_norm2,
                      "accepted": r.accepted, "gradient_flat": r.gradient_flat, "flat_ratio": r.flat_ratio,
-                     "index_fraction": r.index.fraction, "hvps": r.num_hvps, "iterations": r.iterations})
+                     "index_fraction": r.index.fraction, "hvps": r.num_hvps, "iterations": r.iterations,
+                     "solve_residual": np.median(r.solve_residuals) if r.solve_residuals else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -70,7 +78,8 @@ def summarize(method: str, frame: pd.DataFrame, seconds: float) -> dict:
             "flat_of_rejected": rej.gradient_flat.mean() if len(rej) else np.nan,
             "g2_rej_q10": q[0], "g2_rej_q50": q[1], "g2_rej_q90": q[2],
             "rho_accepted": rho_acc, "p_accepted": p_acc, "rho_all": rho_all,
-            "mean_hvps": frame.hvps.mean(), "seconds": seconds}
+            "median_iters_accepted": acc.iterations.median() if len(acc) else np.nan,
+            "minres_relres": frame.solve_residual.median(), "mean_hvps": frame.hvps.mean(), "seconds": seconds}
 
 
 def main(argv=None) -> None:
@@ -80,17 +89,20 @@ def main(argv=None) -> None:
     parser.add_argument("--finders", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--n", type=int, default=20, help="memorized examples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--minres-maxiter", type=int, default=None, help="Newton-MR inner budget (default 2P)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    loss_fn, theta0, spec = memorization_problem(n=args.n, seed=args.seed)
+    loss_fn, theta0, spec = memorization_problem(n=args.n, seed=args.seed, weight_decay=args.weight_decay)
     thetas, losses = gd_trajectory(loss_fn, theta0)
-    print(f"P = {theta0.numel()}, N = {args.n}; trajectory of {len(losses)} points, loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+    print(f"P = {theta0.numel()}, N = {args.n}, weight decay {args.weight_decay}; trajectory of {len(losses)} points, loss {losses[0]:.4g} -> {losses[-1]:.4g}")
     starts = thetas[sample_uniform_in_loss(losses, args.starts, seed=args.seed)]
     rows = []
     for method in args.finders:
         t0 = time.perf_counter()
-        frame = run_finder(loss_fn, starts, method, args.max_iter)
+        options = {"minres_maxiter": args.minres_maxiter} if method == "newton_mr" else {}
+        frame = run_finder(loss_fn, starts, method, args.max_iter, **options)
         rows.append(summarize(method, frame, time.perf_counter() - t0))
         print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=".3g"), flush=True)
     print()

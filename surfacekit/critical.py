@@ -3,7 +3,7 @@
 Four finders, all counted in gradients and Hessian-vector products (HVPs, from
 :mod:`surfacekit.curvature`):
 
-* ``"newton_mr"``: MINRES on ``H d = -g`` (rtol 1e-10, at most 25 iterations by default), then a
+* ``"newton_mr"``: MINRES on ``H d = -g`` (rtol 1e-10, at most 2P iterations by default), then a
   backtracking (Armijo) line search on ``||g||^2``. Converges to critical points of any index.
 * ``"gradnorm"``: minimizes ``0.5 ||g||^2`` (its gradient is ``H g``, one HVP) by L-BFGS or
   gradient descent, both with Armijo backtracking. Known to stall at gradient-flat points.
@@ -52,7 +52,9 @@ class FinderRun:
     """What a finder returns before classification: endpoint [P], per-iteration history, costs.
 
     history: ``||g||^2`` at the start and after every accepted iteration; losses: ``f`` at the
-    same points; stop: why it stopped ("tolerance", "max_iter", "line_search", "nonfinite").
+    same points; stop: why it stopped ("tolerance", "max_iter", "line_search", "nonfinite");
+    solve_residuals: for Newton-MR, the relative residual ``||H d + g|| / ||g||`` of every inner
+    MINRES solve (empty for the other finders).
     """
 
     theta: Tensor
@@ -62,6 +64,7 @@ class FinderRun:
     history: list[float]
     losses: list[float]
     stop: str
+    solve_residuals: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -74,7 +77,8 @@ class CriticalPoint:
     flat_ratio: ``||H g|| / (||H||_2 ||g||)`` (nan where g or H is exactly 0); spectral_norm:
     ``||H||_2`` from extreme_eigenvalues; gradient_flat: rejected and flat_ratio < flat_threshold;
     status: "critical", "gradient_flat" or "rejected"; index: the exact index (None if not asked);
-    history / losses: ``||g||^2`` and f along the run; stop: why the finder stopped.
+    history / losses: ``||g||^2`` and f along the run; stop: why the finder stopped;
+    solve_residuals: Newton-MR's relative MINRES residual per iteration (empty for other finders).
     """
 
     theta: Tensor
@@ -98,6 +102,7 @@ class CriticalPoint:
     stop: str
     history: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    solve_residuals: list[float] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -171,21 +176,34 @@ def _backtrack(counter: _Counter, theta: Tensor, d: Tensor, objective: str, curr
 # ----------------------------------------------------------------------------- finders
 
 def newton_mr(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float = 1e-20,
-              minres_rtol: float = 1e-10, minres_maxiter: int = 25, step0: float = 1.0,
+              minres_rtol: float = 1e-10, minres_maxiter: int | None = None, step0: float = 1.0,
               rho: float = 1e-4, beta: float = 0.5, min_step: float = 1e-10) -> FinderRun:
     """Newton-MR: ``d`` = MINRES solution of ``H d = -g``, Armijo backtracking on ``||g||^2``.
 
-    The slope of ``||g||^2`` along ``d`` is ``2 g^T H d`` (one extra HVP). If MINRES returns a
-    direction that does not decrease ``||g||^2`` the step falls back to ``-H g``. Stops when
-    ``||g||^2 <= tol``, after ``max_iter`` iterations or when the line search fails.
-    Frye et al. (2021) used ``step0=0.1``; the default 1 takes full Newton steps when they work.
+    ``minres_maxiter`` caps the inner MINRES iterations (HVPs) per Newton step; None (default)
+    means 2P. In exact arithmetic MINRES terminates within P steps, but in floating point it
+    loses orthogonality: near a minimum of a P = 71 tanh net (condition number ~3e3) P steps left
+    relative residuals of 1e-4 to 2e-3, 2P steps 1e-8 (and stopped early on rtol). Frye et al.
+    (2021) capped it at 25: on that net the residuals were 0.2 to 0.9 after the first steps, so
+    the step is barely a Newton step and convergence near a minimum is linear, not quadratic. ``minres_rtol`` is scipy's
+    stopping test, which is relative to ``||H|| ||d|| + ||g||`` rather than ``||g||``; the true
+    relative residual ``||H d + g|| / ||g||`` of every solve is recorded in ``solve_residuals``
+    (free: ``H d`` is needed for the slope anyway).
+
+    The slope of ``||g||^2`` along ``d`` is ``2 g^T H d``. If MINRES returns a direction that does
+    not decrease ``||g||^2`` the step falls back to ``-H g``. Stops when ``||g||^2 <= tol``, after
+    ``max_iter`` iterations or when the line search fails. Frye et al. used ``step0=0.1``; the
+    default 1 takes full Newton steps when they pass the Armijo test.
     """
     theta = _check_inputs(theta0)
+    p = theta.numel()
+    maxiter = 2 * p if minres_maxiter is None else int(minres_maxiter)
+    if maxiter < 1:
+        raise ValueError(f"minres_maxiter must be >= 1 or None, got {minres_maxiter}")
     counter = _Counter(loss_fn)
     f, g = counter.grad(theta)
     gn2 = float(g @ g)
-    history, losses, stop, it = [gn2], [f], "max_iter", 0
-    p = theta.numel()
+    history, losses, residuals, stop, it = [gn2], [f], [], "max_iter", 0
     for it in range(1, max_iter + 1):
         if gn2 <= tol:
             it -= 1
@@ -194,9 +212,11 @@ def newton_mr(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: floa
         hess = counter.operator(theta)
         as_np = lambda v: hess(torch.from_numpy(np.ascontiguousarray(v)).to(theta)).cpu().numpy()  # noqa: E731
         op = LinearOperator((p, p), matvec=as_np, dtype=np.float64)
-        d_np, _ = minres(op, -g.cpu().numpy(), rtol=minres_rtol, maxiter=minres_maxiter)
+        d_np, _ = minres(op, -g.cpu().numpy(), rtol=minres_rtol, maxiter=maxiter)
         d = torch.from_numpy(np.asarray(d_np)).to(theta)
-        slope = 2.0 * float(g @ hess(d))
+        hd = hess(d)
+        residuals.append(float((hd + g).norm()) / gn2 ** 0.5)
+        slope = 2.0 * float(g @ hd)
         if not (math.isfinite(slope) and slope < 0):
             hg = hess(g)
             d, slope = -hg, -2.0 * float(hg @ hg)
@@ -211,7 +231,7 @@ def newton_mr(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: floa
         losses.append(f)
     else:
         stop = "tolerance" if gn2 <= tol else "max_iter"
-    return FinderRun(theta, it, counter.hvps, counter.grads, history, losses, stop)
+    return FinderRun(theta, it, counter.hvps, counter.grads, history, losses, stop, residuals)
 
 
 def gradnorm(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float = 1e-20,
@@ -434,6 +454,7 @@ def classify_endpoint(loss_fn: LossFn, run: FinderRun, method: str, *, cutoff: f
         num_hvps=run.num_hvps, num_grads=run.num_grads, accepted=status == "critical", flat_ratio=ratio,
         spectral_norm=norm, gradient_flat=status == "gradient_flat", status=status, cutoff=cutoff,
         flat_threshold=flat_threshold, index=idx, stop=run.stop, history=run.history, losses=run.losses,
+        solve_residuals=run.solve_residuals,
     )
 
 

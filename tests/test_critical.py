@@ -178,6 +178,57 @@ def test_gradient_flat_endpoints_of_a_memorization_net_are_not_critical():
         assert p.accepted == (p.grad_norm2 < 1e-10)
 
 
+def trained_to_a_minimum(weight_decay=1e-2, n=20):
+    """A 5-6-5 tanh memorization net (P = 71) plus wd/2 ||theta||^2, which gives it finite,
+    non-degenerate minima, trained to one by L-BFGS: (loss_fn, theta_min) with ||g||^2 < 1e-12."""
+    from scipy.optimize import minimize
+
+    from surfacekit.critical import value_and_grad
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 5, generator=gen, **F64)
+    y = torch.randn(n, 5, generator=gen, **F64)
+    spec = MLPSpec(5, (6,), 5, activation="tanh", init="xavier")
+    mse = member_loss_fn(spec, x, y, "mse")
+    loss_fn = lambda t: mse(t) + 0.5 * weight_decay * (t @ t)  # noqa: E731
+    theta0 = flatten({k: v[None] for k, v in init_member(spec, 0, torch.float64).items()})[0]
+
+    def fg(v):
+        f, g = value_and_grad(loss_fn, torch.from_numpy(v))
+        return f, g.numpy()
+
+    res = minimize(fg, theta0.numpy(), jac=True, method="L-BFGS-B",
+                   options=dict(maxiter=3000, gtol=1e-12, ftol=1e-16, maxcor=20))
+    theta = torch.from_numpy(res.x)
+    _, g = value_and_grad(loss_fn, theta)
+    assert float(g @ g) < 1e-12
+    return loss_fn, theta
+
+
+def test_newton_mr_converges_quadratically_near_a_trained_minimum():
+    loss_fn, theta_min = trained_to_a_minimum()
+    # Start at the final trained point itself: accepted at once, index 0, the same minimum.
+    point = find(loss_fn, theta_min, "newton_mr", max_iter=10)
+    assert point.accepted and point.iterations <= 2 and point.index.count == 0
+    assert (point.theta - theta_min).norm() < 1e-5
+    # Start 0.1 away: a handful of (inexact-)Newton steps with quadratic convergence. With the
+    # earlier default inner budget (25 MINRES iterations for P = 71) the solves left relative
+    # residuals of order 0.1 to 1 and the same start needed about 18 linearly converging steps.
+    u = torch.randn(71, generator=torch.Generator().manual_seed(1), **F64)
+    start = theta_min + 0.1 * u / u.norm()
+    point = find(loss_fn, start, "newton_mr", max_iter=30)
+    assert point.accepted and point.stop == "tolerance" and point.iterations <= 10, point.history
+    assert (point.theta - theta_min).norm() < 1e-6 and point.index.count == 0
+    h = np.asarray(point.history)
+    last = np.flatnonzero(h < 1e-6)[:2]  # two consecutive steps once inside the basin
+    assert len(last) == 2 and h[last[1]] < 1e-3 * h[last[0]], h  # superlinear: >= 1000x per step
+    assert point.solve_residuals[0] < 1e-6  # the inner solve is (nearly) exact by default (later ones
+    # are limited by rounding once ||g|| is near 1e-10)
+    capped = find(loss_fn, start, "newton_mr", max_iter=30, minres_maxiter=25, compute_index=False)
+    assert max(capped.solve_residuals) > 1e-3  # Frye et al.'s cap: inexact steps
+    assert capped.iterations > point.iterations
+
+
 # ----------------------------------------------------------------------------- start points and API
 
 def test_sample_uniform_in_loss_spreads_over_the_loss_range():
@@ -234,6 +285,7 @@ def test_task_critical_end_to_end(tmp_path):
         assert np.array_equal(g["accepted"], g["grad_norm2"] < 1e-10)
         assert np.allclose(g["grad_norm2_relative"], g["grad_norm2"] / g["start_grad_norm2"])
         assert np.all(g["index_threshold"] < 0) and {m.decode() for m in g["index_method"]} == {"dense"}
+        assert np.all(np.isfinite(g["solve_residual"])) == (finder == "newton_mr")  # MINRES residual, nan otherwise
     assert load_group(source, "members")["member"].shape == (2,)  # the training results are still there
 
 

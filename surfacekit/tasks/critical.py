@@ -11,9 +11,10 @@ rejected) and indexed. Written with ``store.add_groups`` into the source file, o
     /critical/<finder>/{member, start_eval, start_step, start_loss, loss, start_grad_norm2, grad_norm2,
                         grad_norm2_relative, iterations, hvps, grads, accepted, gradient_flat, status,
                         flat_ratio, spectral_norm, index_count, index_fraction, index_threshold,
-                        index_relative_threshold, index_method, index_at_least, stop, theta}
+                        index_relative_threshold, index_method, index_at_least, stop, solve_residual, theta}
 
-all [n] (``theta`` [n, P]), with the settings as JSON in the root attribute ``critical``.
+all [n] (``theta`` [n, P]; ``solve_residual``: Newton-MR's median relative MINRES residual ``||H d + g|| / ||g||``,
+nan for other finders), with the settings as JSON in the root attribute ``critical``.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> 
         "index_relative_threshold": np.nan if idx is None else idx.relative_threshold,
         "index_method": "" if idx is None else idx.method, "index_at_least": False if idx is None else idx.at_least,
         "stop": p.stop,
+        "solve_residual": float(np.median(p.solve_residuals)) if p.solve_residuals else np.nan,
     }
     if keep_theta:
         row["theta"] = p.theta.cpu().numpy()
