@@ -1,7 +1,14 @@
-"""Acceptance rates of the critical-point finders on a small tanh memorization net (P = 71).
+"""Acceptance rates of the critical-point finders on a small tanh memorization net (P = 71) or a
+deep linear autoencoder (P = 20).
 
-    python benchmarks/critical_points.py [--starts 60] [--max-iter 100] [--finders newton_mr gradnorm ...]
-        [--weight-decay 0.01] [--minres-maxiter 25]
+    python benchmarks/critical_points.py [--problem memorization|autoencoder] [--starts 60]
+        [--max-iter 100] [--finders newton_mr gradnorm ...] [--weight-decay 0.01] [--minres-maxiter 25]
+        [--start-scale 1.0]
+
+``--problem autoencoder``: 5 -> 2 -> 5 linear autoencoder with data covariance eigenvalues
+(5, 3, 2, 1.2, 0.5); starts drawn at random (N(0, start_scale^2) per weight, not near any critical
+point); every accepted endpoint is checked against Baldi-Hornik's closed form (its loss is half a
+sum of left-out eigenvalues; for full-rank subsets, its index is the pair count).
 
 A one-hidden-layer tanh net 5-6-5 (P = 71, MSE) is trained by full-batch gradient descent on N
 random Gaussian inputs and targets (memorization), storing the trajectory. Start points are drawn
@@ -43,6 +50,46 @@ def memorization_problem(n: int = 20, in_dim: int = 5, width: int = 6, out_dim: 
     return (lambda theta: mse(theta) + 0.5 * weight_decay * (theta @ theta)), theta0, spec
 
 
+def autoencoder_problem(d: int = 5, p: int = 2, n: int = 40, eigenvalues=(5.0, 3.0, 2.0, 1.2, 0.5), seed: int = 0):
+    """(loss_fn, q [d, d], lam [d]): deep linear autoencoder 0.5/n ||X - X W1^T W2^T||^2, theta = (W1 [p, d], W2 [d, p]).
+
+    The data are whitened and recoloured so that X^T X / n = Q diag(lam) Q^T exactly. Baldi and
+    Hornik (1989): at a critical point W2 W1 is the orthogonal projection onto span(Q_I) for a
+    subset I of at most p eigenvectors, and the loss is half the sum of the eigenvalues left out.
+    For |I| = p the index is #{(i in I, j not in I): lam_j > lam_i}.
+    """
+    if len(eigenvalues) != d:
+        raise ValueError("need d eigenvalues")
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    lam = torch.tensor(eigenvalues, dtype=torch.float64)
+    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    z = z - z.mean(0)
+    white = torch.linalg.solve_triangular(torch.linalg.cholesky(z.T @ z / n), z.T, upper=False).T
+    x = white @ (q * lam.sqrt()).T
+
+    def loss_fn(theta):
+        w1, w2 = theta[: p * d].reshape(p, d), theta[p * d:].reshape(d, p)
+        return 0.5 * ((x - x @ w1.T @ w2.T) ** 2).sum() / n
+
+    return loss_fn, q, lam
+
+
+def autoencoder_closed_form(theta: torch.Tensor, q: torch.Tensor, lam: torch.Tensor, p: int):
+    """(subset, loss, index or None) that Baldi-Hornik assigns to an endpoint, or None if W2 W1 is no
+    projection onto eigenvectors (to 1e-6). The index is given for full-rank subsets (|I| = p) only."""
+    d = q.shape[0]
+    w1, w2 = theta[: p * d].reshape(p, d), theta[p * d:].reshape(d, p)
+    m = w2 @ w1
+    subset = [i for i in range(d) if float(q[:, i] @ m @ q[:, i]) > 0.5]
+    u = q[:, subset]
+    if float((m - u @ u.T).norm()) > 1e-6:
+        return None
+    loss = 0.5 * float(sum(lam[j] for j in range(d) if j not in subset))
+    idx = sum(1 for i in subset for j in range(d) if j not in subset and lam[j] > lam[i]) if len(subset) == p else None
+    return tuple(subset), loss, idx
+
+
 def gd_trajectory(loss_fn, theta0: torch.Tensor, steps: int = 3000, lr: float = 0.05, every: int = 10):
     """Full-batch gradient descent; returns (thetas [T, P], losses [T]) every ``every`` steps."""
     theta = theta0.clone().requires_grad_(True)
@@ -58,11 +105,19 @@ def gd_trajectory(loss_fn, theta0: torch.Tensor, steps: int = 3000, lr: float = 
     return torch.stack(thetas), np.asarray(losses)
 
 
-def run_finder(loss_fn, starts: torch.Tensor, method: str, max_iter: int, **options) -> pd.DataFrame:
+def run_finder(loss_fn, starts: torch.Tensor, method: str, max_iter: int, closed_form=None, **options) -> pd.DataFrame:
+    """One row per start; ``closed_form(theta) -> (subset, loss, index) or None`` adds the autoencoder checks."""
     rows = []
     for theta in starts:
         r = find(loss_fn, theta, method, max_iter=max_iter, **options)
-        rows.append({"start_loss": r.start_loss, "loss": r.loss, "grad_norm2": r.grad_norm2,
+        extra = {}
+        if closed_form is not None:
+            cf = closed_form(r.theta) if r.accepted else None
+            extra = {"subset": None if cf is None else cf[0],
+                     "loss_matches": cf is not None and abs(cf[1] - r.loss) < 1e-8,
+                     "index_checkable": cf is not None and cf[2] is not None,
+                     "index_matches": cf is not None and cf[2] is not None and cf[2] == r.index.count}
+        rows.append({**extra, "index_count": r.index.count, "start_loss": r.start_loss, "loss": r.loss, "grad_norm2": r.grad_norm2,
                      "accepted": r.accepted, "gradient_flat": r.gradient_flat, "flat_ratio": r.flat_ratio,
                      "index_fraction": r.index.fraction, "hvps": r.num_hvps, "iterations": r.iterations,
                      "solve_residual": np.median(r.solve_residuals) if r.solve_residuals else np.nan})
@@ -79,11 +134,19 @@ def summarize(method: str, frame: pd.DataFrame, seconds: float) -> dict:
             "g2_rej_q10": q[0], "g2_rej_q50": q[1], "g2_rej_q90": q[2],
             "rho_accepted": rho_acc, "p_accepted": p_acc, "rho_all": rho_all,
             "median_iters_accepted": acc.iterations.median() if len(acc) else np.nan,
-            "minres_relres": frame.solve_residual.median(), "mean_hvps": frame.hvps.mean(), "seconds": seconds}
+            "minres_relres": frame.solve_residual.median(), "mean_hvps": frame.hvps.mean(),
+            "distinct_index": acc.index_count.nunique(), "seconds": seconds,
+            **({"closed_form_loss_ok": f"{int(acc.loss_matches.sum())}/{len(acc)}",
+                "closed_form_index_ok": f"{int(acc.index_matches.sum())}/{int(acc.index_checkable.sum())}",
+                "subsets": acc.subset.nunique()} if "subset" in frame else {})}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problem", choices=["memorization", "autoencoder"], default="memorization",
+                        help="memorization: tanh net, starts from its GD trajectory; autoencoder: deep linear "
+                             "autoencoder (d 5, p 2), starts N(0, start_scale^2) at random")
+    parser.add_argument("--start-scale", type=float, default=1.0, help="autoencoder: std of the random starts")
     parser.add_argument("--starts", type=int, default=60)
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--finders", nargs="+", default=list(METHODS), choices=METHODS)
@@ -94,15 +157,25 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    loss_fn, theta0, spec = memorization_problem(n=args.n, seed=args.seed, weight_decay=args.weight_decay)
-    thetas, losses = gd_trajectory(loss_fn, theta0)
-    print(f"P = {theta0.numel()}, N = {args.n}, weight decay {args.weight_decay}; trajectory of {len(losses)} points, loss {losses[0]:.4g} -> {losses[-1]:.4g}")
-    starts = thetas[sample_uniform_in_loss(losses, args.starts, seed=args.seed)]
+    closed_form = None
+    if args.problem == "autoencoder":
+        d, p = 5, 2
+        loss_fn, q, lam = autoencoder_problem(d, p, seed=args.seed)
+        closed_form = lambda theta: autoencoder_closed_form(theta, q, lam, p)  # noqa: E731
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        starts = args.start_scale * torch.randn(args.starts, 2 * d * p, generator=gen, dtype=torch.float64)
+        print(f"deep linear autoencoder d = {d}, p = {p} (P = {2 * d * p}), eigenvalues {lam.tolist()}; "
+              f"{args.starts} random starts N(0, {args.start_scale}^2)")
+    else:
+        loss_fn, theta0, spec = memorization_problem(n=args.n, seed=args.seed, weight_decay=args.weight_decay)
+        thetas, losses = gd_trajectory(loss_fn, theta0)
+        print(f"P = {theta0.numel()}, N = {args.n}, weight decay {args.weight_decay}; trajectory of {len(losses)} points, loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+        starts = thetas[sample_uniform_in_loss(losses, args.starts, seed=args.seed)]
     rows = []
     for method in args.finders:
         t0 = time.perf_counter()
         options = {"minres_maxiter": args.minres_maxiter} if method == "newton_mr" else {}
-        frame = run_finder(loss_fn, starts, method, args.max_iter, **options)
+        frame = run_finder(loss_fn, starts, method, args.max_iter, closed_form, **options)
         rows.append(summarize(method, frame, time.perf_counter() - t0))
         print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=".3g"), flush=True)
     print()

@@ -46,7 +46,7 @@ NEAR = [(0.1, -0.07), (-0.05, 0.12), (0.08, 0.09)]
 
 
 @pytest.mark.parametrize("name", list(SURFACES))
-@pytest.mark.parametrize("method", ["newton", "newton_mr"])
+@pytest.mark.parametrize("method", ["newton", "newton_mr", "levenberg_marquardt"])
 @pytest.mark.parametrize("start", NEAR)
 def test_newton_converges_to_the_saddle(name, method, start):
     fn = SURFACES[name]
@@ -137,6 +137,39 @@ def test_linear_autoencoder_newton_mr_finds_exact_critical_points():
             point = find(loss, start, "newton_mr", max_iter=50)
             results.append(point.grad_norm2 < 1e-12 and point.index.count == expected and point.accepted)
     assert np.mean(results) >= 0.9, results
+
+
+def test_levenberg_marquardt_from_random_starts_reaches_baldi_hornik_points():
+    # Starts N(0, 1) per weight, not near any critical point. Every accepted endpoint must be one of
+    # Baldi-Hornik's: W2 W1 the projection onto span(Q_I), loss = half the left-out eigenvalue sum,
+    # and (|I| = p) the index equal to the pair count.
+    d, p = 5, 2
+    loss, _, lam, gen = linear_autoencoder(d, p)
+    x_cov_q = None
+    accepted = 0
+    for _ in range(3):
+        start = torch.randn(2 * d * p, generator=gen, **F64)
+        point = find(loss, start, "levenberg_marquardt", max_iter=100)
+        if not point.accepted:
+            continue
+        accepted += 1
+        assert point.grad_norm2 < 1e-10 and point.stop == "tolerance"
+        w1, w2 = point.theta[: p * d].reshape(p, d), point.theta[p * d :].reshape(d, p)
+        m = w2 @ w1
+        evals, evecs = torch.linalg.eigh(0.5 * (m + m.T))
+        assert torch.allclose(m, m.T, atol=1e-6) and torch.allclose(m @ m, m, atol=1e-6)  # a projection
+        rank = int((evals > 0.5).sum())
+        # recover the kept eigenvalues: the covariance restricted to range(m)
+        if x_cov_q is None:
+            gen2 = torch.Generator().manual_seed(0)
+            x_cov_q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen2, **F64))
+        kept = [i for i in range(d) if float(x_cov_q[:, i] @ m @ x_cov_q[:, i]) > 0.5]
+        assert len(kept) == rank
+        assert abs(point.loss - 0.5 * float(sum(lam[j] for j in range(d) if j not in kept))) < 1e-8
+        if rank == p:
+            expected = sum(1 for i in kept for j in range(d) if j not in kept and lam[j] > lam[i])
+            assert point.index.count == expected
+    assert accepted >= 2
 
 
 # ----------------------------------------------------------------------------- tanh memorization net
