@@ -176,6 +176,37 @@ def _backtrack(counter: _Counter, theta: Tensor, d: Tensor, objective: str, curr
     return None
 
 
+_Step = Callable[[Tensor, float, Tensor, float], tuple[Tensor, float, Tensor] | None]
+
+
+def _iterate(counter: _Counter, theta: Tensor, f: float, g: Tensor, max_iter: int, tol: float,
+             step: _Step, residuals: list[float] | None = None) -> FinderRun:
+    """Outer loop shared by the finders, from ``f``, ``g`` [P] already evaluated at ``theta``.
+
+    Until ``||g||^2 <= tol`` or ``max_iter`` steps, ``step(theta, f, g, ||g||^2)`` returns the next
+    ``(theta, f, g)``, or None when it found no acceptable point (stop "line_search").
+    ``residuals`` (filled by ``step``) becomes ``solve_residuals``.
+    """
+    gn2 = float(g @ g)
+    history, losses = [gn2], [f]
+    for _ in range(max_iter):
+        if gn2 <= tol:
+            stop = "tolerance"
+            break
+        proposal = step(theta, f, g, gn2)
+        if proposal is None:
+            stop = "line_search"
+            break
+        theta, f, g = proposal
+        gn2 = float(g @ g)
+        history.append(gn2)
+        losses.append(f)
+    else:
+        stop = "tolerance" if gn2 <= tol else "max_iter"
+    return FinderRun(theta, len(history) - 1, counter.hvps, counter.grads, history, losses, stop,
+                     [] if residuals is None else residuals)
+
+
 # ----------------------------------------------------------------------------- finders
 
 def newton_mr(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float = 1e-20,
@@ -204,14 +235,9 @@ def newton_mr(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: floa
     if maxiter < 1:
         raise ValueError(f"minres_maxiter must be >= 1 or None, got {minres_maxiter}")
     counter = _Counter(loss_fn)
-    f, g = counter.grad(theta)
-    gn2 = float(g @ g)
-    history, losses, residuals, stop, it = [gn2], [f], [], "max_iter", 0
-    for it in range(1, max_iter + 1):
-        if gn2 <= tol:
-            it -= 1
-            stop = "tolerance"
-            break
+    residuals: list[float] = []
+
+    def step(theta: Tensor, f: float, g: Tensor, gn2: float) -> tuple[Tensor, float, Tensor] | None:
         hess = counter.operator(theta)
         as_np = lambda v: hess(torch.from_numpy(np.ascontiguousarray(v)).to(theta)).cpu().numpy()  # noqa: E731
         op = LinearOperator((p, p), matvec=as_np, dtype=np.float64)
@@ -223,18 +249,11 @@ def newton_mr(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: floa
         if not (math.isfinite(slope) and slope < 0):
             hg = hess(g)
             d, slope = -hg, -2.0 * float(hg @ hg)
-        step = _backtrack(counter, theta, d, "gradnorm2", gn2, slope, step0, rho, beta, min_step)
-        if step is None:
-            it -= 1
-            stop = "line_search"
-            break
-        _, theta, f, g = step
-        gn2 = float(g @ g)
-        history.append(gn2)
-        losses.append(f)
-    else:
-        stop = "tolerance" if gn2 <= tol else "max_iter"
-    return FinderRun(theta, it, counter.hvps, counter.grads, history, losses, stop, residuals)
+        found = _backtrack(counter, theta, d, "gradnorm2", gn2, slope, step0, rho, beta, min_step)
+        return None if found is None else found[1:]
+
+    f, g = counter.grad(theta)
+    return _iterate(counter, theta, f, g, max_iter, tol, step, residuals)
 
 
 def gradnorm(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float = 1e-20,
@@ -252,17 +271,13 @@ def gradnorm(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float
     theta = _check_inputs(theta0)
     counter = _Counter(loss_fn)
     f, g = counter.grad(theta)
-    phi = 0.5 * float(g @ g)
     grad_phi = counter.operator(theta)(g)
-    history, losses, stop, it = [2 * phi], [f], "max_iter", 0
     s_list: list[Tensor] = []
     y_list: list[Tensor] = []
     alpha_gd = step0
-    for it in range(1, max_iter + 1):
-        if 2 * phi <= tol:
-            it -= 1
-            stop = "tolerance"
-            break
+
+    def step(theta: Tensor, f: float, g: Tensor, gn2: float) -> tuple[Tensor, float, Tensor] | None:
+        nonlocal grad_phi, alpha_gd
         if optimizer == "lbfgs":
             d = -_two_loop(grad_phi, s_list, y_list)
             first = step0 if not s_list else 1.0
@@ -273,12 +288,10 @@ def gradnorm(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float
             s_list.clear()
             y_list.clear()
             d, slope = -grad_phi, -float(grad_phi @ grad_phi)
-        step = _backtrack(counter, theta, d, "gradnorm2", 2 * phi, 2 * slope, first, rho, beta, min_step)
-        if step is None:
-            it -= 1
-            stop = "line_search"
-            break
-        alpha, new_theta, f, g = step
+        found = _backtrack(counter, theta, d, "gradnorm2", gn2, 2 * slope, first, rho, beta, min_step)
+        if found is None:
+            return None
+        alpha, new_theta, f, g = found
         new_grad_phi = counter.operator(new_theta)(g)
         s, y = new_theta - theta, new_grad_phi - grad_phi
         if float(s @ y) > 1e-12 * float(s @ s) ** 0.5 * float(y @ y) ** 0.5:
@@ -287,13 +300,10 @@ def gradnorm(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float
             if len(s_list) > memory:
                 s_list.pop(0)
                 y_list.pop(0)
-        theta, grad_phi, phi = new_theta, new_grad_phi, 0.5 * float(g @ g)
-        alpha_gd = min(2.0 * alpha, 1e6)
-        history.append(2 * phi)
-        losses.append(f)
-    else:
-        stop = "tolerance" if 2 * phi <= tol else "max_iter"
-    return FinderRun(theta, it, counter.hvps, counter.grads, history, losses, stop)
+        grad_phi, alpha_gd = new_grad_phi, min(2.0 * alpha, 1e6)
+        return new_theta, f, g
+
+    return _iterate(counter, theta, f, g, max_iter, tol, step)
 
 
 def _two_loop(grad: Tensor, s_list: list[Tensor], y_list: list[Tensor]) -> Tensor:
@@ -330,14 +340,8 @@ def _krylov_newton(loss_fn: LossFn, theta0: Tensor, saddle_free: bool, *, max_it
                    beta: float, min_step: float) -> FinderRun:
     theta = _check_inputs(theta0)
     counter = _Counter(loss_fn)
-    f, g = counter.grad(theta)
-    gn2 = float(g @ g)
-    history, losses, stop, it = [gn2], [f], "max_iter", 0
-    for it in range(1, max_iter + 1):
-        if gn2 <= tol:
-            it -= 1
-            stop = "tolerance"
-            break
+
+    def step(theta: Tensor, f: float, g: Tensor, gn2: float) -> tuple[Tensor, float, Tensor] | None:
         hess = counter.operator(theta)
         lam, vecs = krylov_eigen(hess, g, krylov_dim)
         coef = vecs @ g
@@ -353,18 +357,11 @@ def _krylov_newton(loss_fn: LossFn, theta0: Tensor, saddle_free: bool, *, max_it
             if not (math.isfinite(slope) and slope < 0):
                 hg = hess(g)
                 d, slope = -hg, -2.0 * float(hg @ hg)
-        step = _backtrack(counter, theta, d, objective, current, slope, step0, rho, beta, min_step)
-        if step is None:
-            it -= 1
-            stop = "line_search"
-            break
-        _, theta, f, g = step
-        gn2 = float(g @ g)
-        history.append(gn2)
-        losses.append(f)
-    else:
-        stop = "tolerance" if gn2 <= tol else "max_iter"
-    return FinderRun(theta, it, counter.hvps, counter.grads, history, losses, stop)
+        found = _backtrack(counter, theta, d, objective, current, slope, step0, rho, beta, min_step)
+        return None if found is None else found[1:]
+
+    f, g = counter.grad(theta)
+    return _iterate(counter, theta, f, g, max_iter, tol, step)
 
 
 def newton(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float = 1e-20,
@@ -423,23 +420,18 @@ def levenberg_marquardt(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 200,
         raise ValueError("levenberg_marquardt: need lsqr_maxiter >= 1, mu0 > 0, 0 < accept < 0.25, "
                          "shrink > 1 and grow > 1")
     counter = _Counter(loss_fn)
-    f, g = counter.grad(theta)
-    gn2 = float(g @ g)
-    history, losses, residuals, stop, it = [gn2], [f], [], "max_iter", 0
+    residuals: list[float] = []
     scale2 = None
     mu = mu0
-    for it in range(1, max_iter + 1):
-        if gn2 <= tol:
-            it -= 1
-            stop = "tolerance"
-            break
+
+    def step(theta: Tensor, f: float, g: Tensor, gn2: float) -> tuple[Tensor, float, Tensor] | None:
+        nonlocal scale2, mu
         hess = counter.operator(theta)
         if scale2 is None:
             hg = hess(g)
             scale2 = float(hg @ hg) / gn2 if float(hg @ hg) > 0 else 1.0
         as_np = lambda v: hess(torch.from_numpy(np.ascontiguousarray(v)).to(theta)).cpu().numpy()  # noqa: E731
         op = LinearOperator((p, p), matvec=as_np, rmatvec=as_np, dtype=np.float64)
-        taken = False
         for _ in range(max_rejections):
             sol = lsqr(op, -g.cpu().numpy(), damp=math.sqrt(mu * scale2), atol=lsqr_tol, btol=lsqr_tol,
                        iter_lim=maxiter)
@@ -457,21 +449,14 @@ def levenberg_marquardt(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 200,
                     mu = max(mu / shrink, mu_min)
                 elif ratio < 0.25:
                     mu = min(mu * grow, mu_max)
-                theta, f, g, gn2 = trial, f_new, g_new, gn2_new
-                taken = True
-                break
+                return trial, f_new, g_new
             if mu >= mu_max:
-                break
+                return None
             mu = min(mu * grow, mu_max)
-        if not taken:
-            it -= 1
-            stop = "line_search"
-            break
-        history.append(gn2)
-        losses.append(f)
-    else:
-        stop = "tolerance" if gn2 <= tol else "max_iter"
-    return FinderRun(theta, it, counter.hvps, counter.grads, history, losses, stop, residuals)
+        return None
+
+    f, g = counter.grad(theta)
+    return _iterate(counter, theta, f, g, max_iter, tol, step, residuals)
 
 
 FINDERS: dict[str, Callable[..., FinderRun]] = {
