@@ -56,8 +56,6 @@ def load_spinglass(source: Path, p: int | None) -> tuple[pd.DataFrame, int]:
     if p not in ps:
         raise AnalysisError(f"{path}: no jobs with p={p}; p values here are {ps}")
     members = members[members["p"] == p].copy()
-    if "method" in members:
-        members["method"] = [m.decode() if isinstance(m, bytes) else str(m) for m in members["method"]]
     return members, p
 
 

@@ -95,6 +95,8 @@ def _write_groups(f: h5py.File, groups: Groups, dims: Mapping[str, str] | None) 
             if name in g:
                 del g[name]
             data = np.asarray(value)
+            if data.dtype.kind == "U":  # numpy unicode -> HDF5 variable-length UTF-8 strings
+                data = data.astype(h5py.string_dtype())
             ds = g.create_dataset(name, data=data, compression="gzip" if data.size > 4096 else None)
             key = f"{group}/{name}"
             if dims and key in dims:
@@ -289,6 +291,11 @@ def results_file(source: str | os.PathLike) -> Path:
     return merged
 
 
+def _read(ds: h5py.Dataset) -> np.ndarray:
+    """A dataset as numpy; string datasets come back as str, not bytes."""
+    return ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+
+
 def _parse_overrides(text: str) -> dict[str, Any]:
     out = {}
     for item in json.loads(text) if text else []:
@@ -342,7 +349,7 @@ def load_members(path: str | os.PathLike) -> pd.DataFrame:
     with h5py.File(path, "r") as f:
         for job, g in _job_groups(f).items():
             columns = g["members"]
-            frame = pd.DataFrame({name: columns[name][()] for name in json.loads(columns.attrs["order"])})
+            frame = pd.DataFrame({name: _read(columns[name]) for name in json.loads(columns.attrs["order"])})
             for key, value in _parse_overrides(str(g.attrs.get("overrides", ""))).items():
                 frame[key] = [value] * len(frame)
             frame.insert(0, "job", job)
@@ -358,7 +365,7 @@ def load_group(path: str | os.PathLike, group: str, job: str | None = None) -> d
         if group not in g:
             raise ResultsError(f"{path}: job {job or ''!r} has no group /{group}")
         out = {}
-        g[group].visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        g[group].visititems(lambda name, obj: out.__setitem__(name, _read(obj)) if isinstance(obj, h5py.Dataset) else None)
         order = json.loads(g[group].attrs.get("order", "[]"))
         return {name: out[name] for name in order + sorted(set(out) - set(order))}
 

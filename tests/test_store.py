@@ -97,6 +97,12 @@ def test_add_groups_keeps_original_when_interrupted(tmp_path, monkeypatch):
     assert not list(path.parent.glob(".*.tmp"))
 
 
+def test_string_columns_read_back_as_str(tmp_path):
+    path = write_results(tmp_path / "r.h5", {"members": {"method": np.array(["gd", "sgd"]), "x": np.ones(2)}},
+                         {**store.provenance(), "kind": "job", "config": "", "overrides": []})
+    assert load_members(path)["method"].tolist() == ["gd", "sgd"]
+
+
 def test_not_a_results_file(tmp_path):
     with pytest.raises(ResultsError, match="no such results file"):
         load_members(tmp_path / "nothing.h5")

@@ -86,7 +86,7 @@ def member_columns(res: dict[str, np.ndarray], opts: dict[str, Any]) -> dict[str
     columns["N"] = np.full(k, opts["n"], dtype=np.int64)
     columns["p"] = np.full(k, opts["p"], dtype=np.int64)
     columns["disorder_seed"] = np.full(k, opts["seed"], dtype=np.int64)
-    columns["method"] = np.array([opts["method"]] * k, dtype="S")  # bytes: h5py stores no numpy unicode
+    columns["method"] = np.array([opts["method"]] * k)
     return columns
 
 
@@ -96,7 +96,7 @@ def summary(columns: dict[str, np.ndarray], e_0: float, e_inf: float, wall_s: fl
     std = e.std(ddof=1) if e.size > 1 else float("nan")
     in_band = np.mean((e >= BAND[0]) & (e <= BAND[1]))
     lines = [
-        f"N={int(columns['N'][0])} p={int(columns['p'][0])} method={columns['method'][0].decode()} "
+        f"N={int(columns['N'][0])} p={int(columns['p'][0])} method={columns['method'][0]} "
         f"starts={e.size}: H/N mean {e.mean():.4f} std {std:.4f} min {e.min():.4f} max {e.max():.4f}; "
         f"in [{BAND[0]}, {BAND[1]}]: {in_band:.3f}",
         f"median Riemannian grad norm {np.median(columns['grad_norm']):.2e}; converged {columns['converged'].mean():.3f}; "
