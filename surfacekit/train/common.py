@@ -43,12 +43,13 @@ class TrainResult:
     init_aux_params: Params = field(default_factory=dict)
 
 
-def member_generators(seeds: list[int], device: str | torch.device) -> list[torch.Generator]:
-    """One minibatch-order generator per member, a stream separate from its initialization."""
+def member_generators(seeds: list[int], device: str | torch.device, stream: int = 1) -> list[torch.Generator]:
+    """One generator per member for random stream ``stream`` (1: minibatch order, 2: training noise),
+    separate from the member's initialization (stream 0)."""
     gens = []
     for s in seeds:
         g = torch.Generator(device=device)
-        g.manual_seed((int(s) + 1) % (2**63))
+        g.manual_seed((int(s) + stream) % (2**63))
         gens.append(g)
     return gens
 

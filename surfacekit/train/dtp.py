@@ -237,11 +237,7 @@ def train(
     fwd_lr, inv_lr = float(cfg["forward_lr"]) * scale, float(cfg["inverse_lr"]) * scale
 
     gens = member_generators(seeds, device)
-    noise_gens = []
-    for s in seeds:
-        g = torch.Generator(device=device)
-        g.manual_seed((int(s) + 2) % (2**63))
-        noise_gens.append(g)
+    noise_gens = member_generators(seeds, device, stream=2)
     freezer = Freezer({**leaves, **inv})
     recorder = Recorder(spec, data, loss, chunk_size, bool(trainer_cfg.get("snapshots", False)))
 
