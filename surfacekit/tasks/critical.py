@@ -115,11 +115,7 @@ def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> 
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    out = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        out[key] = np.asarray(values, dtype=h5py.string_dtype()) if isinstance(values[0], str) else np.asarray(values)
-    return out
+    return {key: np.asarray([r[key] for r in rows]) for key in rows[0]}
 
 
 def summary(finder: str, cols: dict[str, np.ndarray]) -> str:
