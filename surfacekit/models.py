@@ -19,6 +19,13 @@ ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "linear": lambda h: h,
 }
+# In-place versions for the forward pass: pre-activations are fresh tensors that no backward needs.
+_ACTIVATIONS_INPLACE = {
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "linear": lambda h: h,
+}
 INITS = ("kaiming", "xavier", "lecun", "orthogonal", "normal")
 LOSSES = ("cross_entropy", "mse", "hinge")
 
@@ -124,7 +131,7 @@ def init_member(spec: MLPSpec, seed: int, dtype: torch.dtype = torch.float64) ->
 
 def forward(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Outputs [K, B, out_dim] for inputs shared by all members [B, in_dim] or per member [K, B, in_dim]."""
-    act = ACTIVATIONS[spec.activation]
+    act = _ACTIVATIONS_INPLACE[spec.activation]
     h = x
     last = spec.num_layers - 1
     for i in range(spec.num_layers):
