@@ -9,15 +9,15 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import numpy as np
 import torch
-from tqdm.auto import trange
 
 from surfacekit.data import Dataset
 from surfacekit.models import MLPSpec, forward, member_losses
 from surfacekit.optim import build_optimizer, learning_rate
 from surfacekit.population import Params
-from surfacekit.train.common import Freezer, Recorder, TrainResult, member_generators, minibatches
+from surfacekit.train.common import (
+    Freezer, Recorder, TrainResult, epochs_with_checkpoints, member_generators, minibatches,
+)
 
 
 @torch.no_grad()
@@ -76,12 +76,7 @@ def train(
             converged.logical_or_(done)
             freezer.freeze(done, leaves)
 
-    checkpoint(0.0)
-    last_epoch = 0
-    bar = trange(epochs, desc="train", disable=not progress, leave=False)
-    for epoch in bar:
-        if bool(freezer.frozen.all()):
-            break
+    for epoch in epochs_with_checkpoints(epochs, eval_every, freezer, recorder, checkpoint, "train", progress):
         for i, idx in enumerate(minibatches(n, batch_size, gens, device)):
             lr = learning_rate(optimizer_cfg, epoch + i / steps_per_epoch, epochs)
             for group in optimizer.param_groups:
@@ -102,21 +97,12 @@ def train(
             freezer.restore(leaves)
             steps_taken += active
             step += 1
-        last_epoch = epoch + 1
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            checkpoint(float(epoch + 1))
-            bar.set_postfix(train_loss=float(np.nanmean(recorder.rows["train_loss"][-1])))
-    if recorder.steps[-1] != step:
-        checkpoint(float(last_epoch))
 
     return TrainResult(
         params={k: v.detach() for k, v in leaves.items()},
         init_params=init_params,
-        curves=recorder.curves(),
-        curve_steps=np.asarray(recorder.steps),
-        curve_epochs=np.asarray(recorder.epochs),
         diverged=diverged.cpu().numpy(),
         converged=converged.cpu().numpy(),
         steps=steps_taken.cpu().numpy(),
-        trajectory=np.stack(recorder.snapshots) if recorder.snapshots else None,
+        **recorder.result_fields(),
     )

@@ -7,10 +7,11 @@ their endpoints go through the same histogram, spectrum and critical-point tools
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from tqdm.auto import trange
 
 from surfacekit.data import Dataset
 from surfacekit.models import MLPSpec
@@ -123,3 +124,28 @@ class Recorder:
 
     def curves(self) -> dict[str, np.ndarray]:
         return {name: np.stack(rows, axis=1) for name, rows in self.rows.items()}
+
+    def result_fields(self) -> dict[str, Any]:
+        """The recorded parts of a :class:`TrainResult`: curves, their steps and epochs, trajectory."""
+        return {"curves": self.curves(), "curve_steps": np.asarray(self.steps),
+                "curve_epochs": np.asarray(self.epochs),
+                "trajectory": np.stack(self.snapshots) if self.snapshots else None}
+
+
+def epochs_with_checkpoints(epochs: int, eval_every: int, freezer: Freezer, recorder: Recorder,
+                            checkpoint: Callable[[float], None], desc: str, progress: bool) -> Iterator[int]:
+    """Yield epoch indices 0..epochs-1 while any member is active, calling ``checkpoint(epoch)``
+    before the first, after every ``eval_every``-th and the last epoch, and after an early stop."""
+    checkpoint(0.0)
+    last_epoch = 0
+    bar = trange(epochs, desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        if bool(freezer.frozen.all()):
+            break
+        yield epoch
+        last_epoch = epoch + 1
+        if last_epoch % eval_every == 0 or last_epoch == epochs:
+            checkpoint(float(last_epoch))
+            bar.set_postfix(train_loss=float(np.nanmean(recorder.rows["train_loss"][-1])))
+    if recorder.epochs[-1] != float(last_epoch):
+        checkpoint(float(last_epoch))

@@ -37,12 +37,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import trange
 
 from surfacekit.data import Dataset
 from surfacekit.models import ACTIVATIONS, MLPSpec, _init_weight, forward, member_losses
 from surfacekit.population import Params
-from surfacekit.train.common import Freezer, Recorder, TrainResult, member_generators, minibatches
+from surfacekit.train.common import (
+    Freezer, Recorder, TrainResult, epochs_with_checkpoints, member_generators, minibatches,
+)
 
 DEFAULTS = {
     "difference_correction": True,
@@ -299,12 +300,8 @@ def train(
         steps_taken.add_(freezer.active.to(torch.int64))
         step += 1
 
-    checkpoint(0.0)
-    last_epoch = 0
-    bar = trange(epochs, desc=("dtp" if cfg["difference_correction"] else "tp"), disable=not progress, leave=False)
-    for epoch in bar:
-        if bool(freezer.frozen.all()):
-            break
+    desc = "dtp" if cfg["difference_correction"] else "tp"
+    for _ in epochs_with_checkpoints(epochs, eval_every, freezer, recorder, checkpoint, desc, progress):
         if cfg["schedule"] == "passes":
             for idx in minibatches(n, batch_size, gens, device):
                 inverse_step(idx)
@@ -315,24 +312,15 @@ def train(
             for idx in minibatches(n, batch_size, gens, device):
                 inverse_step(idx)
                 forward_step(idx)
-        last_epoch = epoch + 1
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            checkpoint(float(epoch + 1))
-            bar.set_postfix(train_loss=float(np.nanmean(recorder.rows["train_loss"][-1])))
-    if recorder.steps[-1] != step:
-        checkpoint(float(last_epoch))
 
     extra = {f"cosine_layer{i}": np.stack(rows, axis=1) for i, rows in enumerate(cos_rows)}
     return TrainResult(
         params={kk: v.detach() for kk, v in leaves.items()},
         init_params=init_params,
-        curves=recorder.curves(),
-        curve_steps=np.asarray(recorder.steps),
-        curve_epochs=np.asarray(recorder.epochs),
         diverged=diverged.cpu().numpy(),
         converged=np.zeros(k, dtype=bool),
         steps=steps_taken.cpu().numpy(),
-        trajectory=np.stack(recorder.snapshots) if recorder.snapshots else None,
+        **recorder.result_fields(),
         extra_curves=extra,
         aux_params={kk: v.detach() for kk, v in inv.items()},
         init_aux_params=init_inv,

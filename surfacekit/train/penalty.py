@@ -361,20 +361,18 @@ def train(
     w.update(dict(zip(out_names, tensors)))
     checkpoint(mu, int(cfg["stages"]), 2, None)
 
-    curves = recorder.curves()
+    fields = recorder.result_fields()
+    curves = fields["curves"]
     _warn_collapse(np.stack(extra["violation"], axis=1), curves["train_error"], spec.out_dim, cfg)
     extra_curves = {name: np.stack(rows, axis=1) if name in ("objective", "objective_w", "violation")
                     else np.asarray(rows) for name, rows in extra.items()}
     return TrainResult(
         params=w,
         init_params=init_params,
-        curves=curves,
-        curve_steps=np.asarray(recorder.steps),
-        curve_epochs=np.asarray(recorder.epochs),
         diverged=~np.isfinite(curves["train_loss"][:, -1]),
         converged=np.zeros(k, dtype=bool),
         steps=np.full(k, alternation, dtype=np.int64),
-        trajectory=np.stack(recorder.snapshots) if recorder.snapshots else None,
+        **fields,
         extra_curves=extra_curves,
     )
 
