@@ -19,7 +19,7 @@ from surfacekit.critical import (
     sample_uniform_in_loss,
     saddle_free,
 )
-from surfacekit.curvature import dense_hessian, index
+from surfacekit.curvature import index
 from surfacekit.models import MLPSpec, init_member
 from surfacekit.population import flatten, member_loss_fn
 from surfacekit.store import load_group

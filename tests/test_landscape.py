@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from surfacekit import landscape as ls
-from surfacekit.models import MLPSpec, init_member, param_shapes
+from surfacekit.models import MLPSpec, init_member
 from surfacekit.population import evaluate, flatten, member_loss_fn, unflatten
 
 SPEC = MLPSpec(in_dim=64, widths=(8,), out_dim=10)

@@ -5,7 +5,7 @@ import torch
 
 from surfacekit.models import MLPSpec, forward, member_errors, member_losses, num_params, param_shapes
 from surfacekit.population import (
-    evaluate, flatten, full_loss, gradient_norms, init_population, member_loss_fn, member_seed, unflatten,
+    evaluate, flatten, gradient_norms, init_population, member_loss_fn, member_seed, unflatten,
 )
 
 SPECS = [
