@@ -76,6 +76,18 @@ class HessianOperator:
                 self._batched_ok = False
         return torch.stack([self._single(u) for u in v])
 
+    def to_scipy(self):
+        """This operator as a symmetric ``scipy.sparse.linalg.LinearOperator`` on float64 numpy vectors
+        (``matvec`` and ``rmatvec`` are the same product; each call counts as one HVP here)."""
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator
+
+        def product(v):
+            v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(-1)
+            return self(v.to(dtype=self.dtype, device=self.device)).cpu().numpy().astype(np.float64, copy=False)
+
+        return LinearOperator((self.size, self.size), matvec=product, rmatvec=product, dtype=np.float64)
+
     def _single(self, v: Tensor) -> Tensor:
         if self.backend == "jvp":
             return torch.func.jvp(self._grad_fn, (self._theta,), (v,))[1].detach()

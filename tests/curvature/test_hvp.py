@@ -48,3 +48,19 @@ def test_linear_loss_has_zero_hessian():
 def test_rejects_bad_theta():
     with pytest.raises(ValueError):
         hessian_operator(lambda t: t.sum(), torch.ones(2, 2))
+
+
+def test_to_scipy_is_the_same_symmetric_operator():
+    import numpy as np
+
+    from surfacekit.curvature import hessian_operator
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(7, 7, generator=gen, dtype=torch.float64)
+    a = a + a.T
+    op = hessian_operator(lambda t: 0.5 * t @ a @ t + t.sum() ** 3, torch.zeros(7, dtype=torch.float64))
+    lin = op.to_scipy()
+    v = np.random.default_rng(0).standard_normal(7)
+    assert np.allclose(lin.matvec(v), a.numpy() @ v, rtol=0, atol=1e-12)
+    assert np.allclose(lin.rmatvec(v), a.numpy() @ v, rtol=0, atol=1e-12)
+    assert op.num_hvps == 2
