@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if not spectra:
         print(f"hessian_spectra: {path} has no /spectrum group; run surfacekit task=spectrum source=... first", file=sys.stderr)
         return 2
-    out = args.out or (path.parent / "analysis" / "hessian_spectra")
+    out = args.out or ((path if path.is_dir() else path.parent) / "analysis" / "hessian_spectra")
     table = per_width_table(spectra)
     save_table(table, out, "spectra_by_width")
     save_figure(density_figure(spectra), out, "density_per_width")

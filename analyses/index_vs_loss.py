@@ -36,7 +36,7 @@ from surfacekit.curvature import dense_hessian
 from surfacekit.plots import save_figure, save_table
 from surfacekit.population import member_loss_fn
 from surfacekit.stats import spearman_permutation
-from surfacekit.tasks._common import load_job
+from surfacekit.store import load_job
 
 
 def bray_dean(eps: np.ndarray, eps_c: float, w: float) -> np.ndarray:

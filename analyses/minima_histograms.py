@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except store.ResultsError as exc:
         print(f"minima_histograms: {exc}", file=sys.stderr)
         return 2
-    out = args.out or (path.parent / "analysis" / "minima_histograms")
+    out = args.out or ((path if path.is_dir() else path.parent) / "analysis" / "minima_histograms")
     table = width_table(members, args.bootstrap)
     ratios = std_ratio_table(members, args.bootstrap)
     save_table(table, out, "minima_by_width")

@@ -1,31 +1,392 @@
-"""Validation of a composed job config at the boundary, before any work starts."""
+"""The one configuration boundary: every composed job config is checked here before any work.
+
+:func:`validate` checks every key of the composed config (top level, the data, model, optimizer and
+trainer groups, and the selected task's settings) and the ``+`` overrides, and raises
+:class:`ConfigError` with one line naming the key, the value and what is expected. Values that are
+legal but dubious produce warnings (returned, printed and stored in the results file). Checks that
+need the data (a batch larger than the training set) are in :func:`validate_with_data`.
+
+Defaults live in the YAML files under ``conf/`` only; :func:`group_defaults` reads one option's
+file for direct (non-Hydra) use. The rules are written out here rather than as Hydra structured
+configs because the messages must name the expectation in the field's terms (e.g. "an integer >= 1
+or null for full batch"), and many checks span keys (trainer and model, optimizer and batch size).
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from surfacekit.models import ACTIVATIONS, INITS, LOSSES
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TASKS = ("train", "spectrum", "critical", "landscape", "spinglass")
+POSTHOC_TASKS = ("spectrum", "critical", "landscape")
+DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist")
+TRAINERS = ("backprop", "dtp", "penalty")
+FINDERS = ("newton_mr", "gradnorm", "newton", "saddle_free", "levenberg_marquardt")
+# Free-form mappings where ``+key=value`` may add entries (everything else exists in the YAML).
+FREE_FORM = ("hydra.", "critical.options.")
+_MISSING = object()
 
 
 class ConfigError(ValueError):
-    """An invalid config value; the message names the key."""
+    """An invalid config value; the message names the key, the value and what is expected."""
 
 
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+def show(value: Any) -> str:
+    """A value as it is written on the command line: true, null, 0.5, adam, [0.9, 0.99]."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _fail(key: str, value: Any, expected: str) -> None:
+    raise ConfigError(f"{key}={show(value)} is invalid: expected {expected}")
+
+
+# ----------------------------------------------------------------------------------- value checks
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int | None = None, hi: int | None = None, null: bool = False) -> Callable[[Any], str | None]:
+    """A check: an integer in [lo, hi] (or null); returns the expectation when it fails."""
+    text = "an integer" + (f" >= {lo}" if lo is not None else "") + (f" <= {hi}" if hi is not None else "")
+    text += " or null" if null else ""
+
+    def check(v: Any) -> str | None:
+        if v is None and null:
+            return None
+        ok = _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi)
+        return None if ok else text
+
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
+           null: bool = False) -> Callable[[Any], str | None]:
+    """A check: a finite number in the interval (open or closed ends), or null."""
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    text = "a finite number" + (" " + " and ".join(parts) if parts else "") + (" or null" if null else "")
+
+    def check(v: Any) -> str | None:
+        if v is None and null:
+            return None
+        if not _is_number(v):
+            return text
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return text
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return text
+        return None
+
+    return check
+
+
+def choice(options: Iterable[Any], null: bool = False) -> Callable[[Any], str | None]:
+    options = list(options)
+    text = f"one of {options}" + (" or null" if null else "")
+    return lambda v: None if (v is None and null) or v in options else text
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+def pair(element: Callable[[Any], str | None], increasing: bool = False) -> Callable[[Any], str | None]:
+    text = "a list of two values, each " + (element(float("nan")) or "valid") + (" (first < second)" if increasing else "")
+
+    def check(v: Any) -> str | None:
+        if not isinstance(v, (list, tuple, ListConfig)) or len(v) != 2 or any(element(x) for x in v):
+            return text
+        return text if increasing and not v[0] < v[1] else None
+
+    return check
+
+
+def int_list(lo: int = 0, null: bool = True, nonempty: bool = True) -> Callable[[Any], str | None]:
+    text = f"{'null or ' if null else ''}a {'non-empty ' if nonempty else ''}list of integers >= {lo}"
+
+    def check(v: Any) -> str | None:
+        if v is None:
+            return None if null else text
+        if _is_int(v) and v >= lo:
+            return None  # a single id is accepted as a list of one
+        if not isinstance(v, (list, tuple, ListConfig)) or (nonempty and not v) or any(not _is_int(x) or x < lo for x in v):
+            return text
+        return None
+
+    return check
+
+
+def text_value(v: Any) -> str | None:
+    return None if isinstance(v, str) and v.strip() else "a non-empty string"
 
 
 def get(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return OmegaConf.select(cfg, key, default=default)
 
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=True)
+    except Exception:  # noqa: BLE001 - omegaconf's MissingMandatoryValue: report as missing
+        return "???"
+
+
+def _check(cfg: DictConfig, rules: Mapping[str, Callable[[Any], str | None]], prefix: str = "") -> None:
+    for key, rule in rules.items():
+        full = f"{prefix}{key}"
+        value = _value(cfg, full)
+        if value is _MISSING:
+            continue  # not part of this option (validated by the option's own rules)
+        if value == "???":
+            raise ConfigError(f"{full} is required (no default): set {full}=...")
+        expected = rule(value)
+        if expected:
+            _fail(full, value, expected)
+
+
+# ----------------------------------------------------------------------------------- the rules
+
+TOP = {
+    "task": choice(TASKS),
+    "seed": integer(0),
+    "dtype": choice(DTYPES),
+    "threads": integer(1, null=True),
+    "progress": boolean,
+    "chunk_size": integer(1, null=True),
+    "resume": boolean,
+    "memory_limit_gb": number(0, lo_open=True, null=True),
+    "objective": choice(("trained", "data")),
+    "bn_mode": choice(("batch", "eval")),
+    "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()))
+    else "cpu, cuda or cuda:N",
+}
+POPULATION = {"size": integer(1), "first_member": integer(0)}
+DATA_COMMON = {"name": choice(DATA_SOURCES), "standardize": boolean, "split_seed": integer(0),
+               "train_size": integer(1, null=True), "test_size": integer(1, null=True)}
+DATA = {
+    "digits": {},
+    "mnist1d": {"num_samples": integer(20)},
+    "teacher": {"input_dim": integer(1), "teacher_width": integer(1), "outputs": integer(1), "noise": number(0),
+                "classification": boolean, "teacher_seed": integer(0)},
+    "mnist": {"path": text_value, "downsample": integer(1, null=True)},
+}
+MODEL = {"activation": choice(ACTIVATIONS), "init": choice(INITS), "loss": choice(LOSSES), "bias": boolean,
+         "batch_norm": boolean, "residual": boolean, "init_std": number(0, lo_open=True)}
+OPTIMIZER_COMMON = {"name": choice(OPTIMIZERS), "lr": number(0, lo_open=True), "schedule": choice(SCHEDULES),
+                    "decay_epochs": number(0, lo_open=True), "weight_decay": number(0)}
+OPTIMIZER = {
+    "sgd": {},
+    "momentum": {"momentum": number(0, 1, hi_open=True)},
+    "nesterov": {"momentum": number(0, 1, lo_open=True, hi_open=True)},
+    "rprop": {"etas": pair(number(0, lo_open=True), increasing=True), "step_sizes": pair(number(0, lo_open=True), increasing=True)},
+    "adagrad": {"eps": number(0, lo_open=True)},
+    "rmsprop": {"alpha": number(0, 1, hi_open=True), "eps": number(0, lo_open=True), "momentum": number(0, 1, hi_open=True),
+                "centered": boolean},
+    "adadelta": {"rho": number(0, 1, hi_open=True), "eps": number(0, lo_open=True)},
+    "adam": {"betas": pair(number(0, 1, hi_open=True)), "eps": number(0, lo_open=True)},
+    "adamax": {"betas": pair(number(0, 1, hi_open=True)), "eps": number(0, lo_open=True)},
+}
+TRAINER_COMMON = {"method": choice(TRAINERS), "epochs": integer(0), "batch_size": integer(1, null=True),
+                  "eval_every": integer(1), "divergence_loss": number(0, lo_open=True), "snapshots": boolean}
+TRAINER = {
+    "backprop": {"grad_tol": number(0)},
+    "dtp": {"difference_correction": boolean, "target_step": number(0, lo_open=True),
+            "target_reduction": choice(("sum", "mean")), "noise_std": number(0), "forward_lr": number(0, lo_open=True),
+            "inverse_lr": number(0, lo_open=True), "schedule": choice(("passes", "interleaved")),
+            "optimizer.decay": number(0, 1, hi_open=True), "optimizer.momentum": number(0, 1, hi_open=True),
+            "optimizer.eps": number(0, lo_open=True), "optimizer.centered": boolean},
+    "penalty": {"mu0": number(0, lo_open=True), "mu_factor": number(1), "stages": integer(1), "alternations": integer(1),
+                "w_steps": integer(0), "z_steps": integer(0), "step_init": number(0, lo_open=True), "step_grow": number(1),
+                "armijo": number(0, 1, lo_open=True, hi_open=True), "max_backtracks": integer(1), "weight_decay": number(0),
+                "refit_steps": integer(0), "collapse_spread": number(0), "collapse_margin": number(0, 1),
+                "w_solver": choice(("gauss_newton", "gradient")), "gn_steps": integer(0), "damping": number(0)},
+}
+SPECTRUM = {"members": int_list(0), "top_k": integer(1), "bottom_k": integer(1), "tol": number(0, lo_open=True),
+            "max_steps": integer(1), "threshold": number(hi=0, hi_open=True, null=True),
+            "relative_threshold": number(0, lo_open=True), "index_method": choice(("auto", "dense", "lanczos")),
+            "dense_limit": integer(1), "index_cap": integer(1), "trace_probes": integer(2), "density_probes": integer(1),
+            "density_steps": integer(2)}
+CRITICAL = {"members": int_list(0), "starts": integer(1), "seed": integer(0), "cutoff": number(0, lo_open=True),
+            "flat_threshold": number(0, 1, lo_open=True), "compute_index": boolean, "store_theta": boolean,
+            "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
+            "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
+            "finders": lambda v: None if isinstance(v, (list, ListConfig)) and v and all(f in FINDERS for f in v)
+            else f"a non-empty list from {list(FINDERS)}"}
+LANDSCAPE = {"members": int_list(0), "batch_points": integer(1, null=True),
+             "kind": lambda v: None if (v in ("interpolation", "slice1d", "slice2d")) or (
+                 isinstance(v, (list, ListConfig)) and v and all(k in ("interpolation", "slice1d", "slice2d") for k in v))
+             else "one or a list of ['interpolation', 'slice1d', 'slice2d']",
+             "splits": lambda v: None if isinstance(v, (list, ListConfig)) and v and all(s in ("train", "test") for s in v)
+             else "a non-empty list of train and test",
+             "interpolation.num": integer(2), "interpolation.lo": number(hi=0), "interpolation.hi": number(1),
+             "interpolation.init": boolean,
+             "interpolation.pairs": lambda v: None if v in ("adjacent", "all", "none", None) or (
+                 isinstance(v, (list, ListConfig)) and all(isinstance(p, (list, ListConfig)) and len(p) == 2
+                                                           and all(_is_int(m) for m in p) for p in v))
+             else "adjacent, all, none or a list of [a, b] member-id pairs",
+             "slice.num": integer(1), "slice.lo": number(), "slice.hi": number(),
+             "slice.normalization": choice(("filter", "layer", "none")), "slice.bias_bn": choice(("zero", "include")),
+             "slice.seed": integer(0, null=True), "slice.orthogonalize": boolean, "slice.store_directions": boolean}
+SPINGLASS = {"N": integer(2), "p": integer(3), "starts": integer(1), "disorder_seed": integer(0, null=True),
+             "method": choice(("gd", "sgd")), "lr": number(0, lo_open=True), "lr_decay": number(0),
+             "tol": number(0, lo_open=True), "max_steps": integer(1), "sgd.tensors": integer(1), "sgd.steps": integer(0),
+             "sgd.lr": number(0, lo_open=True), "sgd.lr_decay": number(0), "index_max_n": integer(0),
+             "index_rel_threshold": number(0, lo_open=True), "chunk_starts": integer(1)}
+TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS}
+GROUPS = ("data", "model", "optimizer", "trainer", "population")
+
+
+# ----------------------------------------------------------------------------------- validation
+
+def flat_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every value in a config (mappings expanded, lists kept whole)."""
+    if isinstance(node, (DictConfig, dict)):
+        out = []
+        for k, v in (node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()):
+            out += flat_keys(v, f"{prefix}{k}.") if isinstance(v, (DictConfig, dict)) else [f"{prefix}{k}"]
+        return out
+    return [prefix.rstrip(".")]
+
+
+def nearest_keys(key: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The known dotted keys closest to ``key`` (full path or last component)."""
+    known = list(known)
+    close = difflib.get_close_matches(key, known, n=n, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    close += [k for k in known if k.rsplit(".", 1)[-1] == leaf and k not in close]
+    return close[:n]
+
+
+def check_overrides(overrides: Iterable[str], cfg: DictConfig) -> None:
+    """Reject ``+key=value`` overrides that add keys the config does not have (typos): every setting
+    exists in the YAML already. ``++`` (force) and free-form maps (``hydra.``, ``critical.options.``) pass."""
+    known = flat_keys(cfg)
+    known += sorted({k.split(".", 1)[0] for k in known})
+    for text in overrides:
+        if not text.startswith("+") or text.startswith("++"):
+            continue
+        key = text[1:].partition("=")[0]
+        if key.startswith(FREE_FORM) or key.startswith("hydra/"):
+            continue
+        others = [k for k in known if k != key]
+        hint = nearest_keys(key, others)
+        raise ConfigError(f"{text}: no such setting{'; did you mean ' + ' or '.join(hint) + '?' if hint else ''} "
+                          "(every setting exists already: drop the '+')")
+
+
+def _mapping(cfg: DictConfig, group: str) -> None:
+    value = _value(cfg, group)
+    if value is _MISSING or OmegaConf.is_dict(value):
+        return
+    if group == "population":
+        raise ConfigError(f"population={show(value)}: population is a group of settings, not a value; "
+                          f"did you mean population.size={show(value)}?")
+    raise ConfigError(f"{group}={show(value)}: {group} is a group of settings; choose an option with {group}=NAME "
+                      f"or set a field with {group}.FIELD=VALUE")
+
+
+def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
+    """Check a composed job config before any work; return warnings (legal but dubious values).
+
+    Raises ConfigError with one line naming the key, the value and the expectation.
+    """
+    for group in GROUPS + tuple(TASK_RULES):
+        _mapping(cfg, group)
+    check_overrides(overrides, cfg)
+    _check(cfg, TOP)
+    task = cfg.task
+    if task in TASK_RULES:
+        _check(cfg, TASK_RULES[task], f"{task}.")
+    if task in POSTHOC_TASKS and not get(cfg, "source"):
+        raise ConfigError(f"source is required for task={task}: source=RESULTS_FILE, RUN_DIR or SWEEP_DIR")
+    if task != "train":
+        return []
+    return validate_training(cfg)
+
+
+def validate_training(cfg: DictConfig) -> list[str]:
+    """The data, model, optimizer, trainer and population keys of a training job, and their
+    combinations; returns warnings."""
+    warnings: list[str] = []
+    _check(cfg, POPULATION, "population.")
+    _check(cfg, DATA_COMMON, "data.")
+    _check(cfg, DATA.get(get(cfg, "data.name"), {}), "data.")
+    widths = get(cfg, "model.widths")
+    if widths is None:
+        _check(cfg, {"width": integer(1), "depth": integer(1)}, "model.")
+    elif not (isinstance(widths, ListConfig) and widths and all(_is_int(w) and w >= 1 for w in widths)):
+        _fail("model.widths", widths, "null or a non-empty list of integers >= 1")
+    _check(cfg, MODEL, "model.")
+    _check(cfg, OPTIMIZER_COMMON, "optimizer.")
+    name = get(cfg, "optimizer.name")
+    _check(cfg, OPTIMIZER.get(name, {}), "optimizer.")
+    _check(cfg, TRAINER_COMMON, "trainer.")
+    method = get(cfg, "trainer.method")
+    _check(cfg, TRAINER.get(method, {}), "trainer.")
+    k = get(cfg, "population.size")
+    scale = get(cfg, "population.lr_scale")
+    if scale is not None:
+        if not (isinstance(scale, ListConfig) and len(scale) == k and all(_is_number(v) and v > 0 for v in scale)):
+            _fail("population.lr_scale", scale, f"null or a list of {k} positive finite numbers (one per member)")
+        if name == "rprop":
+            _fail("population.lr_scale", scale, "null with optimizer=rprop (its step is not proportional to lr)")
+        if method == "penalty":
+            _fail("population.lr_scale", scale, "null with trainer=penalty (its step sizes come from backtracking)")
+    loss = get(cfg, "model.loss")
+    regression = get(cfg, "data.name") == "teacher" and not get(cfg, "data.classification")
+    if regression and loss != "mse":
+        _fail("model.loss", loss, "mse with data=teacher and data.classification=false (regression targets); "
+              "or set data.classification=true")
+    if method == "dtp" and (get(cfg, "model.batch_norm") or get(cfg, "model.residual")):
+        key = "model.batch_norm" if get(cfg, "model.batch_norm") else "model.residual"
+        _fail(key, True, f"false with trainer={get(cfg, 'trainer.method')} (target propagation supports plain MLPs only)")
+    if method == "penalty":
+        for key in ("model.batch_norm", "model.residual"):
+            if get(cfg, key):
+                _fail(key, True, "false with trainer=penalty (the penalty method supports plain MLPs only)")
+        if get(cfg, "trainer.batch_size") is not None:
+            _fail("trainer.batch_size", get(cfg, "trainer.batch_size"), "null with trainer=penalty (full batch only)")
+    if name == "rprop" and method == "backprop" and get(cfg, "trainer.batch_size") is not None:
+        warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
+                        "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
+    return warnings
+
+
+def validate_with_data(cfg: DictConfig, num_train: int) -> None:
+    """Checks that need the data: a minibatch larger than the training set."""
+    bs = get(cfg, "trainer.batch_size")
+    if bs is not None and bs > num_train:
+        _fail("trainer.batch_size", bs, f"<= {num_train} (the training set size) or null for full batch")
+
+
+# ----------------------------------------------------------------------------------- resources
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``device=...``; a clear error when CUDA is asked for but absent."""
@@ -38,43 +399,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _machine_memory_gb() -> float:
+def machine_memory_gb() -> float:
+    """Physical memory of this machine in GiB (inf when unknown)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         return float("inf")
 
 
-def validate_training(cfg: DictConfig) -> None:
-    """Check the data/model/optimizer/trainer/population keys of a training job."""
-    k = get(cfg, "population.size")
-    _require(isinstance(k, int) and k >= 1, "population.size", k, "an integer >= 1")
-    _require(isinstance(get(cfg, "population.first_member", 0), int) and get(cfg, "population.first_member", 0) >= 0,
-             "population.first_member", get(cfg, "population.first_member"), "an integer >= 0")
-    scale = get(cfg, "population.lr_scale")
-    if scale is not None:
-        _require(len(scale) == k and all(isinstance(v, (int, float)) and v > 0 for v in scale), "population.lr_scale",
-                 list(scale), f"null or a list of {k} positive numbers (one per member)")
-        _require(get(cfg, "optimizer.name") != "rprop", "population.lr_scale", list(scale),
-                 "null with optimizer=rprop (its step is not proportional to lr)")
-    widths = get(cfg, "model.widths")
-    if widths is None:
-        for key in ("model.width", "model.depth"):
-            v = get(cfg, key)
-            _require(isinstance(v, int) and v >= 1, key, v, "an integer >= 1")
-    else:
-        _require(len(widths) >= 1 and all(isinstance(w, int) and w >= 1 for w in widths), "model.widths", list(widths),
-                 "a non-empty list of integers >= 1")
-    for key, choices in (("model.activation", ACTIVATIONS), ("model.init", INITS), ("model.loss", LOSSES),
-                         ("optimizer.name", OPTIMIZERS), ("optimizer.schedule", SCHEDULES), ("dtype", DTYPES)):
-        v = get(cfg, key)
-        _require(v in choices, key, v, f"one of {sorted(choices)}")
-    lr = get(cfg, "optimizer.lr")
-    _require(isinstance(lr, (int, float)) and lr > 0, "optimizer.lr", lr, "a number > 0")
-    epochs = get(cfg, "trainer.epochs")
-    _require(isinstance(epochs, int) and epochs >= 0, "trainer.epochs", epochs, "an integer >= 0")
-    bs = get(cfg, "trainer.batch_size")
-    _require(bs is None or (isinstance(bs, int) and bs >= 1), "trainer.batch_size", bs, "an integer >= 1 or null")
+def format_gib(gib: float) -> str:
+    """A memory size with enough digits: '3.2 GiB', '41 MiB', '7.20 MiB', '0.52 MiB'."""
+    if gib >= 1:
+        return f"{gib:.1f} GiB"
+    mib = gib * 1024
+    return f"{mib:.0f} MiB" if mib >= 10 else f"{mib:.2f} MiB"
 
 
 def check_memory(cfg: DictConfig, num_params: int, num_examples: int) -> None:
@@ -84,9 +422,9 @@ def check_memory(cfg: DictConfig, num_params: int, num_examples: int) -> None:
     widest = max(get(cfg, "model.widths") or [get(cfg, "model.width")])
     bs = get(cfg, "trainer.batch_size") or num_examples
     estimate = itemsize * k * (5 * num_params + 4 * min(bs, num_examples) * widest * 4) / 2**30
-    limit = get(cfg, "memory_limit_gb") or _machine_memory_gb()
+    limit = get(cfg, "memory_limit_gb") or machine_memory_gb()
     if estimate > limit:
         raise ConfigError(
-            f"population.size={k} with {num_params} parameters per network needs about {estimate:.1f} GiB, "
-            f"more than the {limit:.1f} GiB available (memory_limit_gb); reduce population.size or model.width"
+            f"population.size={k} with {num_params} parameters per network needs about {format_gib(estimate)}, "
+            f"more than the {format_gib(limit)} available (memory_limit_gb); reduce population.size or model.width"
         )

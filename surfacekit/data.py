@@ -166,6 +166,9 @@ def _mnist(cfg: Mapping[str, Any]):
             raise DataError(f"{path}: {split} images {x.shape} and labels {y.shape} do not match [N, H, W] and [N]")
         images = torch.from_numpy(x.astype(np.float64) / 255.0)
         size = cfg.get("downsample")
+        if size and not 1 <= int(size) <= min(x.shape[1:]):
+            raise DataError(f"data.downsample={size} is invalid: expected an image size from 1 to {min(x.shape[1:])} "
+                            f"(the images are {x.shape[1]}x{x.shape[2]}; larger values would upsample)")
         if size:
             images = torch.nn.functional.adaptive_avg_pool2d(images[:, None], int(size))[:, 0]
         out += [images.reshape(len(images), -1).numpy(), y.astype(np.int64)]
@@ -178,6 +181,22 @@ def _mnist(cfg: Mapping[str, Any]):
 
 
 _SOURCES = {"digits": _digits, "mnist1d": _mnist1d, "teacher": _teacher, "mnist": _mnist}
+_CLASSES = {"digits": 10, "mnist1d": 10, "mnist": 10}  # teacher: its outputs (2 for a single output)
+
+
+def _teacher_classes(cfg: Mapping[str, Any]) -> int:
+    outputs = int(cfg.get("outputs", 1))
+    return 2 if outputs == 1 else outputs
+
+
+def _check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray, classes: int) -> int:
+    """Labels must be integers in 0..classes-1; returns the number of classes (the model's outputs)."""
+    labels = np.concatenate([y_train, y_test])
+    bad = np.unique(labels[(labels < 0) | (labels >= classes) | (labels != np.round(labels))])
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+        raise DataError(f"data.name={name}: labels {shown} lie outside the {classes} classes 0..{classes - 1}")
+    return classes
 
 
 def load_data(cfg: Mapping[str, Any]) -> Dataset:
@@ -193,7 +212,7 @@ def load_data(cfg: Mapping[str, Any]) -> Dataset:
         x_train, x_test = standardize(x_train, x_test)
     classification = y_train.ndim == 1
     if classification:
-        num_outputs = int(max(y_train.max(), y_test.max()) + 1)
+        num_outputs = _check_labels(name, y_train, y_test, _CLASSES.get(name) or _teacher_classes(cfg))
     else:
         y_train, y_test = y_train.reshape(len(y_train), -1), y_test.reshape(len(y_test), -1)
         num_outputs = y_train.shape[1]

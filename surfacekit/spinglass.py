@@ -352,8 +352,12 @@ def simulate(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
     callback: Callable[[int, int], None] | None = None,
+    select: slice | None = None,
 ) -> dict[str, np.ndarray]:
     """Descend from ``num_starts`` random points on one disorder sample; per-start results.
+
+    ``select`` (a slice of range(num_starts), default all) descends only those starts: every start
+    runs independently of the others, so chunks of starts give exactly the rows of one full run.
 
     ``method``: "gd" (Riemannian gradient descent) or "sgd" (``sgd_steps`` steps of
     ``stochastic_gradient_descent`` on ``sgd_tensors`` pieces of the same couplings, then
@@ -370,6 +374,8 @@ def simulate(
         raise ValueError(f"need n >= 2 and num_starts >= 1, got n={n}, num_starts={num_starts}")
     x = couplings(n, p, seed, device=device, dtype=dtype)
     w0 = random_starts(num_starts, n, seed, device=x.device, dtype=dtype)
+    if select is not None:
+        w0 = w0[select]
     out: dict[str, np.ndarray] = {}
     if method == "sgd":
         pieces = split_couplings(x, sgd_tensors, _seeds(seed, 3)[2])
@@ -377,7 +383,7 @@ def simulate(
             pieces, w0, num_steps=sgd_steps, lr=sgd_lr, lr_decay=sgd_lr_decay
         )
         del pieces
-        out["sgd_steps"] = np.full(num_starts, sgd_steps, dtype=np.int64)
+        out["sgd_steps"] = np.full(w0.shape[0], sgd_steps, dtype=np.int64)
     res = gradient_descent(
         x, w0, lr=lr, lr_decay=lr_decay, tol=tol, max_steps=max_steps, callback=callback
     )

@@ -1,27 +1,38 @@
-"""HDF5 results: atomic per-job writes, sweep merges, loaders for analysis.
+"""HDF5 results: atomic per-job writes, and loaders that join a job's training and analysis files.
 
-A job file holds root attributes (provenance, resolved config, overrides) and groups of arrays:
-``/members/<column>`` [K], ``/curves/<name>`` [K, T] with ``/curves/step`` and ``/curves/epoch``
-[T], ``/params/<name>`` [K, ...] and whatever later tasks add (``/spectrum``, ``/critical``, ...).
-Every dataset has a ``dims`` attribute naming its axes. A sweep file holds each job's content
-under ``/jobs/<job>`` plus the list of skipped jobs with reasons. Files are written to a temporary
-name in the same directory and renamed into place, so a killed job never leaves a partial file.
+Every job writes exactly one file into its own run directory, under a temporary name renamed into
+place at the end, so a killed job never leaves a partial file and a file is never modified after
+the rename:
+
+* a training job (``task=train``, ``task=spinglass``) writes ``results.h5`` (kind ``job``): root
+  attributes (provenance, resolved config, overrides, ``run_id``), ``/members/<column>`` [K],
+  ``/curves/<name>`` [K, T], ``/params/<name>`` [K, ...], ...;
+* a post-hoc task (``spectrum``, ``critical``, ``landscape``) writes ``<task>.h5`` (kind
+  ``analysis``) into ``SOURCE/analyses/<task>-<settings hash>/``: per analysed training job a group
+  ``/jobs/<job>`` (attributes ``source_path``, ``source_run_id``, ``source_sha256``) holding the
+  task's groups and ``members`` columns to join on (job, member);
+* the merge (:mod:`surfacekit.sweep`) gathers a sweep's files into ``sweep.h5`` (kind ``sweep``):
+  ``/jobs/<job>`` and ``/analyses/<name>``.
+
+The loaders take any of these files, a job's run directory or a sweep directory, and join training
+and analysis results, so ``load_members`` gives one table. Every dataset has a ``dims`` attribute
+naming its axes. Files of schema version 1 (analysis groups written into the training file) load too.
 """
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
-from contextlib import contextmanager
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -30,10 +41,13 @@ import yaml
 
 import surfacekit
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 RESULTS_NAME = "results.h5"
 SWEEP_NAME = "sweep.h5"
 FAILURE_NAME = "error.txt"  # written by a failed job of a sweep
+ANALYSES_DIR = "analyses"   # post-hoc task outputs live in SOURCE/analyses/<task>-<hash>/<task>.h5
+PARTS_DIR = "parts"         # finished units of an unfinished job (one file each, atomic)
 
 Groups = Mapping[str, Mapping[str, Any]]
 
@@ -66,12 +80,23 @@ def provenance() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else False,
         "python_version": platform.python_version(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "numpy_version": np.__version__,
         "h5py_version": h5py.__version__,
         "hostname": socket.gethostname(),
     }
 
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex): what an analysis records of its source."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------- write
 
 def _attr(value: Any) -> Any:
     if isinstance(value, (dict, list, tuple)):
@@ -81,12 +106,13 @@ def _attr(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+def set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    """Write attributes (dicts and lists as JSON, None as '')."""
     for key, value in attrs.items():
         obj.attrs[key] = _attr(value)
 
 
-def _write_groups(f: h5py.File, groups: Groups, dims: Mapping[str, str] | None) -> None:
+def _write_groups(f: h5py.Group, groups: Groups, dims: Mapping[str, str] | None) -> None:
     for group, arrays in groups.items():
         g = f.require_group(group)
         order = json.loads(g.attrs.get("order", "[]"))
@@ -109,61 +135,45 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_results(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, Any], dims: Mapping[str, str] | None = None) -> Path:
-    """Write a new results file atomically (temporary name, then rename). Returns the path.
+def write_atomic(path: str | os.PathLike, fill, *, replace: bool = False) -> Path:
+    """Create ``path`` by ``fill(h5py.File)`` on a temporary file renamed into place at the end.
 
-    dims maps a group ("members") or a dataset ("curves/step") to a comma-separated axis list.
+    Refuses (ResultsError) to replace an existing file unless ``replace`` (a job rewriting its own
+    output file). A failure or kill before the rename leaves any existing file untouched.
     """
     path = Path(path)
+    if path.exists() and not replace:
+        raise ResultsError(f"{path} exists; results files are never overwritten")
     tmp = _temporary(path)
     try:
         with h5py.File(tmp, "w") as f:
-            _set_attrs(f, attrs)
-            _write_groups(f, groups, dims)
+            fill(f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-@contextmanager
-def _exclusive(path: Path):
-    """Serialize writers of one results file across processes (a lock file beside it)."""
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def write_results(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, Any],
+                  dims: Mapping[str, str] | None = None, *, replace: bool = False) -> Path:
+    """Write a results file atomically (temporary name, then rename); returns the path.
 
-
-def add_groups(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, Any] | None = None,
-               dims: Mapping[str, str] | None = None) -> Path:
-    """Add or replace groups in an existing results file without risking it: copy, write, rename.
-
-    Concurrent callers on one file are serialized, so two tasks adding groups never lose each other's.
+    ``dims`` maps a group ("members") or a dataset ("curves/step") to a comma-separated axis list.
+    A ``run_id`` attribute (random, unique) is added when ``attrs`` has none: analyses use it to
+    join their results to this file. Raises ResultsError if ``path`` exists and not ``replace``.
     """
-    path = Path(path)
-    check_results(path)
-    tmp = _temporary(path)
-    with _exclusive(path):
-        _add_groups(path, tmp, groups, attrs, dims)
-    return path
+    attrs = {"run_id": uuid.uuid4().hex, **attrs}
 
+    def fill(f: h5py.File) -> None:
+        set_attrs(f, attrs)
+        _write_groups(f, groups, dims)
 
-def _add_groups(path: Path, tmp: Path, groups: Groups, attrs, dims) -> None:
-    try:
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "a") as f:
-            _set_attrs(f, attrs or {})
-            _write_groups(f, groups, dims)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return write_atomic(path, fill, replace=replace)
 
 
 def check_results(path: str | os.PathLike) -> str:
-    """Validate that ``path`` is a readable results file of this schema; return its kind ('job' or 'sweep')."""
+    """Validate that ``path`` is a readable results file of a known schema; return its kind
+    ('job', 'sweep' or 'analysis'). Raises ResultsError with a one-line reason otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path}: no such results file")
@@ -173,208 +183,482 @@ def check_results(path: str | os.PathLike) -> str:
             kind = str(f.attrs.get("kind", ""))
     except OSError as exc:
         raise ResultsError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
-    if version is None or kind not in ("job", "sweep"):
+    if version is None or kind not in ("job", "sweep", "analysis"):
         raise ResultsError(f"{path}: HDF5 file without surfacekit attributes (schema_version, kind): not a results file")
-    if int(version) != SCHEMA_VERSION:
-        raise ResultsError(f"{path}: schema_version {int(version)}, this surfacekit reads {SCHEMA_VERSION}; rerun the job or use a matching surfacekit")
+    if int(version) not in READABLE_SCHEMAS:
+        raise ResultsError(f"{path}: schema_version {int(version)}, this surfacekit reads {list(READABLE_SCHEMAS)}; "
+                           "rerun the job or use a matching surfacekit")
     return kind
 
 
-# ----------------------------------------------------------------------------------- merge
+# ----------------------------------------------------------------------------------- parts
 
-def _job_dirs(sweep_dir: Path) -> list[Path]:
+class Parts:
+    """Finished units of work of an unfinished job, one ``.npz`` file per unit, written atomically.
+
+    A long task saves each unit (a member, a start point, a chunk) as it finishes, so a killed job
+    keeps them and a rerun into the same directory resumes: ``done(key)`` says what to skip. Keys are
+    strings such as ``"3/member-00017"`` ('/' makes folders). Arrays only; no pickles.
+    """
+
+    def __init__(self, directory: str | os.PathLike, signature: str = ""):
+        """``signature`` (e.g. the job's resolved settings) is stored beside the parts; parts left by
+        a run with another signature are refused (ResultsError), never mixed into this one."""
+        self.directory = Path(directory)
+        stamp = self.directory / "signature.txt"
+        if stamp.exists() and stamp.read_text() != signature:
+            raise ResultsError(f"{self.directory} holds partial results of a run with other settings; "
+                               "delete that folder to start over")
+        if not stamp.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(signature)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.npz"
+
+    def done(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def save(self, key: str, arrays: Mapping[str, Any]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+
+    def load(self, key: str) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self._path(key), allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError) as exc:
+            raise ResultsError(f"{self._path(key)}: unreadable partial result ({exc}); delete it to recompute") from None
+
+    def keys(self, prefix: str = "") -> list[str]:
+        root = self.directory / prefix
+        if not root.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.directory).with_suffix("")) for p in root.rglob("*.npz"))
+
+    def remove(self) -> None:
+        """Delete every part (after the job's results file is written)."""
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------- locate
+
+@dataclass
+class JobRef:
+    """A training job inside a file: ``group`` is '' for a job file, 'jobs/<name>' in a sweep file."""
+
+    name: str
+    file: Path
+    group: str = ""
+    run_id: str = ""
+
+
+@dataclass
+class AnalysisRef:
+    """An analysis (post-hoc task output) inside a file: ``group`` '' or 'analyses/<name>' in a sweep file."""
+
+    name: str
+    file: Path
+    group: str
+    task: str
+    end_time: str
+    jobs: dict[str, tuple[str, str]] = field(default_factory=dict)  # job -> (source_run_id, source_path)
+
+
+@dataclass
+class Collection:
+    """Training jobs and the analyses of them reachable from one path; unreadable files with reasons."""
+
+    jobs: dict[str, JobRef]
+    analyses: list[AnalysisRef]
+    skipped: dict[str, str]
+
+
+def job_name(results_path: str | os.PathLike) -> str:
+    """A training job's name: the name of its run directory (the job number in a sweep)."""
+    return Path(results_path).resolve().parent.name
+
+
+def _job_sort_key(name: str) -> tuple:
+    return (len(name), name)
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
     """Job directories of a Hydra multirun: those with a .hydra folder, a results file or a failure note."""
     markers = (".hydra", RESULTS_NAME, FAILURE_NAME)
-    return sorted(
-        (p for p in sweep_dir.iterdir() if p.is_dir() and any((p / m).exists() for m in markers)),
-        key=lambda p: (len(p.name), p.name),
-    )
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name != ANALYSES_DIR
+                   and any((p / m).exists() for m in markers)), key=lambda p: _job_sort_key(p.name))
 
 
-def merge(sweep_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Merge every job's ``results.h5`` under ``sweep_dir`` into one sweep file (default ``SWEEP_DIR/sweep.h5``).
+def analysis_files(directory: Path) -> list[Path]:
+    """Finished analysis files under a run or sweep directory (``[*/]analyses/*/*.h5``)."""
+    found = list(directory.glob(f"{ANALYSES_DIR}/*/*.h5")) + list(directory.glob(f"*/{ANALYSES_DIR}/*/*.h5"))
+    return sorted(p for p in found if not p.name.startswith("."))
 
-    Jobs without a results file, or with an unreadable or foreign one, are skipped and listed with a reason.
-    Returns {"output": path, "merged": [job names], "skipped": {job: reason}}.
+
+def _analysis_ref(name: str, file: Path, g: h5py.Group, prefix: str) -> AnalysisRef:
+    jobs = {}
+    for job, sub in g.get("jobs", {}).items():
+        jobs[job] = (str(sub.attrs.get("source_run_id", "")), str(sub.attrs.get("source_path", "")))
+    return AnalysisRef(name, file, prefix, str(g.attrs.get("task", "")), str(g.attrs.get("end_time", "")), jobs)
+
+
+def collect(source: str | os.PathLike) -> Collection:
+    """Find the training jobs and analyses that ``source`` names.
+
+    ``source``: a job's ``results.h5``, its run directory, a sweep directory (each ``*/results.h5``),
+    a merged ``sweep.h5``, or an analysis file. Raises ResultsError when it names nothing readable.
     """
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise ResultsError(f"{sweep_dir}: no such sweep directory")
-    output = Path(output) if output else sweep_dir / SWEEP_NAME
-    merged: list[str] = []
+    source = Path(source).expanduser()
+    jobs: dict[str, JobRef] = {}
+    analyses: list[AnalysisRef] = []
     skipped: dict[str, str] = {}
-    seen: dict[str, str] = {}
-    tmp = _temporary(output)
-    try:
-        with h5py.File(tmp, "w") as out:
-            jobs = out.create_group("jobs")
-            for job_dir in _job_dirs(sweep_dir):
-                name = job_dir.name
-                path = job_dir / RESULTS_NAME
-                if not path.exists():
-                    failure = job_dir / FAILURE_NAME
-                    skipped[name] = (f"failed: {failure.read_text().strip().splitlines()[-1]}" if failure.exists()
-                                     else "no results.h5 (job failed, still running or was killed)")
+    if source.is_dir():
+        if (source / RESULTS_NAME).exists():
+            return collect(source / RESULTS_NAME)
+        dirs = job_dirs(source)
+        for d in dirs:
+            path = d / RESULTS_NAME
+            if not path.exists():
+                failure = d / FAILURE_NAME
+                skipped[d.name] = (f"failed: {_last_line(failure)}" if failure.exists()
+                                   else "no results.h5 (job failed, still running or was killed)")
+                continue
+            try:
+                if check_results(path) != "job":
+                    raise ResultsError(f"{path}: not a job's results file")
+                with h5py.File(path, "r") as f:
+                    jobs[d.name] = JobRef(d.name, path, "", str(f.attrs.get("run_id", "")))
+            except (ResultsError, OSError) as exc:
+                skipped[d.name] = str(exc).splitlines()[0]
+        search = [source]
+        if not jobs and not skipped:
+            raise ResultsError(f"{source}: no results here (neither a run directory with {RESULTS_NAME} "
+                               "nor a sweep directory with job folders)")
+    else:
+        kind = check_results(source)
+        with h5py.File(source, "r") as f:
+            if kind == "job":
+                name = job_name(source)
+                jobs[name] = JobRef(name, source, "", str(f.attrs.get("run_id", "")))
+                search = [source.parent, source.parent.parent]
+            elif kind == "sweep":
+                for name in json.loads(f.attrs.get("jobs", "[]")):
+                    jobs[name] = JobRef(name, source, f"jobs/{name}", str(f["jobs"][name].attrs.get("run_id", "")))
+                for name in f.get("analyses", {}):
+                    analyses.append(_analysis_ref(name, source, f["analyses"][name], f"analyses/{name}"))
+                skipped.update(json.loads(f.attrs.get("skipped", "{}") or "{}"))
+                search = []
+            else:
+                analyses.append(_analysis_ref(source.parent.name, source, f, ""))
+                search = []
+    seen = {a.file.resolve() for a in analyses}
+    for directory in search:
+        for path in analysis_files(directory):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            try:
+                if check_results(path) != "analysis":
                     continue
-                try:
-                    if check_results(path) != "job":
-                        raise ResultsError(f"{path}: a sweep file, not a job file")
-                    with h5py.File(path, "r") as src:
-                        key = json.dumps([str(src.attrs.get("config", "")), str(src.attrs.get("overrides", ""))])
-                        if key in seen:
-                            skipped[name] = f"duplicate of job {seen[key]} (same config and overrides)"
-                            continue
-                        g = jobs.create_group(name)
-                        for k, v in src.attrs.items():
-                            g.attrs[k] = v
-                        for child in src:
-                            src.copy(src[child], g, name=child)
-                        seen[key] = name
-                except (ResultsError, OSError, KeyError) as exc:
-                    skipped[name] = str(exc).splitlines()[0]
-                    continue
-                merged.append(name)
-            _set_attrs(out, {**provenance(), "kind": "sweep", "created": now_iso(), "sweep_dir": str(sweep_dir.resolve()),
-                             "jobs": merged, "skipped": skipped})
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"output": output, "merged": merged, "skipped": skipped}
+                with h5py.File(path, "r") as f:
+                    analyses.append(_analysis_ref(path.parent.name, path, f, ""))
+            except (ResultsError, OSError) as exc:
+                skipped[str(path)] = str(exc).splitlines()[0]
+    return Collection(dict(sorted(jobs.items(), key=lambda kv: _job_sort_key(kv[0]))), analyses, skipped)
 
 
-def merge_main(argv: list[str] | None = None) -> int:
-    """``surfacekit-merge SWEEP_DIR [-o OUT]``: merge a sweep's job files, list skipped jobs."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="surfacekit-merge", description=merge_main.__doc__)
-    parser.add_argument("sweep_dir", help="a Hydra multirun directory (holds one folder per job)")
-    parser.add_argument("-o", "--output", help="merged file (default: SWEEP_DIR/sweep.h5)")
-    args = parser.parse_args(argv)
-    try:
-        report = merge(args.sweep_dir, args.output)
-    except ResultsError as exc:
-        print(f"surfacekit-merge: {exc}", file=sys.stderr)
-        return 2
-    print(f"merged {len(report['merged'])} job(s) into {report['output']}")
-    for job, reason in report["skipped"].items():
-        print(f"  skipped {job}: {reason}")
-    return 0
+def _last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "(empty error.txt)"
 
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra is a dependency
-    Callback = object
+def _matches(job: JobRef, analysis: AnalysisRef) -> bool:
+    if job.name not in analysis.jobs:
+        return False
+    run_id, path = analysis.jobs[job.name]
+    if job.run_id and run_id:
+        return job.run_id == run_id
+    return bool(path) and job.group == "" and Path(path).resolve() == job.file.resolve()  # sources without run_id
 
 
-class MergeCallback(Callback):
-    """Hydra callback: merge the sweep directory when a multirun ends."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        report = merge(config.hydra.sweep.dir)
-        print(f"[surfacekit] merged {len(report['merged'])} job(s) into {report['output']}"
-              + (f"; skipped {report['skipped']}" if report["skipped"] else ""))
+def analyses_of(collection: Collection, job: JobRef, task: str | None = None) -> list[AnalysisRef]:
+    """Analyses of ``job`` (optionally of one task), newest first."""
+    found = [a for a in collection.analyses if _matches(job, a) and (task is None or a.task == task)]
+    return sorted(found, key=lambda a: a.end_time, reverse=True)
 
 
-# ----------------------------------------------------------------------------------- load
-
-def results_file(source: str | os.PathLike) -> Path:
-    """The file to load for ``source``: a results or sweep file as is; a sweep directory's sweep.h5,
-    merged first when absent (skipped jobs are reported on stderr)."""
-    source = Path(source)
-    if not source.is_dir():
-        return source
-    merged = source / SWEEP_NAME
-    if not merged.exists():
-        for job, reason in merge(source)["skipped"].items():
-            print(f"skipped job {job}: {reason}", file=sys.stderr)
-    return merged
-
+# ----------------------------------------------------------------------------------- read
 
 def _read(ds: h5py.Dataset) -> np.ndarray:
     """A dataset as numpy; string datasets come back as str, not bytes."""
     return ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
 
 
-def _parse_overrides(text: str) -> dict[str, Any]:
-    out = {}
-    for item in json.loads(text) if text else []:
-        key, _, value = item.partition("=")
-        try:
-            out[key.lstrip("+~")] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.lstrip("+~")] = value
+def _open(ref: JobRef | AnalysisRef, sub: str = "") -> tuple[h5py.File, h5py.Group]:
+    f = h5py.File(ref.file, "r")
+    path = "/".join(p for p in (ref.group, sub) if p)
+    return f, (f[path] if path else f)
+
+
+def _typed_overrides(overrides: list[str], config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Override key -> value with the type the job used: the resolved config's value where the key is
+    a config value, else Hydra's override grammar (group choices such as ``optimizer=adam``).
+    Lists become tuples (hashable, so swept list values group)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    cfg = OmegaConf.create(config or {})
+    out: dict[str, Any] = {}
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+~")
+        if key.startswith(("hydra.", "hydra/")) or key in ("progress", "resume"):
+            continue  # where and how the job ran, not what it computed
+        value = OmegaConf.select(cfg, key, default="__missing__", throw_on_missing=False)
+        if OmegaConf.is_config(value):
+            value = "__missing__"  # a group choice: the override's own value
+        if isinstance(value, str) and value == "__missing__":
+            try:
+                value = parser.parse_override(text).value()
+            except Exception:  # noqa: BLE001 - a legacy override Hydra no longer parses: keep its text
+                value = text.partition("=")[2]
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if isinstance(value, list):
+            value = tuple(value)
+        out[key] = value
     return out
 
 
-def _job_groups(f: h5py.File) -> dict[str, h5py.Group]:
-    if f.attrs.get("kind") == "sweep":
-        return {name: f["jobs"][name] for name in json.loads(f.attrs["jobs"])}
-    return {"": f}
+def _job_config(g: h5py.Group) -> dict[str, Any]:
+    return yaml.safe_load(str(g.attrs.get("config", ""))) or {}
 
 
-def _select(path, job: str | None):
-    kind = check_results(path)
-    f = h5py.File(path, "r")
-    groups = _job_groups(f)
-    if job is None:
-        if kind == "sweep" and len(groups) != 1:
-            f.close()
-            raise ResultsError(f"{path}: a sweep file; name one of its jobs {list(groups)}")
-        job = next(iter(groups))
-    if job not in groups:
-        f.close()
-        raise ResultsError(f"{path}: no job {job!r}; jobs are {list(groups)}")
-    return f, groups[job]
+def _members_frame(g: h5py.Group) -> pd.DataFrame:
+    if "members" not in g:
+        return pd.DataFrame()
+    columns = g["members"]
+    order = json.loads(columns.attrs.get("order", "[]")) or list(columns)
+    return pd.DataFrame({name: _read(columns[name]) for name in order if name in columns})
 
 
-def list_jobs(path: str | os.PathLike) -> list[str]:
-    """Job names in a sweep file ([''] for a single job file)."""
-    check_results(path)
-    with h5py.File(path, "r") as f:
-        return list(_job_groups(f))
-
-
-def load_config(path: str | os.PathLike, job: str | None = None) -> dict[str, Any]:
-    """The resolved config of a job, as a dict."""
-    f, g = _select(path, job)
+def _analysis_columns(analysis: AnalysisRef, job: str) -> pd.DataFrame:
+    f, g = _open(analysis, f"jobs/{job}")
     with f:
-        return yaml.safe_load(str(g.attrs["config"]))
+        frame = _members_frame(g)
+        root = f[analysis.group] if analysis.group else f
+        for key in ("objective", "weight_decay", "bn_mode"):
+            if key in root.attrs:
+                frame[f"{analysis.task}_{key}"] = _attr_value(root.attrs[key])
+    return frame
 
 
-def load_members(path: str | os.PathLike) -> pd.DataFrame:
-    """One row per network, with ``job`` and the swept (overridden) config values as columns."""
-    check_results(path)
+def _attr_value(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def load_members(source: str | os.PathLike, analyses: str = "latest") -> pd.DataFrame:
+    """One row per network: the training members table, joined on (job, member) with the members
+    columns of the analyses of each job (``analyses="latest"``: the newest of each task;
+    ``"none"``: training columns only), plus ``job`` and one column per command-line override.
+
+    ``source``: a job's results.h5 or run directory, a sweep directory or sweep.h5. An override
+    whose name is also a members column (``seed``) becomes ``job_<name>``; its value has the type
+    the job used (read from the resolved config). Jobs that cannot be read are skipped with a line
+    on stderr. Raises ResultsError when nothing is readable.
+    """
+    if analyses not in ("latest", "none"):
+        raise ValueError(f"analyses={analyses!r}; use 'latest' or 'none'")
+    col = collect(source)
+    _report_skipped(col)
     frames = []
-    with h5py.File(path, "r") as f:
-        for job, g in _job_groups(f).items():
-            columns = g["members"]
-            frame = pd.DataFrame({name: _read(columns[name]) for name in json.loads(columns.attrs["order"])})
-            for key, value in _parse_overrides(str(g.attrs.get("overrides", ""))).items():
-                frame[key] = [value] * len(frame)
-            frame.insert(0, "job", job)
-            frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for job in col.jobs.values():
+        f, g = _open(job)
+        with f:
+            frame = _members_frame(g)
+            overrides = json.loads(str(g.attrs.get("overrides", "[]")) or "[]")
+            typed = _typed_overrides(overrides, _job_config(g))
+        if analyses == "latest" and "member" in frame:
+            done: set[str] = set()
+            for analysis in analyses_of(col, job):
+                if analysis.task in done:
+                    continue
+                done.add(analysis.task)
+                extra = _analysis_columns(analysis, job.name)
+                if "member" in extra and len(extra):
+                    new = [c for c in extra.columns if c == "member" or c not in frame.columns]
+                    frame = frame.merge(extra[new], on="member", how="left")
+        for key, value in typed.items():
+            name = f"job_{key}" if key in frame.columns else key
+            frame[name] = [value] * len(frame)
+        frame.insert(0, "job", job.name)
+        frames.append(frame)
+    if not frames:
+        raise ResultsError(f"{source}: no readable training jobs" + (f" (skipped: {col.skipped})" if col.skipped else ""))
+    return pd.concat(frames, ignore_index=True)
 
 
-def load_group(path: str | os.PathLike, group: str, job: str | None = None) -> dict[str, np.ndarray]:
-    """All datasets of one group (e.g. 'curves', 'params', 'spectrum') of one job, as numpy arrays,
-    in the order they were written (parameters in the model's canonical flattening order)."""
-    f, g = _select(path, job)
+def _report_skipped(col: Collection) -> None:
+    for name, reason in col.skipped.items():
+        print(f"surfacekit: skipped {name}: {reason}", file=sys.stderr)
+
+
+def _one_job(col: Collection, source, job: str | None) -> JobRef:
+    if job is None:
+        if len(col.jobs) != 1:
+            raise ResultsError(f"{source}: holds {len(col.jobs)} jobs; name one of {list(col.jobs)} (job=...)")
+        return next(iter(col.jobs.values()))
+    if job not in col.jobs:
+        raise ResultsError(f"{source}: no job {job!r}; jobs are {list(col.jobs)}")
+    return col.jobs[job]
+
+
+def list_jobs(source: str | os.PathLike) -> list[str]:
+    """Names of the training jobs in a job file, run directory, sweep directory or sweep file."""
+    return list(collect(source).jobs)
+
+
+def load_config(source: str | os.PathLike, job: str | None = None) -> dict[str, Any]:
+    """The resolved config of a job, as a dict."""
+    col = collect(source)
+    f, g = _open(_one_job(col, source, job))
+    with f:
+        return _job_config(g)
+
+
+def _group_arrays(g: h5py.Group) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    g.visititems(lambda name, obj: out.__setitem__(name, _read(obj)) if isinstance(obj, h5py.Dataset) else None)
+    order = json.loads(g.attrs.get("order", "[]"))
+    return {name: out[name] for name in [n for n in order if n in out] + sorted(set(out) - set(order))}
+
+
+def load_group(source: str | os.PathLike, group: str, job: str | None = None) -> dict[str, np.ndarray]:
+    """All datasets of one group of one job (e.g. 'curves', 'params', 'spectrum', 'critical/newton_mr'),
+    as numpy arrays in the order written (parameters in the model's canonical flattening order).
+
+    The group is looked up in the training file first, then in the newest analysis of the job that
+    has it. Raises ResultsError naming the groups there are when neither has it.
+    """
+    col = collect(source)
+    if not col.jobs and len(col.analyses) == 1:  # an analysis file on its own
+        analysis = col.analyses[0]
+        names = list(analysis.jobs)
+        if job is None and len(names) != 1:
+            raise ResultsError(f"{source}: analyses {len(names)} jobs; name one of {names} (job=...)")
+        return _analysis_group(analysis, job or names[0], group, source)
+    ref = _one_job(col, source, job)
+    f, g = _open(ref)
+    with f:
+        if group in g:
+            return _group_arrays(g[group])
+        present = sorted(g)
+    for analysis in analyses_of(col, ref):
+        fa, ga = _open(analysis, f"jobs/{ref.name}")
+        with fa:
+            if group in ga:
+                return _group_arrays(ga[group])
+            present += [f"{name} ({analysis.task} analysis)" for name in ga if name != "members"]
+    raise ResultsError(f"{source}: job {ref.name!r} has no group /{group}; it has {present}")
+
+
+def _analysis_group(analysis: AnalysisRef, job: str, group: str, source) -> dict[str, np.ndarray]:
+    f, g = _open(analysis, f"jobs/{job}")
     with f:
         if group not in g:
-            raise ResultsError(f"{path}: job {job or ''!r} has no group /{group}")
-        out = {}
-        g[group].visititems(lambda name, obj: out.__setitem__(name, _read(obj)) if isinstance(obj, h5py.Dataset) else None)
-        order = json.loads(g[group].attrs.get("order", "[]"))
-        return {name: out[name] for name in order + sorted(set(out) - set(order))}
+            raise ResultsError(f"{source}: job {job!r} has no group /{group}; it has {sorted(g)}")
+        return _group_arrays(g[group])
 
 
-def load_curves(path: str | os.PathLike, job: str | None = None) -> dict[str, np.ndarray]:
+def load_curves(source: str | os.PathLike, job: str | None = None) -> dict[str, np.ndarray]:
     """Learning curves of one job: name -> [K, T], plus 'step' and 'epoch' [T]."""
-    return load_group(path, "curves", job)
+    return load_group(source, "curves", job)
 
 
-def load_params(path: str | os.PathLike, job: str | None = None) -> dict[str, np.ndarray]:
+def load_params(source: str | os.PathLike, job: str | None = None) -> dict[str, np.ndarray]:
     """Final parameters of one job: name -> [K, ...] (initial ones: ``load_group(path, "init_params")``)."""
-    return load_group(path, "params", job)
+    return load_group(source, "params", job)
+
+
+def load_attrs(source: str | os.PathLike, job: str | None = None) -> dict[str, Any]:
+    """Root attributes of one training job (provenance, config text, overrides, run_id, ...)."""
+    col = collect(source)
+    f, g = _open(_one_job(col, source, job))
+    with f:
+        return {k: _attr_value(v) for k, v in g.attrs.items()}
+
+
+def iter_jobs(source: str | os.PathLike) -> Iterator[JobRef]:
+    """The readable training jobs of ``source`` (skipped ones are reported on stderr)."""
+    col = collect(source)
+    _report_skipped(col)
+    yield from col.jobs.values()
+
+
+# ----------------------------------------------------------------------------------- rebuild
+
+@dataclass
+class Job:
+    """A finished training job rebuilt from its results: config, spec, data (float64, on ``device``)
+    and stacked parameters [K, ...] in the canonical order of ``models.param_shapes`` (so
+    ``population.flatten`` gives valid thetas), plus the members table."""
+
+    name: str
+    path: Path
+    run_id: str
+    cfg: Any
+    spec: Any
+    data: Any
+    params: dict
+    init_params: dict
+    buffers: dict
+    members: pd.DataFrame
+
+
+def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "cpu") -> Job:
+    """Rebuild one training job (of a job file, run directory, sweep directory or sweep file).
+
+    Raises ResultsError when the file is not a training job's or lacks parameters, and the data
+    module's DataError when its data can no longer be built (e.g. a moved MNIST directory).
+    """
+    import torch
+    from omegaconf import OmegaConf
+
+    from surfacekit.data import load_data
+    from surfacekit.models import param_shapes, spec_from_config
+
+    col = collect(source)
+    ref = _one_job(col, source, job)
+    f, g = _open(ref)
+    with f:
+        if "params" not in g:
+            raise ResultsError(f"{ref.file}: job {ref.name!r} has no /params (not a trained population)")
+        cfg = OmegaConf.create(_job_config(g))
+        groups = {name: _group_arrays(g[name]) if name in g else {} for name in ("params", "init_params", "buffers")}
+        members = _members_frame(g)
+    data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, torch.float64)
+    spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)
+
+    def tensors(arrays: dict, names) -> dict:
+        return {n: torch.from_numpy(np.asarray(arrays[n])).to(device, torch.float64) for n in names if n in arrays}
+
+    names = list(param_shapes(spec))
+    params = tensors(groups["params"], names)
+    missing = sorted(set(names) - set(params))
+    if missing:
+        raise ResultsError(f"{ref.file}: job {ref.name!r} lacks parameters {missing} of its model")
+    return Job(ref.name, ref.file, ref.run_id, cfg, spec, data, params, tensors(groups["init_params"], names),
+               tensors(groups["buffers"], groups["buffers"]), members)
+
+
+def results_file(source: str | os.PathLike) -> Path:
+    """``source`` as a path: every loader accepts a job file, run directory, sweep directory or
+    sweep file directly (kept for scripts written against the merge-first loaders)."""
+    return Path(source).expanduser()

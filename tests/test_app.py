@@ -1,95 +1,157 @@
-import subprocess
-import sys
+"""The command line: every config composes, every bad value is one line before any work, a job runs."""
+
+from pathlib import Path
 
 import h5py
 import pytest
-from hydra import compose, initialize_config_module
 
-from surfacekit.config import ConfigError, validate_training
+from support import ROOT, TINY, compose_config
+from surfacekit.config import ConfigError, validate
 from surfacekit.store import load_curves, load_members
 
-TINY = ["population.size=2", "trainer.epochs=2", "model.width=4", "data.train_size=100", "progress=false", "threads=1"]
-GROUPS = {
-    "data": ["digits", "mnist1d", "teacher", "mnist"],
-    "optimizer": ["sgd", "momentum", "nesterov", "rprop", "adagrad", "rmsprop", "adadelta", "adam", "adamax"],
-    "trainer": ["backprop"],
-    "launcher": ["local", "joblib"],
-}
+CONF = ROOT / "conf"
+OPTIONS = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
+NEEDS = {("data", "mnist"): ["data.path=/tmp"], ("experiment", "choromanska_mnist"): ["data.path=/tmp"],
+         ("data", "teacher"): ["model.loss=mse"], ("task", "spectrum"): ["source=x"], ("task", "critical"): ["source=x"],
+         ("task", "landscape"): ["source=x"]}
 
 
-def compose_config(overrides=()):
-    with initialize_config_module(config_module="surfacekit.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+def test_every_yaml_option_is_listed():
+    groups = {g for g, _ in OPTIONS}
+    assert groups == {"data", "model", "optimizer", "trainer", "task", "launcher", "experiment"}
+    from surfacekit.config import TASKS
+    from surfacekit.optim import OPTIMIZERS
+
+    assert {o for g, o in OPTIONS if g == "optimizer"} == set(OPTIMIZERS)
+    assert {o for g, o in OPTIONS if g == "task"} == set(TASKS)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_group_option_composes_and_validates(group, option):
+    overrides = [f"{group}={option}", *NEEDS.get((group, option), [])]
+    cfg = compose_config(overrides)
+    validate(cfg, overrides)
+    if group == "task":
+        assert cfg.task == option
+    if group == "optimizer":
+        assert cfg.optimizer.name == option
 
 
 def test_default_config_tree():
     cfg = compose_config()
     assert cfg.task == "train" and cfg.data.name == "digits" and cfg.optimizer.name == "sgd"
     assert cfg.trainer.method == "backprop" and cfg.population.size >= 1
-    validate_training(cfg)
+    assert cfg.objective == "trained" and cfg.bn_mode == "batch"
+    assert validate(cfg) == []
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_group_option_composes(group, option):
-    cfg = compose_config([f"{group}={option}"])
-    if group == "optimizer":
-        assert cfg.optimizer.name == option
-        validate_training(cfg)
+BAD = [  # (overrides, text the one-line message must contain)
+    (["population.size=0"], "population.size=0 is invalid: expected an integer >= 1"),
+    (["model.width=-3"], "model.width=-3 is invalid"),
+    (["optimizer.name=lbfgs"], "optimizer.name=lbfgs is invalid"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1 is invalid"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf is invalid: expected a finite number > 0"),
+    (["model.activation=gelu"], "model.activation=gelu is invalid"),
+    (["population.lr_scale=[1,2,3]"], "population.lr_scale=[1, 2, 3] is invalid"),
+    (["seed=1.5"], "seed=1.5 is invalid: expected an integer >= 0"),
+    (["seed=-1"], "seed=-1 is invalid"),
+    (["optimizer=momentum", "optimizer.momentum=2"], "optimizer.momentum=2 is invalid"),
+    (["trainer.eval_every=0"], "trainer.eval_every=0 is invalid"),
+    (["chunk_size=0"], "chunk_size=0 is invalid"),
+    (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is invalid"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 is invalid"),
+    (["task=spectrum", "source=x", "spectrum.top_k=0"], "spectrum.top_k=0 is invalid"),
+    (["task=spectrum", "source=x", "spectrum.threshold=0.1"], "spectrum.threshold=0.1 is invalid"),
+    (["task=spectrum"], "source is required for task=spectrum"),
+    (["data=teacher"], "model.loss=cross_entropy is invalid: expected mse with data=teacher"),
+    (["trainer=dtp", "model.batch_norm=true"], "model.batch_norm=true is invalid: expected false with trainer=dtp"),
+    (["trainer=penalty", "model.residual=true"], "model.residual=true is invalid: expected false with trainer=penalty"),
+    (["trainer=penalty", "trainer.batch_size=50"], "trainer.batch_size=50 is invalid: expected null with trainer=penalty"),
+    (["population=2"], "population is a group of settings, not a value; did you mean population.size=2?"),
+    (["data=mnist"], "data.path is required"),
+    (["+model.widht=10"], "+model.widht=10: no such setting; did you mean model.width"),
+    (["model.widht=10"], "model.widht: no such setting; did you mean model.width"),
+    (["+datta=mnist"], "+datta=mnist: no such setting; did you mean data?"),
+    (["optimizer=adamm"], "optimizer=adamm is unknown; choose one of"),
+    (["task=nope"], "task=nope is unknown"),
+    (["spectrum.top_k=3"], "the spectrum.* settings belong to task=spectrum"),
+    (["data=mnist", "data.path=~/data"], "a path starting with ~"),
+    (["model.width=3,x"], "model.width=x is invalid"),  # every value of a sweep is checked (with -m)
+]
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.width=-3", "model.width"),
-    ("optimizer.name=lbfgs", "optimizer.name"),
-    ("population.size=0", "population.size"),
-    ("trainer.batch_size=0", "trainer.batch_size"),
-    ("optimizer.lr=-1", "optimizer.lr"),
-    ("model.activation=gelu", "model.activation"),
-    ("population.lr_scale=[1,2]", "population.lr_scale"),
-])
-def test_invalid_values_name_the_key(override, key):
-    with pytest.raises(ConfigError, match=key):
-        validate_training(compose_config([override]))
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_command_line_is_one_line_before_any_work(run_cli, tmp_path, overrides, message):
+    multirun = ["-m"] if any("," in o for o in overrides) else []
+    out = run_cli(*multirun, *TINY[1:], *overrides, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/s")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("surfacekit: error: ") and message in lines[0], out.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s").exists()  # rejected before any work
 
 
-def test_population_that_cannot_fit_in_memory_is_refused():
+def test_multirun_flag_after_overrides_says_so(run_cli):
+    out = run_cli("experiment=choromanska", "-m", "model.width=5,50")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("surfacekit: error: -m/--multirun must come before the overrides: "
+                                  "surfacekit -m experiment=choromanska model.width=5,50")
+
+
+def test_memory_refusal_states_enough_digits():
     from surfacekit.tasks.train import build
 
-    with pytest.raises(ConfigError, match="population.size=100000000 .* GiB"):
+    with pytest.raises(ConfigError, match=r"population.size=100000000 .* needs about [0-9.]+ GiB"):
         build(compose_config(["population.size=100000000"]))
+    with pytest.raises(ConfigError, match=r"needs about 7\.[0-9]{2} MiB, more than the 1\.00 MiB available"):
+        build(compose_config(["population.size=64", "memory_limit_gb=0.0009765625"]))
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "surfacekit", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def test_batch_larger_than_training_set_is_refused():
+    from surfacekit.tasks.train import build
+
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=5000 is invalid: expected <= 1000"):
+        build(compose_config(["trainer.batch_size=5000"]))
 
 
-def test_cli_run_writes_results(tmp_path):
-    out = cli(*TINY, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+def test_cli_run_writes_results(run_cli, tmp_path):
+    out = run_cli(*TINY, f"hydra.run.dir={tmp_path}/run")
     assert out.returncode == 0, out.stderr
-    assert "final_train_loss" in out.stdout and "mean" in out.stdout
+    assert "final_train_loss" in out.stdout and "mean" in out.stdout and "0 of 2" in out.stdout
     members = load_members(tmp_path / "run" / "results.h5")
     assert len(members) == 2 and {"final_test_loss", "grad_norm", "diverged", "seed"} <= set(members.columns)
     assert load_curves(tmp_path / "run" / "results.h5")["train_loss"].shape == (2, 3)
     with h5py.File(tmp_path / "run" / "results.h5") as f:
         for key in ("git_commit", "git_dirty", "torch_version", "numpy_version", "hostname", "start_time", "end_time",
-                    "config", "overrides", "threads", "device", "schema_version"):
+                    "config", "overrides", "threads", "device", "schema_version", "run_id", "warnings"):
             assert key in f.attrs, key
         assert f.attrs["threads"] == 1 and "population.size=2" in f.attrs["overrides"]
 
 
-def test_cli_bad_value_gives_one_line_error(tmp_path):
-    out = cli(*TINY, "population.size=0", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["surfacekit: error: population.size=0 is invalid: expected an integer >= 1"]
-    out = cli(*TINY, "data=mnist", f"data.path={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run2", cwd=tmp_path)
-    assert out.returncode == 2 and "no such directory" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_cli_multirun_merges(tmp_path):
-    out = cli("-m", *TINY, "model.width=3,5", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+def test_dubious_value_warns_and_is_stored(run_cli, tmp_path):
+    out = run_cli(*TINY, "optimizer=rprop", "trainer.batch_size=50", f"hydra.run.dir={tmp_path}/run")
     assert out.returncode == 0, out.stderr
-    members = load_members(tmp_path / "sweep" / "sweep.h5")
-    assert len(members) == 4 and sorted(members["model.width"].unique()) == [3, 5]
-    (tmp_path / "sweep" / "sweep.h5").unlink()
-    merged = subprocess.run([sys.executable, "-c", "import sys; from surfacekit.store import merge_main; sys.exit(merge_main())",
-                             str(tmp_path / "sweep")], capture_output=True, text=True)
-    assert merged.returncode == 0 and "merged 2 job(s)" in merged.stdout
+    assert "surfacekit: warning: optimizer=rprop with trainer.batch_size=50" in out.stderr
+    with h5py.File(tmp_path / "run" / "results.h5") as f:
+        assert "Rprop adapts its steps" in f.attrs["warnings"]
+
+
+def test_all_diverged_job_exits_nonzero_with_a_summary(run_cli, tmp_path):
+    out = run_cli(*TINY, "optimizer.lr=1e6", "trainer.divergence_loss=1e3", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("surfacekit: error: all 2 members diverged")
+    assert (tmp_path / "run" / "results.h5").exists()
+
+
+def test_run_directories_are_unique_per_job(run_cli, tmp_path):
+    for _ in range(2):
+        assert run_cli(*TINY, "trainer.epochs=0").returncode == 0
+    runs = sorted(Path(tmp_path).glob("outputs/runs/*/*/results.h5"))
+    assert len(runs) == 2 and runs[0].parent != runs[1].parent
+
+
+def test_subprocess_smoke_run(run_cli, tmp_path):
+    """The one default-suite run of the real command in its own process."""
+    out = run_cli(*TINY, f"hydra.run.dir={tmp_path}/run", subprocess=True)
+    assert out.returncode == 0, out.stderr
+    assert len(load_members(tmp_path / "run")) == 2

@@ -287,52 +287,10 @@ def test_find_rejects_bad_input_and_counts_costs():
     assert gd.history[-1] < 1e-10 and np.all(np.diff(gd.history) <= 0)
 
 
-# ----------------------------------------------------------------------------- the task, end to end
+# ----------------------------------------------------------------------------- analysis helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def cli(*args, cwd):
-    # Run this checkout's package (an installed surfacekit may point at another tree).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "surfacekit", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-def test_task_critical_end_to_end(tmp_path):
-    run_dir = tmp_path / "train"
-    out = cli("population.size=2", "trainer.epochs=3", "trainer.snapshots=true", "model.width=4",
-              "data.train_size=100", "progress=false", "threads=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    source = run_dir / "results.h5"
-    out = cli("task=critical", f"source={source}", "critical.starts=2", "critical.members=[1]",
-              "critical.finders=[newton_mr,gradnorm]", "critical.options.newton_mr.max_iter=3",
-              "critical.options.gradnorm.max_iter=3", "progress=false", "threads=1",
-              f"hydra.run.dir={tmp_path / 'crit'}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "accepted" in out.stdout and "gradient-flat" in out.stdout
-    for finder in ("newton_mr", "gradnorm"):
-        g = load_group(source, f"critical/{finder}")
-        assert g["loss"].shape == (2,) and set(g["member"]) == {1}
-        assert g["theta"].shape[0] == 2 and np.all(g["hvps"] > 0) and np.all(g["index_count"] >= 0)
-        assert np.array_equal(g["accepted"], g["grad_norm2"] < 1e-10)
-        assert np.allclose(g["grad_norm2_relative"], g["grad_norm2"] / g["start_grad_norm2"])
-        assert np.all(g["index_threshold"] < 0) and set(g["index_method"]) == {"dense"}
-        assert np.all(np.isfinite(g["solve_residual"])) == (finder == "newton_mr")  # MINRES residual, nan otherwise
-    assert load_group(source, "members")["member"].shape == (2,)  # the training results are still there
-
-
-
-def test_task_says_to_train_with_snapshots(tmp_path):
-    from surfacekit.store import ResultsError, provenance, write_results
-    from surfacekit.tasks.critical import check_trajectory
-
-    path = write_results(tmp_path / "results.h5", {"members": {"member": np.arange(2)}}, {**provenance(), "kind": "job"})
-    with pytest.raises(ResultsError, match="trainer.snapshots=true"):
-        check_trajectory(path)
-
-
-# ----------------------------------------------------------------------------- analysis helpers
 
 def test_bray_dean_curve_and_fit():
     sys.path.insert(0, str(ROOT / "analyses"))

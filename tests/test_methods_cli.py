@@ -1,5 +1,3 @@
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,13 +11,10 @@ TINY = ["population.size=2", "model.width=6", "model.depth=3", "model.activation
         "progress=false", "threads=1", "trainer.epochs=2", "++trainer.stages=2", "++trainer.alternations=2"]
 
 
-def test_cli_runs_every_trainer(tmp_path):
+def test_cli_runs_every_trainer(run_cli, tmp_path):
     """One multirun, three jobs (dtp, tp, penalty); each writes results.h5 with its extra curves."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # stages/alternations only exist for penalty; "++" adds or overrides them (dtp/tp ignore them)
-    out = subprocess.run([sys.executable, "-m", "surfacekit", "-m", "trainer=dtp,tp,penalty", *TINY,
-                          f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = run_cli("-m", "trainer=dtp,tp,penalty", *TINY, f"hydra.sweep.dir={tmp_path}/sweep")
     assert out.returncode == 0, out.stderr[-3000:]
     for job, method in enumerate(["dtp", "tp", "penalty"]):
         path = tmp_path / "sweep" / str(job) / "results.h5"

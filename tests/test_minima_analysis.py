@@ -36,7 +36,7 @@ def test_width_table_and_outputs(tmp_path):
                  "test_loss_std_vs_width.png", "minima_by_width.md", "std_ratios.csv"):
         assert (out / name).stat().st_size > 0
     table = pd.read_csv(out / "minima_by_width.csv")
-    members = store.load_members(sweep / "sweep.h5")
+    members = store.load_members(sweep)
     ok = members[(members.width == 25) & ~members.diverged]
     row = table[table.width == 25].iloc[0]
     assert row.diverged == 1 and row.networks == 40

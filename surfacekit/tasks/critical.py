@@ -1,97 +1,77 @@
-"""``task=critical``: critical-point finders from stored training trajectories, results into the source.
+"""``task=critical``: critical-point finders started from stored training trajectories.
 
-    surfacekit task=critical source=PATH [critical.starts=50 critical.finders=[newton_mr]]
+    surfacekit task=critical source=PATH [critical.starts=5 critical.finders=[newton_mr]]
 
-``source`` is a job's ``results.h5`` trained with ``trainer.snapshots=true``, or a sweep directory
-(every job's file is processed). For each chosen member, start points are drawn from
-``/trajectory/theta`` uniformly in ``/curves/train_loss``; every configured finder runs from each in
-float64 on the full training loss, and every endpoint is classified (critical, gradient-flat or
-rejected) and indexed. Written with ``store.add_groups`` into the source file, one group per finder::
+``source`` is a job's results file (or run directory) trained with ``trainer.snapshots=true``, or a
+sweep directory. For each chosen member, start points are drawn from ``/trajectory/theta``
+uniformly in ``/curves/train_loss``; every configured finder runs from each in float64 on the full
+training set and the job's trained objective, and every endpoint is classified (critical,
+gradient-flat or rejected) and indexed. Each finder run is saved as it finishes (a rerun resumes).
+Written to ``SOURCE/analyses/critical-HASH/critical.h5``, one group per finder and job::
 
-    /critical/<finder>/{member, start_eval, start_step, start_loss, loss, start_grad_norm2, grad_norm2,
+    /jobs/<job>/critical/<finder>/{member, start_eval, start_step, start_loss, loss, start_grad_norm2, grad_norm2,
                         grad_norm2_relative, iterations, hvps, grads, accepted, gradient_flat, status,
                         flat_ratio, spectral_norm, index_count, index_fraction, index_threshold,
                         index_relative_threshold, index_method, index_at_least, stop, solve_residual, theta}
 
-all [n] (``theta`` [n, P]; ``solve_residual``: Newton-MR's median relative MINRES residual ``||H d + g|| / ||g||``,
-nan for other finders), with the settings as JSON in the root attribute ``critical``.
+all [n] (``theta`` [n, P]; ``solve_residual``: Newton-MR's median relative solve residual
+``||H d + g|| / ||g||``, nan for other finders).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from omegaconf import DictConfig
 
-from surfacekit.config import ConfigError, resolve_device
-from surfacekit.critical import FINDERS, find, sample_uniform_in_loss
-from surfacekit.population import member_loss_fn
-from surfacekit.store import ResultsError, add_groups, load_curves, load_group, now_iso
-from surfacekit.tasks._common import load_job, source_files
+from surfacekit.critical import find, sample_uniform_in_loss
+from surfacekit.store import ResultsError, _open
+from surfacekit.tasks import _analysis
+from surfacekit.tasks._objective import objective_fn
 
-DIMS = {"theta": "start,param"}
+GROUP = "critical"
 
 
-def settings(cfg: DictConfig) -> dict[str, Any]:
-    """The validated ``critical`` config group as a plain dict."""
-    c = OmegaConf.to_container(cfg.critical, resolve=True)
-    finders = c.get("finders")
-    if not finders or any(f not in FINDERS for f in finders):
-        raise ConfigError(f"critical.finders={finders!r} is invalid: expected a list from {list(FINDERS)}")
-    if not (isinstance(c.get("starts"), int) and c["starts"] >= 1):
-        raise ConfigError(f"critical.starts={c.get('starts')!r} is invalid: expected an integer >= 1")
-    if not (isinstance(c.get("cutoff"), (int, float)) and c["cutoff"] > 0):
-        raise ConfigError(f"critical.cutoff={c.get('cutoff')!r} is invalid: expected a number > 0")
-    members = c.get("members")
-    if members is not None and not (isinstance(members, list) and all(isinstance(m, int) and m >= 0 for m in members)):
-        raise ConfigError(f"critical.members={members!r} is invalid: expected null or a list of integers >= 0")
-    return c
+def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple[int, int, str]]:
+    """Units (member, trajectory evaluation, finder), start points drawn uniformly in training loss."""
+    f, g = _open(ref)
+    with f:
+        if "trajectory" not in g or "theta" not in g["trajectory"]:
+            raise ResultsError(f"{ref.file}: job {ref.name!r} has no /trajectory to start from; "
+                               "train it with trainer.snapshots=true")
+        train_loss = g["curves"]["train_loss"][()]
+    chosen = _analysis.select_members(members, s.get("members"), "critical.members")
+    positions = _analysis.member_positions(members)
+    units = {}
+    for m in chosen:
+        evals = sample_uniform_in_loss(train_loss[positions[m]], int(s["starts"]), seed=int(s["seed"]) + m)
+        for i, e in enumerate(evals):
+            for finder in s["finders"]:
+                units[f"member-{m:06d}-start-{i:04d}-{finder}"] = (m, int(e), finder)
+    return units
 
 
-def check_trajectory(path: Path) -> None:
-    with h5py.File(path, "r") as f:
-        if "trajectory" not in f or "theta" not in f["trajectory"]:
-            raise ResultsError(f"{path}: no /trajectory to start from; train the source with trainer.snapshots=true")
-
-
-def run_file(path: Path, c: dict[str, Any], device: torch.device, progress: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Run every finder from start points of every chosen member of one job; return the /critical groups."""
-    check_trajectory(path)
-    job = load_job(path, device)
-    trajectory = load_group(path, "trajectory")
-    thetas = trajectory["theta"]  # [T, K, P]
-    steps = trajectory["step"]
-    train_loss = load_curves(path)["train_loss"]  # [K, T]
-    k = thetas.shape[1]
-    members = list(range(k)) if c.get("members") is None else c["members"]
-    if any(m >= k for m in members):
-        raise ConfigError(f"critical.members={members} is invalid: {path} has {k} members (0..{k - 1})")
-    loss_fn = member_loss_fn(job.spec, job.data.x_train, job.data.y_train, job.cfg.model.loss, job.cfg.get("chunk_size"))
-    index_options = {key: c["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")
-                     if key in c["index"]}
-    first = int(OmegaConf.select(job.cfg, "population.first_member", default=0) or 0)
-    plan = []
-    for m in members:
-        evals = sample_uniform_in_loss(train_loss[m], int(c["starts"]), seed=int(c["seed"]) + m)
-        plan += [(m, int(e)) for e in evals]
-    rows: dict[str, list[dict[str, Any]]] = {f: [] for f in c["finders"]}
-    bar = tqdm(total=len(plan) * len(c["finders"]), desc=f"critical {path.parent.name}", disable=not progress, leave=False)
-    for m, e in plan:
-        start = torch.from_numpy(np.asarray(thetas[e, m], dtype=np.float64)).to(device)
-        for finder in c["finders"]:
-            point = find(loss_fn, start, finder, cutoff=float(c["cutoff"]), flat_threshold=float(c["flat_threshold"]),
-                         compute_index=bool(c["compute_index"]), index_options=index_options,
-                         **(c.get("options", {}).get(finder) or {}))
-            rows[finder].append(_row(point, first + m, e, int(steps[e]), bool(c.get("store_theta", True))))
-            bar.update(1)
-    bar.close()
-    return {f"critical/{f}": _columns(r) for f, r in rows.items()}
+def compute(job, unit: tuple[int, int, str], s: dict, ctx: dict) -> dict[str, Any]:
+    member, start_eval, finder = unit
+    cache = ctx["cache"]
+    if "loss_fn" not in cache:
+        cache["loss_fn"] = objective_fn(job, ctx["cfg"])
+        with h5py.File(job.path, "r") as f:
+            g = f[f"jobs/{job.name}"] if "jobs" in f else f
+            cache["steps"] = g["trajectory"]["step"][()]
+        cache["index"] = {key: s["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")}
+    with h5py.File(job.path, "r") as f:
+        g = f[f"jobs/{job.name}"] if "jobs" in f else f
+        start = np.asarray(g["trajectory"]["theta"][start_eval, _analysis.member_positions(job.members)[member]], dtype=np.float64)
+    point = find(cache["loss_fn"], torch.from_numpy(start).to(job.data.x_train.device), finder, cutoff=float(s["cutoff"]),
+                 flat_threshold=float(s["flat_threshold"]), compute_index=bool(s["compute_index"]),
+                 index_options=cache["index"], **(s.get("options", {}).get(finder) or {}))
+    return _row(point, member, start_eval, int(cache["steps"][start_eval]), bool(s.get("store_theta", True)))
 
 
 def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> dict[str, Any]:
@@ -111,40 +91,42 @@ def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> 
     }
     if keep_theta:
         row["theta"] = p.theta.cpu().numpy()
-    return row
+    return {k: np.asarray(v) for k, v in row.items()}
 
 
-def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {key: np.asarray([r[key] for r in rows]) for key in rows[0]}
+def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
+    groups: dict[str, dict] = {}
+    dims: dict[str, str] = {}
+    for finder in s["finders"]:
+        mine = [rows[key] for key in sorted(rows) if key.endswith(f"-{finder}")]
+        if not mine:
+            continue
+        name = f"{GROUP}/{finder}"
+        groups[name] = {key: np.stack([r[key] for r in mine]) for key in mine[0]}
+        dims[name] = "start"
+        dims[f"{name}/theta"] = "start,param"
+    return groups, dims
 
 
-def summary(finder: str, cols: dict[str, np.ndarray]) -> str:
-    """One finder's line: acceptance, ||g||^2 quantiles over rejected runs, gradient-flat fraction."""
-    n = len(cols["accepted"])
-    acc = cols["accepted"].astype(bool)
-    rej = cols["grad_norm2"][~acc]
-    flat = cols["gradient_flat"].astype(bool)
-    quant = (" ".join(f"q{int(q * 100)}={v:.2e}" for q, v in zip((0.1, 0.5, 0.9), np.quantile(rej, [0.1, 0.5, 0.9])))
-             if len(rej) else "none rejected")
-    return (f"{finder:12s} accepted {acc.sum()}/{n} ({acc.mean():.1%}); ||g||^2 of rejected: {quant}; "
-            f"gradient-flat {flat.sum()}/{n} ({flat.mean():.1%} of all, "
-            f"{flat.sum() / max(1, (~acc).sum()):.1%} of rejected)")
+def summary(groups: dict) -> str:
+    """One line per finder: acceptance, ||g||^2 quantiles over rejected runs, gradient-flat fraction."""
+    lines = []
+    for name, cols in groups.items():
+        n = len(cols["accepted"])
+        acc = cols["accepted"].astype(bool)
+        rej = cols["grad_norm2"][~acc]
+        flat = cols["gradient_flat"].astype(bool)
+        quant = (" ".join(f"q{int(q * 100)}={v:.2e}" for q, v in zip((0.1, 0.5, 0.9), np.quantile(rej, [0.1, 0.5, 0.9])))
+                 if len(rej) else "none rejected")
+        lines.append(f"  {name.split('/', 1)[1]:12s} accepted {acc.sum()}/{n} ({acc.mean():.1%}); ||g||^2 of rejected: "
+                     f"{quant}; gradient-flat {flat.sum()}/{n} ({flat.mean():.1%} of all, "
+                     f"{flat.sum() / max(1, (~acc).sum()):.1%} of rejected)")
+    return "\n".join(lines)
+
+
+TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
-    """Run the finders on every file named by ``source`` and add ``/critical`` to each; return the last path."""
-    c = settings(cfg)
-    files = source_files(cfg.get("source"))
-    device = resolve_device(cfg.device)
-    last = files[-1]
-    for path in files:
-        started = now_iso()
-        groups = run_file(path, c, device, bool(cfg.progress))
-        dims = {g: "start" for g in groups}
-        dims.update({f"{g}/theta": DIMS["theta"] for g in groups})
-        record = {"settings": c, "started": started, "finished": now_iso()}
-        add_groups(path, groups, attrs={"critical": json.dumps(record)}, dims=dims)
-        print(f"[surfacekit] critical points of {path}")
-        for g, cols in groups.items():
-            print("  " + summary(g.split("/", 1)[1], cols))
-    return last
+    """Run the finders on every job of ``source``; write ``out_dir/critical.h5``."""
+    return _analysis.run(TASK, cfg, out_dir)

@@ -2,71 +2,36 @@
 
     surfacekit task=landscape source=PATH [landscape.kind=[interpolation,slice1d,slice2d] ...]
 
-``source`` is a job's ``results.h5`` or a sweep directory (each ``*/results.h5`` in it is processed).
-The results go back into each source file (``store.add_groups``: copy, write, rename) under
-``/landscape``; see docs/landscape.md for the layout. Config: ``conf/landscape/default.yaml``.
+``source`` is a job's results file or run directory, or a sweep directory. Each unit (one member's
+init-to-solution path, one pair's solution-to-solution path, one member's 1D or 2D slice) is saved
+as it finishes; diverged members are skipped with a warning. Written to
+``SOURCE/analyses/landscape-HASH/landscape.h5`` under ``/jobs/<job>/landscape/...`` (docs/landscape.md).
+Losses are the data loss of each split; with ``objective=trained`` and weight decay, the training
+objective along the path or slice (``train_objective``, adding (wd/2)|theta|^2) is stored beside it.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
+from omegaconf import DictConfig
 
 from surfacekit import landscape as ls
-from surfacekit.config import ConfigError, resolve_device
+from surfacekit.config import ConfigError
+from surfacekit.jobs import warn
 from surfacekit.population import flatten
-from surfacekit.store import add_groups, load_group, now_iso
-from surfacekit.tasks._common import load_job, source_files
+from surfacekit.tasks import _analysis
 
-KINDS = ("interpolation", "slice1d", "slice2d")
 GROUP = "landscape"
+KINDS = ("interpolation", "slice1d", "slice2d")
 
 
-def _fail(key: str, value: Any, expected: str) -> None:
-    raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
-
-
-def settings(cfg: DictConfig) -> dict[str, Any]:
-    """The validated ``landscape`` config as plain Python values."""
-    s = OmegaConf.to_container(cfg.landscape, resolve=True)
-    kinds = s.get("kind")
-    kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
-    if not kinds or any(k not in KINDS for k in kinds):
-        _fail("landscape.kind", s.get("kind"), f"one or a list of {list(KINDS)}")
-    s["kind"] = kinds
-    splits = s.get("splits") or []
-    if not splits or any(v not in ("train", "test") for v in splits):
-        _fail("landscape.splits", splits, "a non-empty list of train and test")
-    members = s.get("members")
-    if isinstance(members, int) and not isinstance(members, bool):
-        members = s["members"] = [members]
-    if members is not None and not (isinstance(members, list) and members
-                                    and all(isinstance(m, int) and not isinstance(m, bool) for m in members)):
-        _fail("landscape.members", members, "null or a non-empty list of member ids")
-    bp = s.get("batch_points")
-    if bp is not None and not (isinstance(bp, int) and bp >= 1):
-        _fail("landscape.batch_points", bp, "null or an integer >= 1")
-    ip, sl = s["interpolation"], s["slice"]
-    if not (isinstance(ip["num"], int) and ip["num"] >= 2 and ip["hi"] > ip["lo"] and ip["lo"] <= 0 and ip["hi"] >= 1):
-        _fail("landscape.interpolation", ip, "num >= 2 and lo <= 0 < 1 <= hi")
-    pairs = ip.get("pairs")
-    if not (pairs in ("adjacent", "all", "none", None) or (isinstance(pairs, list) and all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p) for p in pairs))):
-        _fail("landscape.interpolation.pairs", pairs, "adjacent, all, none or a list of [a, b] member-id pairs")
-    if not (isinstance(sl["num"], int) and sl["num"] >= 1 and sl["hi"] >= sl["lo"]):
-        _fail("landscape.slice", {k: sl[k] for k in ("num", "lo", "hi")}, "num >= 1 and hi >= lo")
-    if sl["normalization"] not in ls.NORMALIZATIONS:
-        _fail("landscape.slice.normalization", sl["normalization"], f"one of {list(ls.NORMALIZATIONS)}")
-    if sl["bias_bn"] not in ls.BIAS_BN:
-        _fail("landscape.slice.bias_bn", sl["bias_bn"], f"one of {list(ls.BIAS_BN)}")
-    return s
+def _kinds(s: dict) -> list[str]:
+    return [s["kind"]] if isinstance(s["kind"], str) else list(s["kind"])
 
 
 def _pairs(spec: Any, ids: list[int]) -> list[tuple[int, int]]:
@@ -79,96 +44,114 @@ def _pairs(spec: Any, ids: list[int]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in spec]
 
 
-def _stack(results: list[dict[str, torch.Tensor]], skip: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {k: torch.stack([r[k] for r in results]).cpu().numpy() for k in results[0] if k not in skip}
+def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple]:
+    everyone = _analysis.select_members(members, s.get("members"), "landscape.members", skip_diverged=False)
+    chosen = _analysis.select_members(members, s.get("members"), "landscape.members")
+    if len(chosen) < len(everyone):
+        warn(f"landscape: job {ref.name}: skipping diverged member(s) {sorted(set(everyone) - set(chosen))}")
+    kinds = _kinds(s)
+    units: dict[str, tuple] = {}
+    if "interpolation" in kinds:
+        if s["interpolation"]["init"]:
+            units.update({f"init-{m:06d}": ("init", m) for m in chosen})
+        pairs = _pairs(s["interpolation"]["pairs"], chosen)
+        bad = [p for p in pairs if p[0] not in chosen or p[1] not in chosen or p[0] == p[1]]
+        if bad:
+            raise ConfigError(f"landscape.interpolation.pairs={bad} is invalid: a pair needs two different "
+                                        f"analysed members of {chosen}")
+        units.update({f"pair-{a:06d}-{b:06d}": ("pair", a, b) for a, b in pairs})
+    for kind in ("slice1d", "slice2d"):
+        if kind in kinds:
+            units.update({f"{kind}-{m:06d}": (kind, m) for m in chosen})
+    return units
 
 
-def analyse(path: Path, s: dict[str, Any], device: torch.device, chunk_size: int | None, progress: bool) -> tuple[dict, dict, dict]:
-    """Compute the configured landscape quantities of one job: (groups, dims, seconds per kind)."""
-    job = load_job(path, device)
-    loss = job.cfg.model.loss
-    ids = [int(m) for m in load_group(path, "members")["member"]]
-    chosen = ids if s["members"] is None else list(s["members"])
-    unknown = sorted(set(chosen) - set(ids))
-    if unknown:
-        raise ConfigError(f"landscape.members={chosen} is invalid: {path} has no member(s) {unknown}; its members are {ids}")
-    pos = {m: i for i, m in enumerate(ids)}
-    theta = flatten(job.params)
-    theta_init = flatten(job.init_params)
+def _l2(theta_points: torch.Tensor) -> torch.Tensor:
+    return theta_points.pow(2).sum(dim=-1)
+
+
+def compute(job, unit: tuple, s: dict, ctx: dict) -> dict[str, Any]:
+    cache = ctx["cache"]
+    if "thetas" not in cache:
+        cache["thetas"] = flatten(job.params)
+        cache["init"] = flatten(job.init_params)
+    pos = _analysis.member_positions(job.members)
+    theta, init = cache["thetas"], cache["init"]
+    wd = ctx["info"]["weight_decay"]
     ip, sl = s["interpolation"], s["slice"]
-    common = dict(splits=s["splits"], chunk_size=chunk_size, batch_points=s["batch_points"])
-    pairs = _pairs(ip["pairs"], chosen) if "interpolation" in s["kind"] else []
-    bad = [p for p in pairs if p[0] not in pos or p[1] not in pos or p[0] == p[1]]
-    if bad:
-        raise ConfigError(f"landscape.interpolation.pairs={bad} is invalid: members are {ids} and a pair needs two different ones")
-    work = len(chosen) * (int("interpolation" in s["kind"] and ip["init"]) + int("slice1d" in s["kind"])
-                          + int("slice2d" in s["kind"])) + len(pairs)
-    bar = tqdm(total=work, desc=f"landscape {path.parent.name}", unit="member", disable=not progress)
-    groups: dict[str, dict[str, Any]] = {}
-    dims: dict[str, str] = {}
-    seconds: dict[str, float] = {}
-    splits = s["splits"]
-    scalar_names = [f"{sp}_{q}" for sp in splits for q in ("loss0", "loss1", "barrier", "barrier_linear")]
-
-    if "interpolation" in s["kind"]:
+    common = dict(splits=s["splits"], chunk_size=ctx["cfg"].get("chunk_size"), batch_points=s["batch_points"])
+    loss = job.cfg.model.loss
+    kind = unit[0]
+    if kind in ("init", "pair"):
+        a, b = (init[pos[unit[1]]], theta[pos[unit[1]]]) if kind == "init" else (theta[pos[unit[1]]], theta[pos[unit[2]]])
         alphas = ls.interpolation_alphas(ip["num"], ip["lo"], ip["hi"])
-        if ip["init"]:
-            t0 = time.perf_counter()
-            rows = []
-            for m in chosen:
-                rows.append(ls.interpolate(job.spec, theta_init[pos[m]], theta[pos[m]], job.data, loss, alphas, **common))
-                bar.update()
-            g = f"{GROUP}/interpolation_init"
-            groups[g] = {"alpha": alphas.numpy(), "member": np.asarray(chosen), **_stack(rows, ("alpha",))}
-            for sp in splits:
-                groups[g][f"{sp}_monotone"] = np.asarray([ls.is_monotone(alphas, r[f"{sp}_loss"]) for r in rows])
-            dims.update({g: "member,alpha", f"{g}/alpha": "alpha", f"{g}/member": "member",
-                         **{f"{g}/{n}": "member" for n in scalar_names + [f"{sp}_monotone" for sp in splits]}})
-            seconds["interpolation_init"] = time.perf_counter() - t0
-        if pairs:
-            t0 = time.perf_counter()
-            rows = []
-            for a, b in pairs:
-                rows.append(ls.interpolate(job.spec, theta[pos[a]], theta[pos[b]], job.data, loss, alphas, **common))
-                bar.update()
-            g = f"{GROUP}/interpolation_pairs"
-            groups[g] = {"alpha": alphas.numpy(), "pair_a": np.asarray([p[0] for p in pairs]),
-                         "pair_b": np.asarray([p[1] for p in pairs]), **_stack(rows, ("alpha",))}
-            dims.update({g: "pair,alpha", f"{g}/alpha": "alpha", f"{g}/pair_a": "pair", f"{g}/pair_b": "pair",
-                         **{f"{g}/{n}": "pair" for n in scalar_names}})
-            seconds["interpolation_pairs"] = time.perf_counter() - t0
-
+        out = ls.interpolate(job.spec, a, b, job.data, loss, alphas, **common)
+        if kind == "init":
+            for sp in s["splits"]:
+                out[f"{sp}_monotone"] = torch.tensor(ls.is_monotone(alphas, out[f"{sp}_loss"]))
+        if wd > 0 and "train" in s["splits"]:
+            path = (1 - alphas)[:, None] * a[None] + alphas[:, None] * b[None]
+            objective = out["train_loss"] + 0.5 * wd * _l2(path)
+            ends = (float(out["train_loss0"]) + 0.5 * wd * float(_l2(a)), float(out["train_loss1"]) + 0.5 * wd * float(_l2(b)))
+            out["train_objective"] = objective
+            out["train_objective_barrier"] = torch.tensor(ls.barrier_height(alphas, objective, *ends, "max"))
+        return {k: _analysis.to_numpy(v) for k, v in out.items()}
+    count = 1 if kind == "slice1d" else 2
+    m = unit[1]
+    seed = sl["seed"] + m if sl.get("seed") is not None else None
+    d = ls.random_directions(job.spec, theta[pos[m]], count, seed=seed, orthogonalize=bool(sl["orthogonalize"]),
+                             normalization=sl["normalization"], bias_bn=sl["bias_bn"])
     grid = ls.slice_grid(sl["num"], sl["lo"], sl["hi"])
-    direction_args = dict(normalization=sl["normalization"], bias_bn=sl["bias_bn"])
-    for kind, count in (("slice1d", 1), ("slice2d", 2)):
-        if kind not in s["kind"]:
+    if count == 1:
+        out = ls.slice_1d(job.spec, theta[pos[m]], d[0], job.data, loss, grid, **common)
+        points = theta[pos[m]][None] + grid[:, None] * d[0][None]
+    else:
+        out = ls.slice_2d(job.spec, theta[pos[m]], d, job.data, loss, grid, grid, **common)
+        points = (theta[pos[m]][None, None] + grid[:, None, None] * d[0][None, None] + grid[None, :, None] * d[1][None, None])
+    if wd > 0 and "train" in s["splits"]:
+        out["train_objective"] = out["train_loss"] + 0.5 * wd * _l2(points)
+    if sl["store_directions"]:
+        out["directions"] = d[0] if count == 1 else d
+    return {k: _analysis.to_numpy(v) for k, v in out.items()}
+
+
+def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
+    groups: dict[str, dict] = {}
+    dims: dict[str, str] = {}
+    scalar = lambda r: {k: v for k, v in r.items() if k not in ("alpha", "x", "y")}  # noqa: E731
+    init = sorted(k for k in rows if k.startswith("init-"))
+    if init:
+        g = f"{GROUP}/interpolation_init"
+        groups[g] = {"alpha": rows[init[0]]["alpha"], "member": np.array([int(k.split("-")[1]) for k in init]),
+                     **{k: np.stack([rows[u][k] for u in init]) for k in scalar(rows[init[0]])}}
+        dims.update({g: "member,alpha", f"{g}/alpha": "alpha", f"{g}/member": "member"})
+        dims.update({f"{g}/{k}": "member" for k, v in groups[g].items() if np.ndim(v) == 1 and k not in ("alpha",)})
+    pairs = sorted(k for k in rows if k.startswith("pair-"))
+    if pairs:
+        g = f"{GROUP}/interpolation_pairs"
+        groups[g] = {"alpha": rows[pairs[0]]["alpha"], "pair_a": np.array([int(k.split("-")[1]) for k in pairs]),
+                     "pair_b": np.array([int(k.split("-")[2]) for k in pairs]),
+                     **{k: np.stack([rows[u][k] for u in pairs]) for k in scalar(rows[pairs[0]])}}
+        dims.update({g: "pair,alpha", f"{g}/alpha": "alpha"})
+        dims.update({f"{g}/{k}": "pair" for k, v in groups[g].items() if np.ndim(v) == 1 and k != "alpha"})
+    for kind in ("slice1d", "slice2d"):
+        keys = sorted(k for k in rows if k.startswith(f"{kind}-"))
+        if not keys:
             continue
-        t0 = time.perf_counter()
-        rows, directions = [], []
-        for m in chosen:
-            d = ls.random_directions(job.spec, theta[pos[m]], count, seed=int(sl["seed"]) + m,
-                                     orthogonalize=bool(sl["orthogonalize"]), **direction_args)
-            if count == 1:
-                rows.append(ls.slice_1d(job.spec, theta[pos[m]], d[0], job.data, loss, grid, **common))
-            else:
-                rows.append(ls.slice_2d(job.spec, theta[pos[m]], d, job.data, loss, grid, grid, **common))
-            directions.append(d[0] if count == 1 else d)
-            bar.update()
         g = f"{GROUP}/{kind}"
-        axes = "member,x" if count == 1 else "member,x,y"
-        groups[g] = {"member": np.asarray(chosen), **{k: v.numpy() for k, v in rows[0].items() if k in ("x", "y")},
-                     **_stack(rows, ("x", "y"))}
+        first = rows[keys[0]]
+        groups[g] = {"member": np.array([int(k.split("-")[1]) for k in keys]),
+                     **{k: first[k] for k in ("x", "y") if k in first},
+                     **{k: np.stack([rows[u][k] for u in keys]) for k in scalar(first)}}
+        axes = "member,x" if kind == "slice1d" else "member,x,y"
         dims.update({g: axes, f"{g}/member": "member", f"{g}/x": "x", f"{g}/y": "y"})
-        if sl["store_directions"]:
-            groups[g]["directions"] = torch.stack(directions).cpu().numpy()
-            dims[f"{g}/directions"] = "member,param" if count == 1 else "member,direction,param"
-        seconds[kind] = time.perf_counter() - t0
-    bar.close()
-    return groups, dims, seconds
+        if "directions" in first:
+            dims[f"{g}/directions"] = "member,param" if kind == "slice1d" else "member,direction,param"
+    return groups, dims
 
 
-def summary(groups: dict[str, dict[str, Any]]) -> str:
-    """Barrier tables (init -> solution per member, solution -> solution per pair)."""
+def summary(groups: dict) -> str:
+    """Barrier tables (init -> solution per member, solution -> solution per pair), slice ranges."""
     parts = []
     init = groups.get(f"{GROUP}/interpolation_init")
     if init is not None:
@@ -182,29 +165,20 @@ def summary(groups: dict[str, dict[str, Any]]) -> str:
                      .to_string(index=False, float_format="%.4g"))
     for kind in ("slice1d", "slice2d"):
         g = groups.get(f"{GROUP}/{kind}")
-        if g is not None:
-            center = {k: v.reshape(len(v), -1)[:, v.reshape(len(v), -1).shape[1] // 2] for k, v in g.items() if k.endswith("_loss")}
-            parts.append(f"{kind}: {g['train_loss'].shape[1:]} grid per member; loss min/center/max per member\n"
-                         + pd.DataFrame({"member": g["member"],
-                                         **{f"{k}_min": v.reshape(len(v), -1).min(1) for k, v in g.items() if k.endswith("_loss")},
-                                         **{f"{k}_center": c for k, c in center.items()},
-                                         **{f"{k}_max": v.reshape(len(v), -1).max(1) for k, v in g.items() if k.endswith("_loss")}})
-                         .set_index("member").to_string(float_format="%.4g"))
+        if g is None:
+            continue
+        flat = {k: v.reshape(len(v), -1) for k, v in g.items() if k.endswith("_loss")}
+        table = pd.DataFrame({"member": g["member"], **{f"{k}_min": v.min(1) for k, v in flat.items()},
+                              **{f"{k}_center": v[:, v.shape[1] // 2] for k, v in flat.items()},
+                              **{f"{k}_max": v.max(1) for k, v in flat.items()}}).set_index("member")
+        parts.append(f"{kind}: {g['train_loss'].shape[1:] if 'train_loss' in g else ''} grid per member\n"
+                     + table.to_string(float_format="%.4g"))
     return "\n".join(parts)
 
 
+TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
+
+
 def run(cfg: DictConfig, out_dir: Path) -> Path:
-    """Compute the landscape quantities of every source job and add them to its results file."""
-    s = settings(cfg)
-    files = source_files(cfg.get("source"))
-    device = resolve_device(cfg.device)
-    for path in files:
-        started = now_iso()
-        groups, dims, seconds = analyse(path, s, device, cfg.chunk_size, bool(cfg.progress))
-        attrs = {"landscape_config": s, "landscape_seconds": seconds, "landscape_time": started,
-                 "landscape_threads": torch.get_num_threads()}
-        add_groups(path, groups, attrs, dims)
-        print(f"[surfacekit] {path}: " + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
-        print(summary(groups))
-    print(f"[surfacekit] landscape added to {len(files)} results file(s) under /{GROUP}")
-    return files[0] if len(files) == 1 else Path(cfg.source)
+    """Compute the landscape quantities of every job of ``source``; write ``out_dir/landscape.h5``."""
+    return _analysis.run(TASK, cfg, out_dir)

@@ -1,9 +1,15 @@
-"""``task=spectrum``: Hessian spectrum of every network in a results file (or every job of a sweep).
+"""``task=spectrum``: the Hessian spectrum of every network of a results file or sweep.
 
-For each member, in float64 on the full training set: top-k and bottom-k eigenvalues (Lanczos, with
-residuals), the index (exact, with method and threshold), Hutchinson's trace and the SLQ density.
-Results go into the source file with ``store.add_groups`` (copy, write, rename: a killed job leaves
-the source intact) under ``/spectrum`` and as columns of ``/members``.
+    surfacekit task=spectrum source=SWEEP_DIR [spectrum.members=[0,1] spectrum.top_k=10 ...]
+
+Per member, in float64 on the full training set and the job's trained objective (``objective``,
+``bn_mode``): top-k and bottom-k eigenvalues (Lanczos, with residuals), the index (exact, with
+method and threshold), Hutchinson's trace and the SLQ density. Written to
+``SOURCE/analyses/spectrum-HASH/spectrum.h5`` as ``/jobs/<job>/spectrum/...`` [K, ...] (members in
+the source's order; members not analysed hold NaN, -1 or False and ``analysed`` False) and
+``/jobs/<job>/members`` columns (``spectrum_loss`` and ``spectrum_grad_norm`` of the analysed
+objective, ``index_count``, ``index_fraction``, ``lambda_max``, ``lambda_min``, ``trace``) that
+``store.load_members`` joins. Every member is saved as it finishes: a rerun resumes.
 """
 
 from __future__ import annotations
@@ -13,21 +19,27 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from omegaconf import DictConfig
 
 from surfacekit import curvature
-from surfacekit.config import ConfigError, resolve_device
-from surfacekit.population import flatten, member_loss_fn
-from surfacekit.store import add_groups, load_members
-from surfacekit.tasks._common import load_job, source_files
+from surfacekit.population import flatten
+from surfacekit.tasks import _analysis
+from surfacekit.tasks._objective import objective_fn
 
 GROUP = "spectrum"
+FIELDS = ["loss", "grad_norm", "top", "top_residual", "top_converged", "bottom", "bottom_residual", "bottom_converged", "index_count",
+          "index_fraction", "index_at_least", "index_threshold", "trace", "trace_stderr", "density_nodes",
+          "density_weights", "hvps"]
 
 
 def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Extreme eigenvalues, index, trace and density of one network at ``theta`` [P]."""
+    """Loss, gradient norm, extreme eigenvalues, index, trace and density of one network at ``theta`` [P]."""
+    point = theta.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        value = loss_fn(point)
+        (grad,) = torch.autograd.grad(value, point)
     kw = dict(tol=float(cfg["tol"]), max_steps=int(cfg["max_steps"]), on_fail="warn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", curvature.ConvergenceWarning)
@@ -38,6 +50,7 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any]) -> dic
     trace = curvature.hutchinson_trace(loss_fn, theta, num_probes=int(cfg["trace_probes"]))
     density = curvature.spectral_density(loss_fn, theta, int(cfg["density_probes"]), int(cfg["density_steps"]))
     return {
+        "loss": float(value.detach()), "grad_norm": float(grad.norm()),
         "top": top.eigenvalues, "top_residual": top.residuals, "top_converged": top.converged,
         "bottom": bottom.eigenvalues, "bottom_residual": bottom.residuals, "bottom_converged": bottom.converged,
         "index_count": idx.count, "index_fraction": idx.fraction, "index_at_least": idx.at_least,
@@ -48,61 +61,57 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any]) -> dic
     }
 
 
-def _stack(rows: list[dict[str, Any]], key: str, k: int, selected: list[int]) -> np.ndarray:
-    """Stack one field over the selected members into [K, ...]; others get NaN, False or -1."""
-    values = [np.asarray(r[key].cpu() if torch.is_tensor(r[key]) else r[key]) for r in rows]
-    first = values[0]
-    if first.dtype == bool:
-        out = np.zeros((k, *first.shape), dtype=bool)
-    elif np.issubdtype(first.dtype, np.integer):
-        out = np.full((k, *first.shape), -1, dtype=np.int64)
-    else:
-        out = np.full((k, *first.shape), np.nan)
-    for member, value in zip(selected, values):
-        out[member] = value
-    return out
+def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, int]:
+    return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "spectrum.members")}
 
 
-def spectrum_for_file(path: Path, cfg: Mapping[str, Any], device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
-    """Compute the spectrum of the selected members of one job file and add it to the file."""
-    job = load_job(path, resolve_device(device))
-    members = load_members(path)
+def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
+    cache = ctx["cache"]
+    if "loss_fn" not in cache:
+        cache["loss_fn"] = objective_fn(job, ctx["cfg"])
+        cache["thetas"] = flatten(job.params)
+    theta = cache["thetas"][_analysis.member_positions(job.members)[member]]
+    row = member_spectrum(cache["loss_fn"], theta, s)
+    return {k: _analysis.to_numpy(v) for k, v in row.items()}
+
+
+def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
     k = len(members)
-    wanted = cfg.get("members")
-    if wanted is not None and any(not 0 <= m < k for m in wanted):
-        raise ConfigError(f"spectrum.members={list(wanted)} is invalid: members of {path} are 0..{k - 1}")
-    selected = [m for m in (range(k) if wanted is None else wanted) if not members["diverged"].iloc[m]]
-    if not selected:
-        raise ConfigError(f"spectrum: no members to analyse in {path} (all selected members diverged)")
-    d = job.data
-    loss_fn = member_loss_fn(job.spec, d.x_train, d.y_train, job.cfg.model.loss, job.cfg.get("chunk_size"))
-    thetas = flatten(job.params)
-    rows = [member_spectrum(loss_fn, thetas[m], cfg) for m in tqdm(selected, desc=f"spectrum {path.parent.name}",
-                                                                   disable=not progress)]
-    names = ["top", "top_residual", "top_converged", "bottom", "bottom_residual", "bottom_converged", "index_count",
-             "index_fraction", "index_at_least", "index_threshold", "trace", "trace_stderr", "density_nodes",
-             "density_weights", "hvps"]
-    arrays = {name: _stack(rows, name, k, selected) for name in names}
-    arrays["analysed"] = np.isin(np.arange(k), selected)
-    columns = {"index_count": arrays["index_count"], "index_fraction": arrays["index_fraction"],
-               "lambda_max": arrays["top"][:, 0], "lambda_min": arrays["bottom"][:, 0], "trace": arrays["trace"]}
-    attrs = {"spectrum_index_method": sorted({r["index_method"] for r in rows}),
-             "spectrum_relative_threshold": float(cfg["relative_threshold"]) if cfg.get("threshold") is None else float("nan"),
-             "spectrum_config": dict(cfg)}  # plain values: JSON in the file
-    dims = {GROUP: "member,...", f"{GROUP}/density_nodes": "member,probe,step",
-            f"{GROUP}/density_weights": "member,probe,step", f"{GROUP}/top": "member,k", f"{GROUP}/bottom": "member,k"}
-    add_groups(path, {GROUP: arrays, "members": columns}, attrs=attrs, dims={**dims, "members": "member"})
-    return arrays
+    positions = _analysis.member_positions(members)
+    by_pos = {positions[int(key.split("-")[1])]: row for key, row in rows.items()}
+    arrays: dict[str, np.ndarray] = {}
+    for name in FIELDS:
+        first = np.asarray(next(iter(by_pos.values()))[name]) if by_pos else np.zeros(0)
+        if first.dtype == bool:
+            out = np.zeros((k, *first.shape), dtype=bool)
+        elif np.issubdtype(first.dtype, np.integer):
+            out = np.full((k, *first.shape), -1, dtype=np.int64)
+        else:
+            out = np.full((k, *first.shape), np.nan)
+        for p, row in by_pos.items():
+            out[p] = row[name]
+        arrays[name] = out
+    arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
+    arrays["index_method"] = np.array([str(by_pos[p]["index_method"]) if p in by_pos else "" for p in range(k)])
+    columns = {"member": members["member"].to_numpy(), "spectrum_loss": arrays["loss"],
+               "spectrum_grad_norm": arrays["grad_norm"], "index_count": arrays["index_count"],
+               "index_fraction": arrays["index_fraction"], "lambda_max": arrays["top"][:, 0],
+               "lambda_min": arrays["bottom"][:, 0], "trace": arrays["trace"]}
+    dims = {GROUP: "member,...", f"{GROUP}/density_nodes": "member,probe,step", f"{GROUP}/density_weights": "member,probe,step",
+            f"{GROUP}/top": "member,k", f"{GROUP}/bottom": "member,k", "members": "member"}
+    return {GROUP: arrays, "members": columns}, dims
+
+
+def summary(groups: dict) -> str:
+    a = groups[GROUP]
+    ok = a["analysed"]
+    return (f"  {int(ok.sum())} members; lambda_max mean {np.nanmean(a['top'][ok, 0]):.4g}, lambda_min mean "
+            f"{np.nanmean(a['bottom'][ok, 0]):.4g}, index fraction mean {np.nanmean(a['index_fraction'][ok]):.4g}")
+
+
+TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
-    """Add ``/spectrum`` to ``source`` (a results file, or every job file of a sweep directory)."""
-    files = source_files(cfg.get("source"))
-    spec_cfg = OmegaConf.to_container(cfg.spectrum, resolve=True)
-    for path in files:
-        arrays = spectrum_for_file(path, spec_cfg, cfg.device, cfg.progress)
-        ok = arrays["analysed"]
-        print(f"[surfacekit] {path}: {int(ok.sum())} members; lambda_max mean {np.nanmean(arrays['top'][ok, 0]):.4g}, "
-              f"index fraction mean {np.nanmean(arrays['index_fraction'][ok]):.4g} "
-              f"(threshold {spec_cfg['relative_threshold']:g} x max|lambda|)")
-    return files[0]
+    """Write the spectra of every member of ``source`` to ``out_dir/spectrum.h5``."""
+    return _analysis.run(TASK, cfg, out_dir)

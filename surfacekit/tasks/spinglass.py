@@ -1,72 +1,47 @@
 """``task=spinglass``: endpoints of gradient descent in the spherical p-spin glass, one disorder sample.
 
-Draws the couplings and ``spinglass.starts`` random start points from one seed, descends them all as
-one batch (``surfacekit.spinglass.simulate``), and writes ``results.h5`` with one ``/members`` row per
-start (energy per site, gradient norm, steps, index...) and the theory thresholds as root attributes.
+Draws the couplings and ``spinglass.starts`` random start points from one seed, descends them in
+batches of ``spinglass.chunk_starts`` (``surfacekit.spinglass.simulate``; each saved as it finishes,
+so a killed job resumes), and writes ``results.h5`` with one ``/members`` row per start (energy per
+site, gradient norm, steps, index...) and the theory thresholds as root attributes.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from surfacekit import spinglass as sg
-from surfacekit.config import ConfigError, resolve_device
-from surfacekit.store import RESULTS_NAME, now_iso, write_results
-from surfacekit.tasks._common import completed_results, job_attributes
+from surfacekit.config import ConfigError, format_gib, machine_memory_gb, resolve_device
+from surfacekit.jobs import finished_results, job_attributes
+from surfacekit.progress import bar
+from surfacekit.store import PARTS_DIR, RESULTS_NAME, Parts, now_iso, write_results
 
 BAND = (-1.75, -1.25)  # the range of H/N the references read off their histograms (p = 3)
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
-    """Validated ``spinglass`` settings as plain Python values (one-line ConfigError otherwise)."""
+    """The ``spinglass`` settings (validated by surfacekit.config) as ``simulate``'s arguments."""
     s = cfg.spinglass
-
-    def integer(name: str, value: Any, low: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"spinglass.{name}={value!r} is invalid: expected an integer >= {low}")
-        return int(value)
-
-    def positive(name: str, value: Any, allow_zero: bool = False) -> float:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            v = float("nan")
-        if not (v >= 0 if allow_zero else v > 0) or not np.isfinite(v):
-            raise ConfigError(f"spinglass.{name}={value!r} is invalid: expected a {'non-negative' if allow_zero else 'positive'} number")
-        return v
-
-    if s.method not in ("gd", "sgd"):
-        raise ConfigError(f"spinglass.method={s.method!r} is invalid: expected gd or sgd")
-    seed = cfg.seed if s.get("disorder_seed") is None else s.disorder_seed
     out = {
-        "n": integer("N", s.N, 2),
-        "p": integer("p", s.p, 3),
-        "num_starts": integer("starts", s.starts, 1),
-        "seed": integer("disorder_seed", seed, 0),
-        "method": str(s.method),
-        "lr": positive("lr", s.lr),
-        "lr_decay": positive("lr_decay", s.lr_decay, allow_zero=True),
-        "tol": positive("tol", s.tol),
-        "max_steps": integer("max_steps", s.max_steps, 1),
-        "sgd_tensors": integer("sgd.tensors", s.sgd.tensors, 1),
-        "sgd_steps": integer("sgd.steps", s.sgd.steps, 0),
-        "sgd_lr": positive("sgd.lr", s.sgd.lr),
-        "sgd_lr_decay": positive("sgd.lr_decay", s.sgd.lr_decay, allow_zero=True),
-        "index_max_n": integer("index_max_n", s.index_max_n, 0),
-        "index_rel_threshold": positive("index_rel_threshold", s.index_rel_threshold),
+        "n": int(s.N), "p": int(s.p), "num_starts": int(s.starts),
+        "seed": int(cfg.seed if s.get("disorder_seed") is None else s.disorder_seed),
+        "method": str(s.method), "lr": float(s.lr), "lr_decay": float(s.lr_decay), "tol": float(s.tol),
+        "max_steps": int(s.max_steps), "sgd_tensors": int(s.sgd.tensors), "sgd_steps": int(s.sgd.steps),
+        "sgd_lr": float(s.sgd.lr), "sgd_lr_decay": float(s.sgd.lr_decay), "index_max_n": int(s.index_max_n),
+        "index_rel_threshold": float(s.index_rel_threshold),
     }
-    limit = cfg.get("memory_limit_gb")
+    limit = cfg.get("memory_limit_gb") or machine_memory_gb()
     tensors = 3 + (out["sgd_tensors"] if out["method"] == "sgd" else 0)  # raw, symmetrized, accumulator (+ pieces)
     need_gb = tensors * float(out["n"]) ** out["p"] * 8 / 2**30
-    if limit is not None and need_gb > float(limit):
-        raise ConfigError(f"spinglass.N={out['n']}, p={out['p']} needs about {need_gb:.1f} GB of couplings, "
-                          f"above memory_limit_gb={limit}")
+    if need_gb > float(limit):
+        raise ConfigError(f"spinglass.N={out['n']} with p={out['p']} needs about {format_gib(need_gb)} of couplings, "
+                          f"more than the {format_gib(limit)} available (memory_limit_gb)")
     return out
 
 
@@ -112,27 +87,44 @@ def summary(columns: dict[str, np.ndarray], e_0: float, e_inf: float, wall_s: fl
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
-    """Descend ``spinglass.starts`` starts on one disorder sample and write ``out_dir/results.h5``."""
-    done = completed_results(cfg, out_dir)
-    if done:
-        return done
+    """Descend ``spinglass.starts`` starts on one disorder sample and write ``out_dir/results.h5``.
+
+    Starts are descended in chunks of ``spinglass.chunk_starts``, each saved as it finishes
+    (``parts/``); a rerun into the same directory (``resume=true``) continues from them.
+    """
+    path = out_dir / RESULTS_NAME
+    if finished_results(cfg, path):
+        return path
     started = now_iso()
     opts = settings(cfg)
     device = resolve_device(cfg.device)
     e_0, e_inf = sg.thresholds(opts["p"])
-    bar = tqdm(total=opts["num_starts"], desc=f"spinglass N={opts['n']} converged starts", unit="start",
-               disable=not cfg.progress)
-
-    def progress(step: int, finished: int) -> None:
-        bar.set_postfix(step=step, refresh=False)
-        bar.update(finished - bar.n)
-
+    parts = Parts(out_dir / PARTS_DIR, signature=json.dumps(opts, sort_keys=True))
+    chunk = int(cfg.spinglass.chunk_starts)
+    chunks = [(lo, min(lo + chunk, opts["num_starts"])) for lo in range(0, opts["num_starts"], chunk)]
+    todo = [c for c in chunks if not parts.done(f"starts-{c[0]:07d}")]
+    print(f"[surfacekit] spin glass N={opts['n']} p={opts['p']}: {opts['num_starts']} starts in {len(chunks)} chunk(s), "
+          f"{len(chunks) - len(todo)} finished earlier")
+    progress = bar(total=opts["num_starts"], desc=f"spinglass N={opts['n']} converged starts", unit="start",
+                   enabled=bool(cfg.progress))
+    progress.update(sum(hi - lo for lo, hi in chunks) - sum(hi - lo for lo, hi in todo))
     t0 = time.perf_counter()
     try:
-        res = sg.simulate(device=device, callback=progress, **opts)
+        for lo, hi in todo:
+            base = progress.n
+
+            def report(step: int, finished: int) -> None:
+                progress.set_postfix(step=step, refresh=False)
+                progress.update(base + finished - progress.n)
+
+            res = sg.simulate(device=device, callback=report, select=slice(lo, hi), **opts)
+            parts.save(f"starts-{lo:07d}", res)
+            progress.update(base + (hi - lo) - progress.n)
     finally:
-        bar.close()
+        progress.close()
     wall_s = time.perf_counter() - t0
+    pieces = [parts.load(f"starts-{lo:07d}") for lo, _ in chunks]
+    res = {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
     columns = member_columns(res, opts)
     attrs = {
         **job_attributes(cfg, started),
@@ -140,7 +132,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
         "disorder_seed": opts["seed"], "index_computed": "index" in res,
         "index_rel_threshold": opts["index_rel_threshold"], "wall_s": wall_s,
     }
-    path = write_results(out_dir / RESULTS_NAME, {"members": columns}, attrs, {"members": "member"})
+    path = write_results(path, {"members": columns}, attrs, {"members": "member"})
+    parts.remove()
     print(summary(columns, e_0, e_inf, wall_s))
     print(f"[surfacekit] spin glass N={opts['n']}, p={opts['p']}, {opts['num_starts']} starts -> {path}")
     return path

@@ -11,13 +11,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from surfacekit.config import DTYPES, ConfigError, check_memory, resolve_device, validate_training
+from surfacekit.config import DTYPES, ConfigError, check_memory, resolve_device, validate_training, validate_with_data
 from surfacekit.data import Dataset, load_data
+from surfacekit.jobs import JobError, finished_results, job_attributes, warn
 from surfacekit.models import MLPSpec, num_params, spec_from_config
 from surfacekit.population import init_population, member_seed
 from surfacekit.store import RESULTS_NAME, now_iso, write_results
-from surfacekit.tasks._common import completed_results, job_attributes
-from surfacekit.tasks.spectrum import spectrum_for_file
 from surfacekit.train.common import TrainResult
 
 SUMMARY_COLUMNS = ["member", "final_train_loss", "final_test_loss", "train_error", "test_error", "grad_norm", "diverged"]
@@ -25,9 +24,11 @@ SUMMARY_COLUMNS = ["member", "final_train_loss", "final_test_loss", "train_error
 
 def build(cfg: DictConfig) -> tuple[MLPSpec, Dataset, list[int]]:
     """Validated spec, data on the job's device and dtype, and member seeds."""
-    validate_training(cfg)
+    for message in validate_training(cfg):
+        warn(message)
     device = resolve_device(cfg.device)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, DTYPES[cfg.dtype])
+    validate_with_data(cfg, len(data.x_train))
     spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)
     check_memory(cfg, num_params(spec), len(data.x_train))
     first = int(cfg.population.first_member)
@@ -83,20 +84,22 @@ def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: Trai
 
 
 def summary(members: dict[str, np.ndarray]) -> str:
-    """Per-member table (first 20 rows) with mean and std rows."""
+    """Per-member table (first 20 rows) with mean and std rows (``diverged``: the count, not a mean)."""
     frame = pd.DataFrame({c: members[c] for c in SUMMARY_COLUMNS}).set_index("member")
     shown = frame.head(20)
     stats = frame.drop(columns="diverged").astype(float).agg(["mean", "std"])
-    stats["diverged"] = [frame["diverged"].sum(), np.nan]
+    stats["diverged"] = [f"{int(frame['diverged'].sum())} of {len(frame)}", ""]
     more = f"\n... {len(frame) - 20} more members in the results file" if len(frame) > 20 else ""
     return shown.to_string(float_format="%.4g") + more + "\n" + stats.to_string(float_format="%.4g")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
-    """Train ``population.size`` networks and write ``out_dir/results.h5``."""
-    done = completed_results(cfg, out_dir)
-    if done:
-        return done
+    """Train ``population.size`` networks and write ``out_dir/results.h5``.
+
+    Raises JobError after writing the file when every member diverged (the job failed)."""
+    path = out_dir / RESULTS_NAME
+    if finished_results(cfg, path):
+        return path
     started = now_iso()
     spec, data, seeds = build(cfg)
     params = init_population(spec, seeds, DTYPES[cfg.dtype], data.x_train.device)
@@ -107,9 +110,11 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     result = trainer.train(spec, data, params, seeds, cfg.optimizer, cfg.trainer, cfg.model.loss,
                            chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale)
     groups, dims = result_groups(cfg, spec, seeds, result)
-    path = write_results(out_dir / RESULTS_NAME, groups, job_attributes(cfg, started), dims)
-    if cfg.spectrum.get("after_training", False):
-        spectrum_for_file(path, OmegaConf.to_container(cfg.spectrum, resolve=True), cfg.device, cfg.progress)
+    path = write_results(path, groups, job_attributes(cfg, started), dims)
     print(summary(groups["members"]))
     print(f"[surfacekit] {len(seeds)} networks, P={num_params(spec)} each -> {path}")
+    diverged = groups["members"]["diverged"]
+    if diverged.all():
+        raise JobError(f"all {len(diverged)} members diverged (loss non-finite or above trainer.divergence_loss); "
+                       f"their curves are in {path}")
     return path

@@ -1,6 +1,7 @@
 """task=spinglass through the CLI (single job, merged multirun, resume) and analyses/spinglass.py."""
 
 import importlib.util
+import re
 import os
 import subprocess
 import sys
@@ -10,26 +11,20 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
-
+from support import compose_config
 from surfacekit import spinglass as sg
 from surfacekit import store
-from surfacekit.config import ConfigError
+from surfacekit.config import ConfigError, validate
 from surfacekit.tasks.spinglass import settings
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 SWEEP = ["task=spinglass", "spinglass.N=8,10", "seed=3", "spinglass.starts=6", "spinglass.max_steps=5000", "threads=1",
          "progress=false"]
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "surfacekit", *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300)
-
-
 def analysis(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "analyses" / "spinglass.py"), *args], cwd=cwd, env=ENV,
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "analyses" / "spinglass.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -43,28 +38,50 @@ def analysis_main():
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    from support import _in_process
+
     tmp = tmp_path_factory.mktemp("spinglass")
-    out = cli("-m", *SWEEP, f"hydra.sweep.dir={tmp}/s", cwd=tmp)
+    out = _in_process(["-m", *SWEEP, f"hydra.sweep.dir={tmp}/s"], tmp)
     assert out.returncode == 0, out.stderr
     assert "H/N mean" in out.stdout and "-E_inf = -1.632993" in out.stdout
     return tmp / "s"
 
 
 def test_config_composes_with_defaults():
-    with initialize_config_module("surfacekit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["task=spinglass", "spinglass.N=12", "spinglass.method=sgd"])
+    cfg = compose_config(["task=spinglass", "spinglass.N=12", "spinglass.method=sgd"])
     opts = settings(cfg)
     assert (opts["n"], opts["p"], opts["method"], opts["seed"]) == (12, 3, "sgd", cfg.seed)
     assert opts["num_starts"] >= 100
-    with initialize_config_module("surfacekit.conf", version_base="1.3"):
-        bad = compose("config", overrides=["spinglass.p=2"])
-        other = compose("config", overrides=["spinglass.disorder_seed=7", "seed=1"])
-        method = compose("config", overrides=["spinglass.method=adam"])
-    with pytest.raises(ConfigError, match=r"spinglass.p=2 is invalid"):
-        settings(bad)
-    with pytest.raises(ConfigError, match=r"spinglass.method='adam' is invalid: expected gd or sgd"):
-        settings(method)
-    assert settings(other)["seed"] == 7
+    assert settings(compose_config(["task=spinglass", "spinglass.disorder_seed=7", "seed=1"]))["seed"] == 7
+    for overrides, message in ((["spinglass.p=2"], "spinglass.p=2 is invalid"),
+                               (["spinglass.method=adam"], "spinglass.method=adam is invalid: expected one of ['gd', 'sgd']")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate(compose_config(["task=spinglass", *overrides]))
+
+
+def test_chunks_resume_to_the_rows_of_one_run(run_cli, tmp_path, monkeypatch):
+    args = ["task=spinglass", "spinglass.N=8", "seed=3", "spinglass.starts=6", "spinglass.chunk_starts=2",
+            "spinglass.max_steps=5000", "progress=false", f"hydra.run.dir={tmp_path}/run"]
+    calls = []
+    original = sg.simulate
+
+    def stop_after_two(**kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(kwargs["select"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(sg, "simulate", stop_after_two)
+    assert run_cli(*args).returncode == 130
+    assert len(list((tmp_path / "run" / "parts").glob("*.npz"))) == 2
+    monkeypatch.setattr(sg, "simulate", original)
+    out = run_cli(*args, "resume=true")
+    assert out.returncode == 0, out.stderr
+    assert "2 finished earlier" in out.stdout and not (tmp_path / "run" / "parts").exists()
+    members = store.load_members(tmp_path / "run")
+    ref = sg.simulate(8, 3, 6, seed=3, max_steps=5000)
+    np.testing.assert_allclose(members["energy_per_n"], ref["energy_per_n"], rtol=1e-10)
+    np.testing.assert_array_equal(members["index"], ref["index"])
 
 
 def test_job_writes_members_per_start(sweep):
@@ -83,9 +100,9 @@ def test_job_writes_members_per_start(sweep):
     np.testing.assert_allclose(members["energy_per_n"], ref["energy_per_n"], rtol=1e-12)
 
 
-def test_resume_skips_complete_jobs(sweep):
+def test_resume_skips_complete_jobs(sweep, run_cli):
     before = (sweep / "0" / "results.h5").stat().st_mtime_ns
-    again = cli("-m", *SWEEP, f"hydra.sweep.dir={sweep}", "resume=true", cwd=sweep.parent)
+    again = run_cli("-m", *SWEEP, f"hydra.sweep.dir={sweep}", "resume=true", cwd=sweep.parent)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("is complete, skipping this job") == 2
     assert (sweep / "0" / "results.h5").stat().st_mtime_ns == before

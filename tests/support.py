@@ -1,0 +1,68 @@
+"""Helpers shared by the tests (import as ``from support import ...``): the command line run in
+this process or as a subprocess, composed configs, tiny job settings."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ("population.size=2", "trainer.epochs=2", "model.width=3", "data.train_size=100", "progress=false", "threads=1")
+
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _in_process(args: list[str], cwd: Path) -> CliResult:
+    from surfacekit import app
+
+    out, err = io.StringIO(), io.StringIO()
+    old_cwd, old_argv = Path.cwd(), sys.argv
+    code = 0
+    os.chdir(cwd)
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                sys.argv = ["surfacekit"]
+                app.main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = old_argv
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def _subprocess(args: list[str], cwd: Path, timeout: float) -> CliResult:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "surfacekit", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    return CliResult(out.returncode, out.stdout, out.stderr)
+
+
+def compose_config(overrides=()):
+    """The composed job config for these overrides (no Hydra run)."""
+    from hydra import compose, initialize_config_module
+
+    from surfacekit import jobs
+
+    jobs.register_resolvers()
+    with initialize_config_module(config_module="surfacekit.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+

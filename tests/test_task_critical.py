@@ -1,0 +1,40 @@
+"""task=critical end to end: finders from stored trajectories, one file beside the source, resumable."""
+
+import numpy as np
+import pytest
+
+from surfacekit import store
+
+FAST = ["critical.starts=2", "critical.finders=[newton_mr,gradnorm]", "critical.options.newton_mr.max_iter=3",
+        "critical.options.gradnorm.max_iter=3", "progress=false"]
+
+
+def test_task_critical_end_to_end(run_cli, job_copy):
+    out = run_cli("task=critical", f"source={job_copy.parent}", "critical.members=[1]", *FAST)
+    assert out.returncode == 0, out.stderr
+    assert "accepted" in out.stdout and "gradient-flat" in out.stdout and "first unit took" in out.stdout
+    for finder in ("newton_mr", "gradnorm"):
+        g = store.load_group(job_copy, f"critical/{finder}")
+        assert g["loss"].shape == (2,) and set(g["member"]) == {1}
+        assert g["theta"].shape[0] == 2 and np.all(g["hvps"] > 0) and np.all(g["index_count"] >= 0)
+        assert np.array_equal(g["accepted"], g["grad_norm2"] < 1e-10)
+        assert np.allclose(g["grad_norm2_relative"], g["grad_norm2"] / g["start_grad_norm2"])
+        assert np.all(g["index_threshold"] < 0) and set(g["index_method"]) == {"dense"}
+        assert np.all(np.isfinite(g["solve_residual"])) == (finder == "newton_mr")  # MINRES residual, nan otherwise
+    (analysis,) = job_copy.parent.glob("analyses/critical-*/critical.h5")
+    attrs = store.load_attrs(job_copy)
+    import h5py
+
+    with h5py.File(analysis) as f:
+        assert f["jobs/0"].attrs["source_run_id"] == attrs["run_id"]
+        assert f["jobs/0"].attrs["objective"] == "trained" and f["jobs/0"].attrs["dtype"] == "float64"
+        assert f["jobs/0"].attrs["num_examples"] == 150
+
+
+def test_task_says_to_train_with_snapshots(run_cli, tmp_path):
+    train = run_cli("population.size=1", "trainer.epochs=1", "model.width=3", "progress=false",
+                    f"hydra.run.dir={tmp_path}/run")
+    assert train.returncode == 0
+    out = run_cli("task=critical", f"source={tmp_path}/run", *FAST)
+    assert out.returncode == 2
+    assert "has no /trajectory to start from; train it with trainer.snapshots=true" in out.stderr

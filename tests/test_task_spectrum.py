@@ -1,0 +1,125 @@
+"""task=spectrum: its own file beside the source, joined on (job, member), exact against dense,
+on the objective that was trained; resumable, skips what is done, one-line errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from surfacekit import store
+from surfacekit.curvature import dense_hessian
+from surfacekit.population import flatten, member_loss_fn
+
+FAST = ["spectrum.top_k=3", "spectrum.bottom_k=3", "spectrum.trace_probes=4", "spectrum.density_probes=2",
+        "spectrum.density_steps=10", "progress=false"]
+
+
+def dense_eigenvalues(job, k, weight_decay=0.0):
+    d = job.data
+    data_loss = member_loss_fn(job.spec, d.x_train, d.y_train, job.cfg.model.loss)
+    hessian = dense_hessian(data_loss, flatten(job.params)[k])
+    return torch.linalg.eigvalsh(hessian + weight_decay * torch.eye(len(hessian), dtype=hessian.dtype)).numpy()
+
+
+def test_spectrum_file_joins_and_matches_dense(run_cli, job_copy):
+    sweep = job_copy.parent.parent
+    before = store.file_sha256(job_copy)
+    out = run_cli("task=spectrum", f"source={sweep}", *FAST)
+    assert out.returncode == 0, out.stderr
+    files = list(sweep.glob("analyses/spectrum-*/spectrum.h5"))
+    assert len(files) == 1 and store.check_results(files[0]) == "analysis"
+    assert store.file_sha256(job_copy) == before  # the training file is never modified
+    arrays = store.load_group(sweep, "spectrum", job="0")
+    job = store.load_job(job_copy)
+    for k in range(2):
+        eig = dense_eigenvalues(job, k)
+        np.testing.assert_allclose(arrays["top"][k], eig[::-1][:3], rtol=1e-8)
+        np.testing.assert_allclose(arrays["bottom"][k], eig[:3], rtol=1e-8, atol=1e-10 * eig.max())
+        tau = -1e-5 * np.abs(eig).max()
+        assert arrays["index_count"][k] == int((eig < tau).sum())
+        assert arrays["index_threshold"][k] == pytest.approx(tau)
+    members = store.load_members(sweep)
+    assert (members["lambda_max"] == arrays["top"][:, 0]).all()
+    assert (members["spectrum_objective"] == "trained").all() and (members["spectrum_bn_mode"] == "batch").all()
+    # rerun with the same settings: nothing recomputed, the file is kept
+    stamp = store.file_sha256(files[0])
+    again = run_cli("task=spectrum", f"source={sweep}", *FAST)
+    assert again.returncode == 0 and "1 already analysed with these settings, 0 to do" in again.stdout
+    assert store.file_sha256(files[0]) == stamp
+
+
+def test_member_selection_and_bad_ids(run_cli, job_copy):
+    out = run_cli("task=spectrum", f"source={job_copy}", "spectrum.members=[1]", *FAST)
+    assert out.returncode == 0, out.stderr
+    spectrum = store.load_group(job_copy, "spectrum")
+    assert spectrum["analysed"].tolist() == [False, True]
+    assert np.isnan(spectrum["top"][0]).all() and np.isfinite(spectrum["top"][1]).all()
+    assert np.isnan(store.load_members(job_copy)["lambda_max"][0])
+    bad = run_cli("task=spectrum", f"source={job_copy}", "spectrum.members=[7]", *FAST)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("surfacekit: error: spectrum: 1 source job(s) not analysed")
+    assert "spectrum.members=[7] is invalid: no member(s) [7]" in bad.stderr
+
+
+def test_interrupted_spectrum_resumes_to_the_same_numbers(run_cli, job_copy, monkeypatch):
+    from surfacekit.tasks import spectrum
+
+    reference = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.relative_threshold=2e-5")
+    assert reference.returncode == 0
+    expected = store.load_group(job_copy, "spectrum")
+    for path in job_copy.parent.glob("analyses/*"):
+        import shutil
+
+        shutil.rmtree(path)
+    calls = []
+    original = spectrum.compute
+
+    def stop_after_one(*args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(spectrum.TASK, "compute", stop_after_one)
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.relative_threshold=2e-5")
+    assert out.returncode == 130
+    assert len(list(job_copy.parent.glob("analyses/spectrum-*/parts/*/*.npz"))) == 1
+    monkeypatch.setattr(spectrum.TASK, "compute", original)
+    resumed = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.relative_threshold=2e-5")
+    assert resumed.returncode == 0 and "1 finished earlier" in resumed.stdout
+    got = store.load_group(job_copy, "spectrum")
+    for key in ("top", "bottom", "index_count", "trace", "density_nodes"):
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert not list(job_copy.parent.glob("analyses/spectrum-*/parts/*/*.npz"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_trained_objective_includes_weight_decay(run_cli, tmp_path, optimizer):
+    wd = 0.01
+    train = run_cli("population.size=1", "model.width=4", "model.activation=tanh", "data.train_size=100", "dtype=float64",
+                    "trainer.batch_size=null", "trainer.epochs=20", f"optimizer={optimizer}", f"optimizer.weight_decay={wd}",
+                    "optimizer.schedule=constant", "progress=false", f"hydra.run.dir={tmp_path}/run")
+    assert train.returncode == 0, train.stderr
+    path = tmp_path / "run" / "results.h5"
+    job = store.load_job(path)
+    for objective, shift in (("trained", wd), ("data", 0.0)):
+        out = run_cli("task=spectrum", f"source={path}", f"objective={objective}", *FAST)
+        assert out.returncode == 0, out.stderr
+        eig = dense_eigenvalues(job, 0, shift)
+        (analysis,) = [p for p in (tmp_path / "run" / "analyses").glob("spectrum-*/spectrum.h5") if _objective_of(p) == objective]
+        arrays = store.load_group(analysis, "spectrum")
+        np.testing.assert_allclose(arrays["top"][0], eig[::-1][:3], rtol=1e-8)
+        tau = -1e-5 * np.abs(eig).max()
+        assert arrays["index_count"][0] == int((eig < tau).sum())
+
+
+def _objective_of(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return str(f.attrs["objective"])
+
+
+def test_missing_source_is_one_line(run_cli, tmp_path):
+    out = run_cli("task=spectrum", f"source={tmp_path}/none.h5", *FAST)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"surfacekit: error: {tmp_path}/none.h5: no such results file"]
