@@ -123,3 +123,33 @@ def test_missing_source_is_one_line(run_cli, tmp_path):
     out = run_cli("task=spectrum", f"source={tmp_path}/none.h5", *FAST)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"surfacekit: error: {tmp_path}/none.h5: no such results file"]
+
+
+@pytest.mark.slow
+def test_sigkill_keeps_finished_members_and_resumes_to_the_same_numbers(run_cli, job_copy, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from support import ROOT
+
+    args = ["task=spectrum", f"source={job_copy}", *FAST, "spectrum.trace_probes=200", "spectrum.density_probes=40"]
+    assert run_cli(*args).returncode == 0
+    expected = store.load_group(job_copy, "spectrum")
+    shutil.rmtree(job_copy.parent / "analyses")
+    proc = subprocess.Popen([sys.executable, "-m", "surfacekit", *args], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(job_copy.parent.glob("analyses/spectrum-*/parts/*/*.npz")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(job_copy.parent.glob("analyses/spectrum-*/parts/*/*.npz"))) == 1
+    assert not list(job_copy.parent.glob("analyses/spectrum-*/spectrum.h5"))
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0 and "1 finished earlier" in resumed.stdout
+    got = store.load_group(job_copy, "spectrum")
+    for key in ("top", "bottom", "index_count", "trace", "density_nodes"):
+        np.testing.assert_array_equal(got[key], expected[key])
