@@ -577,9 +577,96 @@ def _analysis_group(analysis: AnalysisRef, job: str, group: str, source) -> dict
         return _group_arrays(g[group])
 
 
-def load_curves(source: str | os.PathLike, job: str | None = None) -> dict[str, np.ndarray]:
-    """Learning curves of one job: name -> [K, T], plus 'step' and 'epoch' [T]."""
+def load_curves(source: str | os.PathLike, job: str | None = None, tidy: bool = False):
+    """Learning curves of one job: name -> [K, T], plus 'step' and 'epoch' [T]; with ``tidy=True``
+    a long-format DataFrame of every job (``job`` ignored unless given), one row per (job, member,
+    evaluation): ``seaborn.lineplot(data=load_curves(path, tidy=True), x="epoch", y="train_loss",
+    hue="model.width")``."""
+    if tidy:
+        frame = load_tidy(source, "curves")
+        return frame if job is None else frame[frame["job"] == job].reset_index(drop=True)
     return load_group(source, "curves", job)
+
+
+def _group_with_dims(ref: JobRef | AnalysisRef, sub: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+    f, g = _open(ref, sub)
+    with f:
+        arrays = _group_arrays(g)
+        dims: dict[str, tuple[str, ...]] = {}
+        for name, value in arrays.items():
+            axes = [a for a in str(g[name].attrs.get("dims", "")).split(",") if a]
+            shape = np.shape(value)
+            if "..." in axes:
+                axes = axes[: axes.index("...")]
+                axes += [f"axis{i}" for i in range(len(axes), len(shape))]
+            dims[name] = tuple(axes) if len(axes) == len(shape) else tuple(f"axis{i}" for i in range(len(shape)))
+    return arrays, dims
+
+
+def _tidy_frame(arrays: dict[str, np.ndarray], dims: dict[str, tuple[str, ...]], member_ids: np.ndarray,
+                axes: tuple[str, ...] | None) -> pd.DataFrame:
+    data = {n: a for n, a in arrays.items() if "param" not in dims[n] and np.ndim(a) >= 1}
+    if not data:
+        return pd.DataFrame()
+    if axes is None:
+        candidates = [dims[n] for n in data if len(dims[n]) == max(len(dims[m]) for m in data)]
+        axes = max(set(candidates), key=candidates.count)
+    shape = {}
+    for name, value in data.items():
+        for axis, size in zip(dims[name], np.shape(value)):
+            shape.setdefault(axis, size)
+    if any(a not in shape for a in axes):
+        raise ResultsError(f"axes {axes} are not all axes of this group (it has {sorted(shape)})")
+    grid = np.meshgrid(*[np.arange(shape[a]) for a in axes], indexing="ij")
+    columns: dict[str, np.ndarray] = {}
+    for axis, index in zip(axes, grid):
+        columns[axis] = index.ravel()
+    if "member" in axes and "member" not in data and len(member_ids) == shape["member"]:
+        columns["member"] = np.asarray(member_ids)[columns["member"]]
+    for name, value in data.items():
+        own = dims[name]
+        if not set(own) <= set(axes):
+            continue  # on other axes (e.g. density probes beside eigenvalue ranks): ask for those axes
+        index = tuple(grid[axes.index(a)].ravel() for a in own)
+        columns[name] = np.asarray(value)[index]
+    return pd.DataFrame(columns)
+
+
+def load_tidy(source: str | os.PathLike, group: str, axes: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """One group of every job (training file or newest analysis) in long format: one row per point
+    of ``axes`` (default: the axes of the group's datasets with the most axes, e.g. (member, eval)
+    for curves, (member, x, y) for a 2D slice, (start,) for a finder's endpoints), every dataset on
+    a subset of those axes as a column (others are left out: ask for their axes), plus ``job`` and
+    the swept config values (typed as in ``load_members``). The member axis holds member ids.
+    """
+    col = collect(source)
+    _report_skipped(col)
+    frames = []
+    for job in col.jobs.values():
+        f, g = _open(job)
+        with f:
+            has = group in g
+            ids = _members_frame(g).get("member", pd.Series(dtype=int)).to_numpy()
+            typed = _typed_overrides(json.loads(str(g.attrs.get("overrides", "[]")) or "[]"), _job_config(g))
+        ref, sub = (job, group) if has else (None, None)
+        if ref is None:
+            for analysis in analyses_of(col, job):
+                fa, ga = _open(analysis, f"jobs/{job.name}")
+                with fa:
+                    if group in ga:
+                        ref, sub = analysis, f"jobs/{job.name}/{group}"
+                        break
+        if ref is None:
+            continue
+        arrays, dims = _group_with_dims(ref, sub)
+        frame = _tidy_frame(arrays, dims, ids, axes)
+        for key, value in typed.items():
+            frame[key if key not in frame.columns else f"job_{key}"] = [value] * len(frame)
+        frame.insert(0, "job", job.name)
+        frames.append(frame)
+    if not frames:
+        raise ResultsError(f"{source}: no job has a group /{group}")
+    return pd.concat(frames, ignore_index=True)
 
 
 def load_params(source: str | os.PathLike, job: str | None = None) -> dict[str, np.ndarray]:

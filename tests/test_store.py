@@ -180,3 +180,20 @@ def test_parts_resume_and_refuse_other_settings(tmp_path):
         Parts(tmp_path / "parts", signature="b")
     again.remove()
     assert not (tmp_path / "parts").exists()
+
+
+def test_tidy_loaders_give_one_row_per_point(trained_job):
+    curves = store.load_curves(trained_job.parent.parent, tidy=True)
+    raw = store.load_curves(trained_job)
+    k, t = raw["train_loss"].shape
+    assert len(curves) == k * t and {"job", "member", "eval", "step", "epoch", "train_loss", "model.width"} <= set(curves)
+    row = curves[(curves["member"] == 1) & (curves["eval"] == 2)].iloc[0]
+    assert row["train_loss"] == raw["train_loss"][1, 2] and row["epoch"] == raw["epoch"][2]
+    assert row["model.width"] == 3 and row["job"] == "0"
+    legacy = store.load_tidy(LEGACY, "landscape/interpolation_init")
+    assert len(legacy) == 2 * 5 and {"member", "alpha", "train_loss", "train_barrier"} <= set(legacy)
+    spectrum = store.load_tidy(LEGACY, "spectrum", axes=("member", "k"))
+    top = store.load_group(LEGACY, "spectrum")["top"]
+    assert spectrum.sort_values(["member", "k"])["top"].tolist() == top.ravel().tolist()
+    with pytest.raises(ResultsError, match="no job has a group /nothing"):
+        store.load_tidy(LEGACY, "nothing")

@@ -97,8 +97,9 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
                "spectrum_grad_norm": arrays["grad_norm"], "index_count": arrays["index_count"],
                "index_fraction": arrays["index_fraction"], "lambda_max": arrays["top"][:, 0],
                "lambda_min": arrays["bottom"][:, 0], "trace": arrays["trace"]}
-    dims = {GROUP: "member,...", f"{GROUP}/density_nodes": "member,probe,step", f"{GROUP}/density_weights": "member,probe,step",
-            f"{GROUP}/top": "member,k", f"{GROUP}/bottom": "member,k", "members": "member"}
+    dims = {GROUP: "member", "members": "member", f"{GROUP}/density_nodes": "member,probe,step",
+            f"{GROUP}/density_weights": "member,probe,step",
+            **{f"{GROUP}/{name}": "member,k" for name in ("top", "bottom", "top_residual", "bottom_residual")}}
     return {GROUP: arrays, "members": columns}, dims
 
 
