@@ -24,7 +24,7 @@ import seaborn as sns
 
 from surfacekit import store
 from surfacekit.plots import save_figure, save_table
-from surfacekit.stats import bootstrap_ci, pearson, std
+from surfacekit.stats import bootstrap_ci, pearson, std, std_ratio
 
 # Choromanska et al. 2015, Table 1: Pearson r(train, test) over 1000 networks, MNIST 10x10.
 PUBLISHED_PEARSON = {25: 0.7616, 50: 0.6861, 100: 0.5983, 250: 0.5302, 500: 0.4081}
@@ -36,8 +36,8 @@ def width_table(members: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     rows = []
     for width, group in members.groupby("width"):
         ok = group[~group["diverged"].astype(bool)]
-        pairs = ok[["final_train_loss", "final_test_loss"]].to_numpy()
-        r, r_lo, r_hi = bootstrap_ci(pearson, pairs, n_boot=n_boot) if len(ok) > 2 else (np.nan,) * 3
+        r, r_lo, r_hi = (bootstrap_ci(pearson, ok.final_train_loss.to_numpy(), ok.final_test_loss.to_numpy(), n_boot=n_boot,
+                                      paired=True) if len(ok) > 2 else (np.nan,) * 3)
         row = {
             "width": int(width), "networks": len(group), "diverged": int(group["diverged"].sum()),
             "test_mean": ok.final_test_loss.mean(), "test_std": ok.final_test_loss.std(),
@@ -62,7 +62,7 @@ def std_ratio_table(members: pd.DataFrame, n_boot: int) -> pd.DataFrame:
         xa = ok.loc[ok.width == a, "final_test_loss"].to_numpy()
         xb = ok.loc[ok.width == b, "final_test_loss"].to_numpy()
         if len(xa) > 2 and len(xb) > 2:
-            est, lo, hi = bootstrap_ci(lambda u, v: std(u) / std(v), xa, xb, n_boot=n_boot)
+            est, lo, hi = bootstrap_ci(std_ratio, xa, xb, n_boot=n_boot)
             rows.append({"ratio": f"std({a})/std({b})", "estimate": est, "ci90_low": lo, "ci90_high": hi})
     return pd.DataFrame(rows)
 

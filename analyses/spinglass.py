@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from scipy.optimize import OptimizeWarning, curve_fit
 
 from surfacekit import store
 from surfacekit.plots import save_figure, save_table
@@ -59,14 +62,54 @@ def load_spinglass(source: Path, p: int | None) -> tuple[pd.DataFrame, int]:
     return members, p
 
 
-def fit_c(n: np.ndarray, mean: np.ndarray, e_inf: float) -> float:
-    """Least-squares c in mean = -E_inf + c N^(-2/3) (closed form, c the only parameter)."""
-    x = np.asarray(n, dtype=float) ** (-2.0 / 3.0)
-    return float(np.sum((np.asarray(mean) + e_inf) * x) / np.sum(x * x))
+def finite_size_mean(n: np.ndarray, c: float, e_inf: float) -> np.ndarray:
+    """The finite-size law for the mean energy per spin: -E_inf + c N^(-2/3)."""
+    return -e_inf + c * np.asarray(n, dtype=float) ** (-2.0 / 3.0)
+
+
+def finite_size_free(n: np.ndarray, intercept: float, c: float) -> np.ndarray:
+    """The same law with a free intercept: intercept + c N^(-2/3)."""
+    return intercept + c * np.asarray(n, dtype=float) ** (-2.0 / 3.0)
+
+
+def _jacobian(n: np.ndarray, *params: float, free: bool = False) -> np.ndarray:
+    """d law / d params [len(n), 1 or 2]: exact, so the linear fits are exact (no finite differences)."""
+    x = np.asarray(n, dtype=float)[:, None] ** (-2.0 / 3.0)
+    return np.hstack([np.ones_like(x), x]) if free else x
+
+
+def fit_finite_size(n: np.ndarray, mean: np.ndarray, sem: np.ndarray, e_inf: float) -> dict[str, float]:
+    """Fit mean(N) = -E_inf + c N^(-2/3) (E_inf from theory, c free) with ``scipy.optimize.curve_fit``.
+
+    ``c``: ordinary least squares (as the paper's fit), ``c_se`` from the residual scatter (NaN with
+    one N). ``c_weighted``: weighted by 1/sem^2, ``c_weighted_se`` the error the sems imply
+    (absolute sigma) and ``chi2`` its chi-square on ``dof`` degrees of freedom (NaN unless every sem
+    is positive). ``free_intercept`` (with its standard error) and ``free_c``: least squares with a
+    free intercept, to compare with -E_inf (needs two or more N).
+    """
+    n, mean, sem = (np.asarray(v, dtype=float) for v in (n, mean, sem))
+    law = partial(finite_size_mean, e_inf=e_inf)
+    with warnings.catch_warnings():  # curve_fit warns when a covariance cannot be estimated; it is NaN then
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (c,), cov = curve_fit(law, n, mean, p0=(1.0,), jac=_jacobian)
+        residual = mean - law(n, c)
+        out = {"c": float(c), "c_se": float(np.sqrt(cov[0, 0])) if len(n) > 1 else np.nan,
+               "c_weighted": np.nan, "c_weighted_se": np.nan, "chi2": np.nan, "dof": len(n) - 1,
+               "max_abs_residual": float(np.abs(residual).max()),
+               "free_intercept": np.nan, "free_intercept_se": np.nan, "free_c": np.nan, "-E_inf": -e_inf}
+        if np.all(np.isfinite(sem)) and np.all(sem > 0):
+            (cw,), cov_w = curve_fit(law, n, mean, p0=(float(c),), sigma=sem, absolute_sigma=True, jac=_jacobian)
+            out.update(c_weighted=float(cw), c_weighted_se=float(np.sqrt(cov_w[0, 0])),
+                       chi2=float(np.sum(((mean - law(n, cw)) / sem) ** 2)))
+        if len(n) > 1:
+            (b, c_free), cov_free = curve_fit(finite_size_free, n, mean, p0=(-e_inf, float(c)),
+                                              jac=partial(_jacobian, free=True))
+            out.update(free_intercept=float(b), free_intercept_se=float(np.sqrt(cov_free[0, 0])), free_c=float(c_free))
+    return out
 
 
 def by_n_table(members: pd.DataFrame, e_inf: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per N (statistics and fit residual) and a one-row fit summary."""
+    """One row per N (statistics and fit residual) and a one-row fit summary (:func:`fit_finite_size`)."""
     rows = []
     for n, g in members.groupby("N"):
         e = g["energy_per_n"].to_numpy()
@@ -87,18 +130,10 @@ def by_n_table(members: pd.DataFrame, e_inf: float) -> tuple[pd.DataFrame, pd.Da
         row["std_sample_means"] = sample_means.std(ddof=1) if len(sample_means) > 1 else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
-    c = fit_c(table["N"], table["mean"], e_inf)
-    x = table["N"].to_numpy(float) ** (-2.0 / 3.0)
-    table["fit"] = -e_inf + c * x
+    fit = fit_finite_size(table["N"], table["mean"], table["sem"], e_inf)
+    table["fit"] = finite_size_mean(table["N"], fit["c"], e_inf)
     table["residual"] = table["mean"] - table["fit"]
-    sem = table["sem"].to_numpy()
-    chi2 = float(np.sum((table["residual"] / sem) ** 2)) if np.all(sem > 0) else np.nan
-    c_se = float(np.sqrt(1.0 / np.sum(x * x / sem**2))) if np.all(sem > 0) else np.nan
-    slope, intercept = np.polyfit(x, table["mean"], 1) if len(table) > 1 else (np.nan, np.nan)
-    fit = pd.DataFrame([{"c": c, "c_se_from_sem": c_se, "chi2": chi2, "dof": len(table) - 1,
-                         "max_abs_residual": float(np.abs(table["residual"]).max()),
-                         "free_intercept": intercept, "free_slope": slope, "-E_inf": -e_inf}])
-    return table, fit
+    return table, pd.DataFrame([fit])
 
 
 def _energy_axes(ax, members: pd.DataFrame, e_0: float, e_inf: float) -> None:
