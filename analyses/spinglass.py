@@ -31,23 +31,20 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from surfacekit import store
-from surfacekit.plots import save_figure, save_table
+from surfacekit.plots import (AnalysisError, log_axis, one_line_errors, output_dir, results_path, save_figure, save_table,
+                              sequential_colors, step_histograms)
 from surfacekit.spinglass import thresholds
 
 BAND = (-1.75, -1.25)
-
-
-class AnalysisError(ValueError):
-    """Input the analysis cannot use (one-line message)."""
+PROG = "spinglass"
 
 
 def load_spinglass(source: Path, p: int | None) -> tuple[pd.DataFrame, int]:
     """Members of the spin-glass jobs in ``source`` for one p (the only one, or ``p``)."""
-    path = store.results_file(source)
+    path = results_path(source)
     members = store.load_members(path)
     if members.empty or not {"energy_per_n", "N", "p"} <= set(members.columns):
         raise AnalysisError(f"{path}: no spin-glass members (energy_per_n, N, p); run surfacekit task=spinglass")
@@ -137,45 +134,44 @@ def by_n_table(members: pd.DataFrame, e_inf: float) -> tuple[pd.DataFrame, pd.Da
 
 
 def _energy_axes(ax, members: pd.DataFrame, e_0: float, e_inf: float) -> None:
+    """H/N histograms per N (each binned by its own number of starts) with the theory thresholds."""
     sizes = sorted(int(n) for n in members["N"].unique())
-    data = members.assign(size=members["N"].astype(int).astype(str))
-    lo = min(data["energy_per_n"].min(), -e_0) - 0.02
-    hi = data["energy_per_n"].max() + 0.02
-    sns.histplot(data, x="energy_per_n", hue="size", hue_order=[str(n) for n in sizes], bins=np.linspace(lo, hi, 60),
-                 element="step", stat="density", common_norm=False, palette=sns.color_palette("viridis", len(sizes)), ax=ax)
-    ax.axvline(-e_0, color="k", ls="-", lw=1)
-    ax.axvline(-e_inf, color="k", ls="--", lw=1)
-    ax.text(-e_0, 1.0, " -E_0", transform=ax.get_xaxis_transform(), va="top", ha="right", fontsize=7)
-    ax.text(-e_inf, 0.94, " -E_inf", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=7)
-    ax.get_legend().set_title("N")
-    ax.set_xlabel("H / N at the endpoints")
+    step_histograms(ax, {str(n): members.loc[members["N"] == n, "energy_per_n"].to_numpy() for n in sizes},
+                    sequential_colors(len(sizes)))
+    ax.axvline(-e_0, color="k", ls="-", lw=1, label=r"$-E_0$ (ground state, $N\to\infty$)")
+    ax.axvline(-e_inf, color="k", ls="--", lw=1, label=r"$-E_\infty$ (threshold)")
+    ax.axvspan(*BAND, color="0.92", zorder=0, label=f"band [{BAND[0]:g}, {BAND[1]:g}]")
+    ax.legend(title="$N$ (spins)", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the data
+    ax.set_xlabel("$H/N$ at the gradient-descent endpoints")
+    ax.set_ylabel("density")
 
 
 def histogram_figure(members: pd.DataFrame, p: int, e_0: float, e_inf: float) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _energy_axes(ax, members, e_0, e_inf)
-    ax.set_title(f"spherical {p}-spin glass: gradient-descent endpoints per N")
+    ax.set_title(f"spherical {p}-spin glass: endpoints per $N$")
     return fig
 
 
 def mean_figure(table: pd.DataFrame, fit: pd.DataFrame, e_0: float, e_inf: float) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar(table["N"], table["mean"], yerr=table["sem"], marker="o", ls="none", capsize=3, label="mean H/N (sem)")
-    grid = np.linspace(table["N"].min() * 0.9, table["N"].max() * 1.1, 200)
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    ax.errorbar(table["N"], table["mean"], yerr=table["sem"], marker="o", ls="none", capsize=3, color="k",
+                label=r"mean $H/N$ ($\pm$ s.e.m.)")
+    grid = np.geomspace(table["N"].min() * 0.9, table["N"].max() * 1.1, 200)
     c = float(fit["c"].iloc[0])
-    ax.plot(grid, -e_inf + c * grid ** (-2.0 / 3.0), label=f"-E_inf + {c:.3f} N^(-2/3)")
-    ax.axhline(-e_inf, color="k", ls="--", lw=1, label="-E_inf")
-    ax.axhline(-e_0, color="k", lw=1, label="-E_0")
-    ax.set_xscale("log")
-    ax.set_xlabel("N")
-    ax.set_ylabel("mean H / N")
-    ax.legend(fontsize=7)
+    ax.plot(grid, finite_size_mean(grid, c, e_inf), color="tab:blue", label=rf"$-E_\infty + {c:.3f}\,N^{{-2/3}}$ (fit)")
+    ax.axhline(-e_inf, color="k", ls="--", lw=1, label=rf"$-E_\infty = {-e_inf:.4f}$")
+    ax.axhline(-e_0, color="k", lw=1, label=rf"$-E_0 = {-e_0:.4f}$")
+    log_axis(ax, table["N"], "x")
+    ax.set_xlabel("$N$ (spins)")
+    ax.set_ylabel("mean $H/N$ at the endpoints")
+    ax.legend()
     return fig
 
 
 def load_networks(source: Path) -> pd.DataFrame:
     """Non-diverged members of a network width sweep with a ``normalized_test_loss`` column (one min-max map)."""
-    path = store.results_file(source)
+    path = results_path(source)
     nets = store.load_members(path)
     if nets.empty or not {"width", "final_test_loss"} <= set(nets.columns):
         raise AnalysisError(f"{path}: --networks needs members with width and final_test_loss (a training width sweep)")
@@ -190,16 +186,15 @@ def load_networks(source: Path) -> pd.DataFrame:
 
 
 def side_by_side_figure(members: pd.DataFrame, nets: pd.DataFrame, p: int, e_0: float, e_inf: float) -> plt.Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.2))
     _energy_axes(left, members, e_0, e_inf)
-    left.set_title(f"spin glass (p = {p})")
+    left.set_title(f"spin glass ($p = {p}$)")
     widths = sorted(int(w) for w in nets["width"].unique())
-    data = nets.assign(hidden_units=nets["width"].astype(int).astype(str))
-    sns.histplot(data, x="normalized_test_loss", hue="hidden_units", hue_order=[str(w) for w in widths],
-                 bins=np.linspace(0, 1, 60), element="step", stat="density", common_norm=False,
-                 palette=sns.color_palette("viridis", len(widths)), ax=right)
-    right.get_legend().set_title("hidden units")
+    step_histograms(right, {str(w): nets.loc[nets["width"] == w, "normalized_test_loss"].to_numpy() for w in widths},
+                    sequential_colors(len(widths)))
+    right.legend(title="hidden units", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     right.set_xlabel("test loss, min-max normalized over all widths")
+    right.set_ylabel("density")
     right.set_title("networks")
     return fig
 
@@ -209,21 +204,17 @@ def network_table(nets: pd.DataFrame) -> pd.DataFrame:
             .reset_index().rename(columns={"count": "networks"}))
 
 
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="task=spinglass sweep directory, sweep.h5 or results.h5")
     parser.add_argument("--networks", type=Path, help="network width sweep (directory, sweep.h5 or results.h5)")
     parser.add_argument("--p", type=int, help="interaction order to analyse when the source holds several")
     parser.add_argument("--out", type=Path, help="output directory (default SOURCE/analysis/spinglass)")
     args = parser.parse_args(argv)
-    try:
-        members, p = load_spinglass(args.source, args.p)
-        nets = load_networks(args.networks) if args.networks else None
-    except (store.ResultsError, AnalysisError) as exc:
-        print(f"spinglass: {exc}", file=sys.stderr)
-        return 2
-    base = args.source if args.source.is_dir() else args.source.parent
-    out = args.out or (base / "analysis" / "spinglass")
+    members, p = load_spinglass(args.source, args.p)
+    nets = load_networks(args.networks) if args.networks else None
+    out = output_dir(args.source, PROG, args.out)
     e_0, e_inf = thresholds(p)
     table, fit = by_n_table(members, e_inf)
     save_table(table, out, "spinglass_by_N")
