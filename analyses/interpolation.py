@@ -73,6 +73,7 @@ def draw_panel(fig: plt.Figure, ax: plt.Axes, title: str, lines: list[tuple[str,
         step = int(np.ceil(len(lines) / 8))
         bar.set_ticks(np.arange(0, len(lines), step))
         bar.set_ticklabels([lines[k][0] for k in range(0, len(lines), step)])
+        bar.ax.minorticks_off()
         ax.legend(handles=styles)
 
 

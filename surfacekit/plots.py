@@ -190,24 +190,22 @@ def log_axis(ax: plt.Axes, values: Sequence[float], axis: str = "x", ticks: str 
 
 
 def log_ticks(vmin: float, vmax: float, max_ticks: int = 6) -> np.ndarray:
-    """Round ticks within [vmin, vmax] of a log axis, at most ``max_ticks``: within a decade, evenly
-    spaced round values; otherwise the finest of m x 10^k for m in 1..9, (1, 2, 3, 5), (1, 2, 5),
-    (1, 3), (1); at least the two ends (3 digits) when fewer than two round values fall inside."""
+    """Round ticks within [vmin, vmax] of a log axis, at most ``max_ticks``: the finest of m x 10^k for
+    m in 1..9, (1, 2, 3, 5), (1, 2, 5), (1, 3), (1) that fits; evenly spaced round values when fewer
+    than three of those fall inside (a narrow range); at least the two ends (3 digits)."""
     if not (np.isfinite(vmin) and np.isfinite(vmax) and 0 < vmin <= vmax):
         return np.asarray([], dtype=float)
-    if vmax < 10 * vmin:  # less than a decade: evenly spaced round values read best
-        ticks = MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
-        ticks = ticks[(ticks >= vmin * (1 - 1e-9)) & (ticks <= vmax * (1 + 1e-9)) & (ticks > 0)]
-        if len(ticks) >= 2:
-            return ticks
+    inside = lambda t: t[(t >= vmin * (1 - 1e-9)) & (t <= vmax * (1 + 1e-9)) & (t > 0)]  # noqa: E731
     decades = np.arange(np.floor(np.log10(vmin)), np.ceil(np.log10(vmax)) + 1)
     for mantissas in (range(1, 10), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,)):
-        ticks = np.asarray([m * 10.0**d for d in decades for m in mantissas])
-        ticks = ticks[(ticks >= vmin * (1 - 1e-9)) & (ticks <= vmax * (1 + 1e-9))]
+        ticks = inside(np.asarray([m * 10.0**d for d in decades for m in mantissas]))
         if len(ticks) <= max_ticks:
             break
     if len(ticks) > max_ticks:
         ticks = ticks[:: int(np.ceil(len(ticks) / max_ticks))]
+    if len(ticks) < 3:
+        even = inside(MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax))
+        ticks = even if len(even) > len(ticks) else ticks
     if len(ticks) < 2:
         ticks = np.unique(np.concatenate([ticks, [float(_number(vmin)), float(_number(vmax))]]))
     return ticks
