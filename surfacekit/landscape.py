@@ -285,8 +285,10 @@ def random_direction(spec: MLPSpec, theta: torch.Tensor, seed: int | None = None
     (seed None when a ``generator`` was passed). An explicit seed is reproducible.
 
     Raises:
-        ValueError: an unknown ``normalization`` or ``bias_bn``.
+        ValueError: an unknown ``normalization`` or ``bias_bn``; both ``seed`` and ``generator``.
     """
+    if generator is not None and seed is not None:
+        raise ValueError("pass a seed or a generator, not both (the generator would silently win)")
     if generator is None:
         seed = fresh_seed() if seed is None else int(seed)
         generator = torch.Generator().manual_seed(seed)

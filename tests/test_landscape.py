@@ -150,6 +150,8 @@ def test_default_seed_is_fresh_and_recorded_explicit_seeds_reproduce():
     assert not torch.equal(ls.random_directions(SPEC, theta, 2)[0], dirs[0])
     assert torch.equal(ls.random_directions(SPEC, theta, 2, seed=7), ls.random_directions(SPEC, theta, 2, seed=7))
     assert torch.equal(ls.random_directions(SPEC, theta, 1, seed=7)[0], ls.random_direction(SPEC, theta, seed=7))
+    with pytest.raises(ValueError, match="not both"):
+        ls.random_direction(SPEC, theta, seed=1, generator=torch.Generator())
 
 
 def test_progress_counts_every_grid_point(digits64):
