@@ -84,7 +84,11 @@ def results_path(source: str | Path) -> Path:
     if source.is_dir() and not (source / store.SWEEP_NAME).exists() and not any(source.glob(f"*/{store.RESULTS_NAME}")):
         raise AnalysisError(f"{source}: no {store.SWEEP_NAME} and no */{store.RESULTS_NAME} here (an empty sweep?)")
     path = store.results_file(source)
-    if store.load_members(path).empty:
+    try:
+        members = store.load_members(path)
+    except KeyError:
+        raise AnalysisError(f"{path}: no /members group: not the results of a training or spin-glass job") from None
+    if members.empty:
         raise AnalysisError(f"{path}: holds no jobs (an empty sweep: every job failed or none finished)")
     return path
 

@@ -341,6 +341,9 @@ def test_results_path_refuses_what_it_cannot_read(tmp_path):
     with pytest.raises(plots.AnalysisError, match="empty sweep"):
         plots.results_path(tmp_path / "d")
     path = job(tmp_path / "r" / "results.h5", train_members(5, 2, np.random.default_rng(0)))
+    bare = store.write_results(tmp_path / "bare.h5", {}, {**store.provenance(), "kind": "job"})
+    with pytest.raises(plots.AnalysisError, match="no /members group"):
+        plots.results_path(bare)
     assert plots.results_path(path) == path and plots.output_dir(path, "x") == tmp_path / "r" / "analysis" / "x"
     assert plots.output_dir(tmp_path / "d", "x") == tmp_path / "d" / "analysis" / "x"
     assert plots.loss_label(path, "test loss") == "test loss (cross-entropy, nats)"
