@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from surfacekit.plots import (AnalysisError, log_axis, loss_label, noise_floor, one_line_errors, output_dir, save_figure,
-                              step_histograms)
+from surfacekit.plots import (AnalysisError, log_axis, loss_label, noise_floor, one_line_errors, output_dir, results_path,
+                              save_figure, step_histograms)
 from surfacekit.store import ResultsError, list_jobs, load_config, load_curves, load_group, load_members
 
 PROG = "training_methods"
@@ -34,22 +34,6 @@ PALETTE = dict(zip(METHODS, sns.color_palette("colorblind", len(METHODS))))
 COSINE_SPAN = 0.05
 TP_DTP_NOTE = ("depth 1: TP and DTP coincide (the only hidden target is the gradient step; "
                "the difference correction acts from the second hidden layer down)")
-
-
-def result_files(inputs: list[str]) -> list[Path]:
-    """Results files named directly, or found in directories (a merged sweep.h5, else every job's results.h5)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if not item.exists():
-            raise AnalysisError(f"{item}: no such results file or directory")
-        if item.is_dir():
-            found = sorted(item.glob("sweep.h5")) or sorted(item.rglob("results.h5"))
-            if not found:
-                raise AnalysisError(f"{item}: no sweep.h5 and no */results.h5 here (an empty sweep?)")
-            files += found
-        else:
-            files.append(item)
-    return files
 
 
 def method_of(config: dict) -> str:
@@ -213,10 +197,10 @@ def table(members: pd.DataFrame) -> str:
 @one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="results files (results.h5 / sweep.h5) or sweep directories")
+    parser.add_argument("inputs", nargs="+", help="results files (results.h5 / sweep.h5) or sweep directories (merged if needed)")
     parser.add_argument("--out", help="output directory (default FIRST_INPUT/analysis/training_methods)")
     args = parser.parse_args(argv)
-    files = result_files(args.inputs)
+    files = [results_path(item) for item in args.inputs]
     members, jobs = collect(files)
     out = output_dir(args.inputs[0], PROG, args.out)
     note = TP_DTP_NOTE if coincide_at_depth_one(members) else None
