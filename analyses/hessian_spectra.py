@@ -4,10 +4,11 @@
     surfacekit task=spectrum source=outputs/multirun/DATE/TIME
     python analyses/hessian_spectra.py outputs/multirun/DATE/TIME [--out DIR]
 
-Reads the ``/spectrum`` group of every job (a sweep directory, merged first if needed, a sweep.h5
-or one results.h5). Writes: the SLQ density per width (averaged over members, log y), the index
-fraction against width (every member, with its threshold stated), the top eigenvalues against
-width, and a table per width (PNG + PDF + CSV + markdown).
+Reads the ``/spectrum`` group of every job (a sweep directory, a sweep.h5
+or one results.h5). Writes into --out (default SOURCE/analysis/hessian_spectra): the SLQ density
+per width (averaged over members, log y), the index fraction against width (every member, with its
+threshold stated), the top eigenvalues against width (log axes ticked at the swept widths), and a
+table per width (PNG + PDF + CSV + markdown).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 
 from surfacekit import store
 from surfacekit.curvature import SpectralDensity, density_on_grid
-from surfacekit.plots import save_figure, save_table
+from surfacekit.plots import (AnalysisError, log_axis, one_line_errors, output_dir, results_path, save_figure, save_table,
+                              sequential_colors, tex_number)
+
+PROG = "hessian_spectra"
 
 
 def load_spectra(path: Path) -> dict[int, dict[str, np.ndarray]]:
@@ -37,7 +40,10 @@ def load_spectra(path: Path) -> dict[int, dict[str, np.ndarray]]:
             spectrum = store.load_group(path, "spectrum", job or None)
         except store.ResultsError:
             continue
-        width = int(store.load_group(path, "members", job or None)["width"][0])
+        members = store.load_group(path, "members", job or None)
+        if "width" not in members:
+            raise AnalysisError(f"{path}: job {job!r} has no width column in /members; this analysis compares widths")
+        width = int(members["width"][0])
         ok = spectrum["analysed"]
         for key, value in spectrum.items():
             out.setdefault(width, {}).setdefault(key, []).append(value[ok])
@@ -45,23 +51,32 @@ def load_spectra(path: Path) -> dict[int, dict[str, np.ndarray]]:
 
 
 def index_threshold_label(path: Path) -> str:
-    with h5py.File(path, "r") as f:
-        groups = [f] if f.attrs["kind"] == "job" else [f["jobs"][j] for j in json.loads(f.attrs["jobs"])]
-        values = {float(g.attrs["spectrum_relative_threshold"]) for g in groups if "spectrum_relative_threshold" in g.attrs}
-    return ", ".join(f"lambda < -{v:g} max|lambda|" for v in sorted(values)) or "absolute threshold"
+    """The relative index thresholds the spectra were computed with, as mathtext."""
+    col = store.collect(path)
+    values = set()
+    for job in col.jobs.values():
+        found = store.analyses_of(col, job, "spectrum")
+        if found and isinstance(found[0].settings, dict) and found[0].settings.get("threshold") is None:
+            values.add(float(found[0].settings["relative_threshold"]))
+        elif not found:  # schema 1: the spectrum lives in the training file
+            attrs = store.load_attrs(path, job.name)
+            if "spectrum_relative_threshold" in attrs:
+                values.add(float(attrs["spectrum_relative_threshold"]))
+    return ", ".join(rf"$\lambda < -{tex_number(v)}\,\max|\lambda|$" for v in sorted(values)) or "absolute threshold"
 
 
 def density_figure(spectra: dict[int, dict[str, np.ndarray]]) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
-    colors = sns.color_palette("viridis", len(spectra))
-    for color, (width, s) in zip(colors, spectra.items()):
+    for color, (width, s) in zip(sequential_colors(len(spectra)), spectra.items()):
         nodes = s["density_nodes"].reshape(-1, s["density_nodes"].shape[-1])
         weights = s["density_weights"].reshape(nodes.shape) / len(s["density_nodes"])
         density = SpectralDensity(torch.from_numpy(nodes), torch.from_numpy(weights), 0)
         grid, values = density_on_grid(density, num_points=2000)
-        ax.semilogy(grid.numpy(), np.maximum(values.numpy(), 1e-8), color=color, label=f"{width}")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density (SLQ, mean over members)")
+        ax.semilogy(grid.numpy(), np.maximum(values.numpy(), 1e-8), color=color,
+                    label=f"{width} ({len(s['density_nodes'])} networks)")
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel(r"Hessian eigenvalue $\lambda$ (loss per squared parameter unit)")
+    ax.set_ylabel("spectral density (SLQ, mean over networks)")
     ax.set_ylim(bottom=1e-6)
     ax.legend(title="hidden units")
     return fig
@@ -81,40 +96,44 @@ def per_width_table(spectra: dict[int, dict[str, np.ndarray]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def scatter_figure(spectra, key: str, column: int | None, ylabel: str) -> plt.Figure:
+def scatter_figure(spectra, key: str, column: int | None, ylabel: str, log_y: bool = False) -> plt.Figure:
+    """Every network's value against width (jittered on the log axis), the mean as a bar."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for width, s in spectra.items():
+    values_all = []
+    for color, (width, s) in zip(sequential_colors(len(spectra)), spectra.items()):
         values = s[key] if column is None else s[key][:, column]
         jitter = width * np.exp(np.random.default_rng(width).normal(0, 0.04, len(values)))
-        ax.scatter(jitter, values, s=8, alpha=0.5)
-        ax.plot([width], [np.mean(values)], "k_", markersize=14)
-    ax.set_xscale("log")
+        ax.scatter(jitter, values, s=10, alpha=0.6, color=color)
+        ax.plot([width], [np.mean(values)], "k_", markersize=16, mew=2)
+        values_all.append(values)
+    log_axis(ax, list(spectra), "x")
+    if log_y:
+        log_axis(ax, np.concatenate(values_all), "y", ticks="round")
     ax.set_xlabel("hidden units")
     ax.set_ylabel(ylabel)
+    ax.plot([], [], "k_", markersize=12, mew=2, ls="none", label="mean")
+    ax.legend(loc="best")
     return fig
 
 
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="sweep directory, sweep.h5 or results.h5 (after task=spectrum)")
-    parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--out", type=Path, help="output directory (default SOURCE/analysis/hessian_spectra)")
     args = parser.parse_args(argv)
-    try:
-        path = store.results_file(args.source)
-        spectra = load_spectra(path)
-    except store.ResultsError as exc:
-        print(f"hessian_spectra: {exc}", file=sys.stderr)
-        return 2
+    path = results_path(args.source)
+    spectra = load_spectra(path)
     if not spectra:
-        print(f"hessian_spectra: {path} has no /spectrum group; run surfacekit task=spectrum source=... first", file=sys.stderr)
-        return 2
-    out = args.out or ((path if path.is_dir() else path.parent) / "analysis" / "hessian_spectra")
+        raise AnalysisError(f"{path} has no /spectrum group; run surfacekit task=spectrum source={args.source} first")
+    out = output_dir(args.source, PROG, args.out)
     table = per_width_table(spectra)
     save_table(table, out, "spectra_by_width")
     save_figure(density_figure(spectra), out, "density_per_width")
     save_figure(scatter_figure(spectra, "index_fraction", None, f"index fraction\n({index_threshold_label(path)})"),
                 out, "index_vs_width")
-    save_figure(scatter_figure(spectra, "top", 0, "largest eigenvalue"), out, "top_eigenvalue_vs_width")
+    save_figure(scatter_figure(spectra, "top", 0, r"largest Hessian eigenvalue $\lambda_{\max}$", log_y=True),
+                out, "top_eigenvalue_vs_width")
     print(table.to_string(index=False, float_format="%.4g"))
     print(f"wrote figures and tables to {out}")
     return 0

@@ -33,10 +33,13 @@ from scipy.optimize import curve_fit
 
 from surfacekit import store
 from surfacekit.curvature import dense_hessian
-from surfacekit.plots import save_figure, save_table
+from surfacekit.plots import (AnalysisError, histogram_edges, log_axis, loss_label, one_line_errors, output_dir, results_path,
+                              save_figure, save_table)
 from surfacekit.population import member_loss_fn
 from surfacekit.stats import spearman_permutation
 from surfacekit.store import load_job
+
+PROG = "index_vs_loss"
 
 
 def bray_dean(eps: np.ndarray, eps_c: float, w: float) -> np.ndarray:
@@ -62,8 +65,11 @@ def load_critical(path: Path, finders: list[str] | None) -> dict[str, pd.DataFra
     """One frame per finder from ``/critical/<finder>`` (theta kept as a column of arrays)."""
     with h5py.File(path, "r") as f:
         if "critical" not in f:
-            raise store.ResultsError(f"{path}: no /critical; run surfacekit task=critical source={path}")
+            raise AnalysisError(f"{path}: no /critical group; run surfacekit task=critical source={path} first")
         names = finders or list(f["critical"])
+        unknown = sorted(set(names) - set(f["critical"]))
+        if unknown:
+            raise AnalysisError(f"{path}: no finder(s) {unknown} in /critical (stored: {sorted(f['critical'])})")
     frames = {}
     for name in names:
         g = store.load_group(path, f"critical/{name}")
@@ -85,22 +91,25 @@ def summary_row(name: str, frame: pd.DataFrame, n_perm: int, fit: bool) -> dict:
             "spearman_rho_accepted": rho, "permutation_p": p, "bray_dean_eps_c": eps_c, "bray_dean_w": w}
 
 
-def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool):
-    fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 3.6), squeeze=False)
+def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, loss_axis: str):
+    fig, axes = plt.subplots(1, len(frames), figsize=(4.4 * len(frames), 3.8), squeeze=False, sharey=True)
     for ax, (name, frame) in zip(axes[0], frames.items()):
         acc, rej = frame[frame.accepted], frame[~frame.accepted]
         flat = rej[rej.gradient_flat]
         other = rej[~rej.gradient_flat]
-        ax.scatter(other.loss, other.index_fraction, s=14, facecolors="none", edgecolors="0.6", label="rejected")
-        ax.scatter(flat.loss, flat.index_fraction, s=14, marker="x", color="0.6", label="gradient-flat (rejected)")
-        ax.scatter(acc.loss, acc.index_fraction, s=18, color="C0", label="critical (accepted)")
+        ax.scatter(other.loss, other.index_fraction, s=16, facecolors="none", edgecolors="0.55",
+                   label=f"rejected ({len(other)})")
+        ax.scatter(flat.loss, flat.index_fraction, s=16, marker="x", color="0.55", label=f"gradient-flat, rejected ({len(flat)})")
+        ax.scatter(acc.loss, acc.index_fraction, s=22, color="tab:blue", edgecolors="k", linewidths=0.4,
+                   label=f"critical, accepted ({len(acc)})")
         row = table.set_index("finder").loc[name]
         if fit and np.isfinite(row.bray_dean_w) and len(acc):
             grid = np.linspace(acc.loss.min(), acc.loss.max(), 200)
-            ax.plot(grid, bray_dean(grid, row.bray_dean_eps_c, row.bray_dean_w), color="C1", label="Bray-Dean fit")
-        ax.set(xlabel="training loss", ylabel="index (fraction of negative eigenvalues)",
-               title=f"{name}: {len(acc)}/{len(frame)} accepted")
-        ax.legend(fontsize=7)
+            ax.plot(grid, bray_dean(grid, row.bray_dean_eps_c, row.bray_dean_w), color="tab:orange",
+                    label=rf"Bray–Dean fit ($\epsilon_c$ = {row.bray_dean_eps_c:.3g}, $w$ = {row.bray_dean_w:.3g})")
+        ax.set(xlabel=loss_axis, title=f"{name}: {len(acc)}/{len(frame)} accepted")
+        ax.legend(loc="best")
+    axes[0][0].set_ylabel(r"index $\alpha$ (fraction of negative eigenvalues)")
     return fig
 
 
@@ -111,26 +120,31 @@ def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
         return None
     accepted = accepted.sort_values("loss").reset_index(drop=True)
     picks = sorted(set([0, len(accepted) // 2, len(accepted) - 1]))
-    job = load_job(path)
-    loss_fn = member_loss_fn(job.spec, job.data.x_train, job.data.y_train, job.cfg.model.loss, job.cfg.get("chunk_size"))
     p = len(accepted.theta[0])
     if p > dense_limit:
         print(f"eigenvalue histograms: P = {p} > --dense-limit {dense_limit}; skipped", file=sys.stderr)
         return None
-    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.4), squeeze=False, sharey=True)
+    job = load_job(path)
+    loss_fn = member_loss_fn(job.spec, job.data.x_train, job.data.y_train, job.cfg.model.loss, job.cfg.get("chunk_size"))
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharey=True)
     for ax, i in zip(axes[0], picks):
         theta = torch.from_numpy(np.asarray(accepted.theta[i], dtype=np.float64))
         eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, theta)).numpy()
-        ax.hist(eig, bins=60, color="C0")
-        ax.set_yscale("log")
+        counts, edges = np.histogram(eig, bins=histogram_edges(eig))
+        ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8)
+        log_axis(ax, counts, "y", ticks="round")
         ax.axvline(0, color="k", lw=0.6)
-        ax.set(xlabel="eigenvalue", title=f"loss {accepted.loss[i]:.4g}, index {accepted.index_fraction[i]:.3f}")
-    axes[0][0].set_ylabel("count")
+        negative = int(np.sum(eig < -1e-5 * np.abs(eig).max()))
+        ax.set(xlabel=r"Hessian eigenvalue $\lambda$",
+               title=f"loss {accepted.loss[i]:.4g}: {negative} of {len(eig)} below "
+                     + r"$-10^{-5}\max|\lambda|$")
+    axes[0][0].set_ylabel("eigenvalues per bin (numpy 'auto' bins)")
     return fig
 
 
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a job's results.h5 holding /critical (from task=critical)")
     parser.add_argument("--out", type=Path, help="output folder (default SOURCE_DIR/analysis/index_vs_loss)")
     parser.add_argument("--finders", nargs="+", help="finders to show (default: all in the file)")
@@ -138,21 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--permutations", type=int, default=10000, help="permutations for the Spearman p-value")
     parser.add_argument("--dense-limit", type=int, default=3000, help="largest P for the eigenvalue histograms")
     args = parser.parse_args(argv)
-    try:
-        frames = load_critical(args.source, args.finders)
-    except (store.ResultsError, OSError) as exc:
-        print(f"index_vs_loss: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or args.source.parent / "analysis" / "index_vs_loss"
+    path = results_path(args.source)
+    frames = load_critical(path, args.finders)
+    out = output_dir(path, PROG, args.out)
     table = pd.DataFrame([summary_row(n, f, args.permutations, args.bray_dean) for n, f in frames.items()])
     written = save_table(table, out, "index_vs_loss")
-    written += save_figure(plot_index(frames, table, args.bray_dean), out, "index_vs_loss")
-    spectra = plot_spectra(args.source, frames, args.dense_limit)
+    written += save_figure(plot_index(frames, table, args.bray_dean, loss_label(path, "training loss")), out, "index_vs_loss")
+    spectra = plot_spectra(path, frames, args.dense_limit)
     if spectra is not None:
         written += save_figure(spectra, out, "eigenvalue_histograms")
     print(table.to_markdown(index=False, floatfmt=".4g"))
-    for path in written:
-        print(f"wrote {path}")
+    for p in written:
+        print(f"wrote {p}")
     return 0
 
 

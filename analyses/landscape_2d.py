@@ -1,19 +1,22 @@
 """Random-direction 2D slices (Li et al. 2018): contours and a 3D surface of one member's loss.
 
 Reads ``/landscape/slice2d`` (and ``/landscape/slice1d`` when present) that ``surfacekit
-task=landscape`` adds to a job's results file, and writes
+task=landscape`` adds to a job's results file, and writes into --out (default
+RESULTS_DIR/analysis/landscape_2d):
 
-* ``slice2d_m<member>_<split>.png/.pdf``: filled contours of L(theta* + x d1 + y d2) (log scale) and
-  the 3D surface; with the 1D slice as a third panel when stored;
-* ``slice2d_summary.csv/.md``: per member the loss at the center, the min and max over the grid, and
-  the fraction of grid points within 2x the center loss (a crude flatness measure).
+* ``slice2d_m<member>_<split>.png/.pdf``: filled contours of L(theta* + x d1 + y d2) (log colour
+  scale, labelled round ticks) with the solution (x = y = 0) and the grid minimum marked, the 3D
+  surface of log10 L, and the 1D slice as a third panel when stored;
+* ``slice2d_summary.csv/.md``: per member and split the loss at the centre, the min and max over the
+  grid, and the fraction of grid points within 2x the centre loss (a crude flatness measure).
 
-    python analyses/landscape_2d.py outputs/runs/.../results.h5 --member 0 --split train --out figures/slices
+    python analyses/landscape_2d.py outputs/runs/.../results.h5 --member 0 --split train [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -21,84 +24,123 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import MaxNLocator
 
-from surfacekit.plots import save_figure, save_table
+from surfacekit.plots import (AnalysisError, h5_attr, log_axis, log_colorbar, one_line_errors, output_dir, results_path,
+                              save_figure, save_table)
 from surfacekit.store import ResultsError, load_group
 
+PROG = "landscape_2d"
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a job results.h5 holding /landscape/slice2d")
-    parser.add_argument("--member", type=int, nargs="*", default=None, help="member ids to plot (default: the first)")
-    parser.add_argument("--split", default="train", choices=["train", "test"], help="which loss (default train)")
-    parser.add_argument("--levels", type=int, default=30, help="contour levels (default 30)")
-    parser.add_argument("--out", default="figures/landscape_2d", help="output directory")
-    args = parser.parse_args(argv)
+
+def direction_label(path: Path) -> str:
+    """'filter-normalized' etc. from the task's stored settings ('' when unknown)."""
+    settings = h5_attr(path, "landscape_config")
     try:
-        g = load_group(args.source, "landscape/slice2d")
-    except ResultsError as exc:
-        print(f"landscape_2d.py: error: {exc}; run surfacekit task=landscape landscape.kind=slice2d source=... first", file=sys.stderr)
-        return 2
-    try:
-        g1 = load_group(args.source, "landscape/slice1d")
-    except ResultsError:
-        g1 = None
-    key = f"{args.split}_loss"
-    if key not in g:
-        print(f"landscape_2d.py: error: {args.source}: slice2d has no {key} (stored: {sorted(k for k in g if k.endswith('_loss'))})", file=sys.stderr)
-        return 2
+        return f"{json.loads(settings)['slice']['normalization']}-normalized"
+    except (TypeError, ValueError, KeyError):
+        return ""
+
+
+def slice_figure(g: dict, g1: dict | None, member: int, split: str, levels: int, normalized: str) -> plt.Figure:
+    """Contours, 3D surface and (when stored) the 1D slice of one member."""
     ids = list(g["member"])
-    chosen = args.member or ids[:1]
-    missing = [m for m in chosen if m not in ids]
-    if missing:
-        print(f"landscape_2d.py: error: members {missing} not in slice2d (stored: {ids})", file=sys.stderr)
-        return 2
-    out = Path(args.out)
     x, y = g["x"], g["y"]
+    z = g[f"{split}_loss"][ids.index(member)]
     X, Y = np.meshgrid(x, y, indexing="ij")
-    written = []
-    for m in chosen:
-        z = g[key][ids.index(m)]
-        panels = 3 if g1 is not None and key in g1 and m in list(g1["member"]) else 2
-        fig = plt.figure(figsize=(5.2 * panels, 4.4))
-        ax = fig.add_subplot(1, panels, 1)
-        positive = np.clip(z, max(z.min(), 1e-12), None)
-        levels = np.geomspace(positive.min(), positive.max(), args.levels)
-        cs = ax.contourf(X, Y, positive, levels=levels, norm=LogNorm(), cmap="viridis")
-        ax.contour(X, Y, positive, levels=levels[::3], colors="k", linewidths=0.3)
-        fig.colorbar(cs, ax=ax, label=f"{args.split} loss")
-        ax.plot(0, 0, "r*", ms=8)
-        ax.set_xlabel("x (direction 1)")
-        ax.set_ylabel("y (direction 2)")
-        ax.set_title(f"member {m}: contours", fontsize=10)
-        ax3 = fig.add_subplot(1, panels, 2, projection="3d")
-        ax3.plot_surface(X, Y, np.log10(positive), cmap="viridis", linewidth=0, antialiased=True)
-        ax3.set_xlabel("x")
-        ax3.set_ylabel("y")
-        ax3.set_zlabel(f"log10 {args.split} loss")
-        ax3.set_title(f"member {m}: surface", fontsize=10)
-        if panels == 3:
-            a1 = fig.add_subplot(1, 3, 3)
-            i = list(g1["member"]).index(m)
-            for split, ls in (("train", "-"), ("test", "--")):
-                if f"{split}_loss" in g1:
-                    a1.plot(g1["x"], g1[f"{split}_loss"][i], ls, label=split)
-            a1.set_yscale("log")
-            a1.set_xlabel("x")
-            a1.set_title(f"member {m}: 1D slice", fontsize=10)
-            a1.legend()
-        fig.tight_layout()
-        written += save_figure(fig, out, f"slice2d_m{m}_{args.split}")
-    rows = []
+    with_1d = g1 is not None and f"{split}_loss" in g1 and member in list(g1["member"])
+    panels = 3 if with_1d else 2
+    fig = plt.figure(figsize=(5.0 * panels, 4.2))
+    ax = fig.add_subplot(1, panels, 1)
+    finite = z[np.isfinite(z)]
+    positive = np.clip(z, max(finite.min(), 1e-12), None)
+    lo, hi = positive.min(), positive.max()
+    bounds = np.geomspace(lo, hi * (1 + 1e-12), levels)
+    cs = ax.contourf(X, Y, positive, levels=bounds, norm=LogNorm(lo, hi), cmap="viridis")
+    ax.contour(X, Y, positive, levels=bounds[::3], colors="k", linewidths=0.3, alpha=0.6)
+    log_colorbar(fig, cs, ax, f"{split} loss", lo, hi)
+    i, j = np.unravel_index(np.argmin(positive), positive.shape)
+    ax.plot(0, 0, marker="*", ms=12, mfc="white", mec="k", ls="none", label=r"solution $\theta^*$")
+    ax.plot(x[i], y[j], marker="X", ms=8, mfc="tab:red", mec="white", ls="none", label=f"grid minimum {positive[i, j]:.3g}")
+    suffix = f", {normalized}" if normalized else ""
+    ax.set_xlabel(f"$x$ (along direction $d_1${suffix})")
+    ax.set_ylabel(f"$y$ (along direction $d_2${suffix})")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", framealpha=0.85)
+    ax.set_title(rf"member {member}: $L(\theta^* + x\,d_1 + y\,d_2)$")
+
+    ax3 = fig.add_subplot(1, panels, 2, projection="3d")
+    ax3.plot_surface(X, Y, np.log10(positive), cmap="viridis", linewidth=0, antialiased=True)
+    ax3.set_xlabel("$x$")
+    ax3.set_ylabel("$y$")
+    ax3.set_zlabel(rf"$\log_{{10}}$ {split} loss")
+    for axis in (ax3.xaxis, ax3.yaxis, ax3.zaxis):
+        axis.set_major_locator(MaxNLocator(5))
+    ax3.set_box_aspect(None, zoom=0.85)  # room for the z label
+    ax3.set_title(f"member {member}: surface")
+
+    if with_1d:
+        a1 = fig.add_subplot(1, 3, 3)
+        k = list(g1["member"]).index(member)
+        values = []
+        for name, style in (("train", "-"), ("test", "--")):
+            if f"{name}_loss" in g1:
+                a1.plot(g1["x"], g1[f"{name}_loss"][k], style, color="k", label=name)
+                values.append(g1[f"{name}_loss"][k])
+        log_axis(a1, np.concatenate(values), "y", ticks="round")
+        a1.set_xlabel(f"$x$ (along direction $d_1${suffix})")
+        a1.set_ylabel("loss")
+        a1.set_title(f"member {member}: 1D slice")
+        a1.legend()
+    return fig
+
+
+def summary_table(g: dict) -> pd.DataFrame:
+    x, y = g["x"], g["y"]
     cx, cy = int(np.argmin(np.abs(x))), int(np.argmin(np.abs(y)))
-    for i, m in enumerate(ids):
+    rows = []
+    for i, m in enumerate(g["member"]):
         for split in ("train", "test"):
             if f"{split}_loss" not in g:
                 continue
             z = g[f"{split}_loss"][i]
-            rows.append({"member": int(m), "split": split, "center": z[cx, cy], "min": z.min(), "max": z.max(),
+            rows.append({"member": int(m), "split": split, "center": z[cx, cy], "min": np.nanmin(z), "max": np.nanmax(z),
                          "frac_within_2x_center": float(np.mean(z <= 2 * z[cx, cy])), "grid": f"{len(x)}x{len(y)}"})
-    table = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+@one_line_errors(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="a job results.h5 holding /landscape/slice2d")
+    parser.add_argument("--member", type=int, nargs="*", default=None, help="member ids to plot (default: the first)")
+    parser.add_argument("--split", default="train", choices=["train", "test"], help="which loss (default train)")
+    parser.add_argument("--levels", type=int, default=30, help="contour levels (default 30)")
+    parser.add_argument("--out", help="output directory (default RESULTS_DIR/analysis/landscape_2d)")
+    args = parser.parse_args(argv)
+    path = results_path(args.source)
+    try:
+        g = load_group(path, "landscape/slice2d")
+    except ResultsError as exc:
+        raise AnalysisError(f"{exc}; run surfacekit task=landscape landscape.kind=slice2d source={path} first") from None
+    try:
+        g1 = load_group(path, "landscape/slice1d")
+    except ResultsError:
+        g1 = None
+    key = f"{args.split}_loss"
+    if key not in g:
+        raise AnalysisError(f"{path}: slice2d has no {key} (stored: {sorted(k for k in g if k.endswith('_loss'))})")
+    ids = [int(m) for m in g["member"]]
+    chosen = args.member or ids[:1]
+    missing = [m for m in chosen if m not in ids]
+    if missing:
+        raise AnalysisError(f"{path}: members {missing} not in slice2d (stored: {ids})")
+    out = output_dir(path, PROG, args.out)
+    written = []
+    for m in chosen:
+        fig = slice_figure(g, g1, m, args.split, args.levels, direction_label(path))
+        written += save_figure(fig, out, f"slice2d_m{m}_{args.split}")
+    table = summary_table(g)
     written += save_table(table, out, "slice2d_summary")
     print(table.to_string(index=False, float_format="%.4g"))
     for p in written:

@@ -3,9 +3,10 @@
     surfacekit -m experiment=choromanska
     python analyses/minima_histograms.py outputs/multirun/DATE/TIME [--out DIR]
 
-Reads a sweep directory (merging it if needed), a sweep.h5 or one results.h5. Writes into --out
+Reads a sweep directory, a sweep.h5 or one results.h5. Writes into --out
 (default SWEEP/analysis/minima_histograms): test- and train-loss histograms per width on a common
-axis, the std of the test loss against width with bootstrap CIs, a table per width (mean, std, min,
+axis (each width binned by its own sample size, numpy's 'auto' rule; --log-x for a log loss axis),
+the std of the test loss against width with bootstrap CIs (BCa), a table per width (mean, std, min,
 max of the losses, test error, Pearson r(train, test) with a bootstrap CI beside the published r,
 diverged count, and the Hessian index at the endpoints when the spectrum task has run), and the
 bootstrap CIs of the std ratios std(5)/std(25) and std(10)/std(250).
@@ -20,15 +21,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from surfacekit import store
-from surfacekit.plots import save_figure, save_table
-from surfacekit.stats import bootstrap_ci, pearson, std
+from surfacekit.plots import (AnalysisError, log_axis, loss_label, one_line_errors, output_dir, results_path, save_figure,
+                              save_table, sequential_colors, step_histograms)
+from surfacekit.stats import bootstrap_ci, pearson, std, std_ratio
 
 # Choromanska et al. 2015, Table 1: Pearson r(train, test) over 1000 networks, MNIST 10x10.
 PUBLISHED_PEARSON = {25: 0.7616, 50: 0.6861, 100: 0.5983, 250: 0.5302, 500: 0.4081}
 STD_RATIOS = [(5, 25), (10, 250)]
+PROG = "minima_histograms"
 
 
 def width_table(members: pd.DataFrame, n_boot: int) -> pd.DataFrame:
@@ -36,8 +38,8 @@ def width_table(members: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     rows = []
     for width, group in members.groupby("width"):
         ok = group[~group["diverged"].astype(bool)]
-        pairs = ok[["final_train_loss", "final_test_loss"]].to_numpy()
-        r, r_lo, r_hi = bootstrap_ci(pearson, pairs, n_boot=n_boot) if len(ok) > 2 else (np.nan,) * 3
+        r, r_lo, r_hi = (bootstrap_ci(pearson, ok.final_train_loss.to_numpy(), ok.final_test_loss.to_numpy(), n_boot=n_boot,
+                                      paired=True) if len(ok) > 2 else (np.nan,) * 3)
         row = {
             "width": int(width), "networks": len(group), "diverged": int(group["diverged"].sum()),
             "test_mean": ok.final_test_loss.mean(), "test_std": ok.final_test_loss.std(),
@@ -62,58 +64,66 @@ def std_ratio_table(members: pd.DataFrame, n_boot: int) -> pd.DataFrame:
         xa = ok.loc[ok.width == a, "final_test_loss"].to_numpy()
         xb = ok.loc[ok.width == b, "final_test_loss"].to_numpy()
         if len(xa) > 2 and len(xb) > 2:
-            est, lo, hi = bootstrap_ci(lambda u, v: std(u) / std(v), xa, xb, n_boot=n_boot)
+            est, lo, hi = bootstrap_ci(std_ratio, xa, xb, n_boot=n_boot)
             rows.append({"ratio": f"std({a})/std({b})", "estimate": est, "ci90_low": lo, "ci90_high": hi})
     return pd.DataFrame(rows)
 
 
-def histogram_figure(members: pd.DataFrame, column: str, label: str) -> plt.Figure:
+def histogram_figure(members: pd.DataFrame, column: str, label: str, log_x: bool) -> plt.Figure:
+    """Density histograms per width on one axis, each binned by its own sample size."""
     ok = members[~members["diverged"].astype(bool)]
-    widths = [str(w) for w in sorted(ok.width.unique())]
-    ok = ok.assign(hidden_units=ok.width.astype(str))
+    widths = sorted(int(w) for w in ok.width.unique())
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(ok[column].min(), ok[column].max(), 60)
-    sns.histplot(ok, x=column, hue="hidden_units", hue_order=widths, bins=bins, element="step", stat="density",
-                 common_norm=False, palette=sns.color_palette("viridis", len(widths)), ax=ax)
+    step_histograms(ax, {str(w): ok.loc[ok.width == w, column].to_numpy() for w in widths}, sequential_colors(len(widths)),
+                    log_x=log_x)
+    if log_x:
+        log_axis(ax, ok[column].to_numpy(), "x", ticks="round")
     ax.set_xlabel(label)
-    ax.set_title(f"{label} at the endpoints, per width")
+    ax.set_ylabel("density per decade" if log_x else "density")
+    ax.legend(title="hidden units")
+    ax.set_title(f"{label.split(' (')[0]} at the endpoints, per width")
     return fig
 
 
-def std_figure(members: pd.DataFrame, n_boot: int) -> plt.Figure:
+def std_figure(members: pd.DataFrame, n_boot: int, label: str) -> plt.Figure:
     ok = members[~members["diverged"].astype(bool)]
     rows = [(w, *bootstrap_ci(std, g.final_test_loss.to_numpy(), n_boot=n_boot)) for w, g in ok.groupby("width") if len(g) > 2]
+    if not rows:
+        raise AnalysisError("no width has 3 or more non-diverged networks: no spread to show")
     w, est, lo, hi = (np.array(c) for c in zip(*rows))
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar(w, est, yerr=[est - lo, hi - est], marker="o", capsize=3)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.errorbar(w, est, yerr=[est - np.where(np.isfinite(lo), lo, est), np.where(np.isfinite(hi), hi, est) - est],
+                marker="o", capsize=3, color="k")
+    log_axis(ax, w, "x")
+    log_axis(ax, np.concatenate([est, lo, hi]), "y", ticks="round")
     ax.set_xlabel("hidden units")
-    ax.set_ylabel("std of test loss (90% bootstrap CI)")
+    ax.set_ylabel(f"std of the {label}\n(90% bootstrap CI, BCa)")
     return fig
 
 
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="sweep directory, sweep.h5 or results.h5")
-    parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--out", type=Path, help="output directory (default SOURCE/analysis/minima_histograms)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--log-x", action="store_true", help="histograms on a log loss axis")
     args = parser.parse_args(argv)
-    try:
-        path = store.results_file(args.source)
-        members = store.load_members(path)
-    except store.ResultsError as exc:
-        print(f"minima_histograms: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or ((path if path.is_dir() else path.parent) / "analysis" / "minima_histograms")
+    path = results_path(args.source)
+    members = store.load_members(path)
+    missing = {"width", "final_train_loss", "final_test_loss", "test_error", "diverged"} - set(members.columns)
+    if missing:
+        raise AnalysisError(f"{path}: members lack {sorted(missing)}; this analysis needs a training width sweep")
+    out = output_dir(args.source, PROG, args.out)
     table = width_table(members, args.bootstrap)
     ratios = std_ratio_table(members, args.bootstrap)
     save_table(table, out, "minima_by_width")
     if len(ratios):
         save_table(ratios, out, "std_ratios")
-    save_figure(histogram_figure(members, "final_test_loss", "test loss"), out, "test_loss_histograms")
-    save_figure(histogram_figure(members, "final_train_loss", "train loss"), out, "train_loss_histograms")
-    save_figure(std_figure(members, args.bootstrap), out, "test_loss_std_vs_width")
+    test_label, train_label = loss_label(path, "test loss"), loss_label(path, "train loss")
+    save_figure(histogram_figure(members, "final_test_loss", test_label, args.log_x), out, "test_loss_histograms")
+    save_figure(histogram_figure(members, "final_train_loss", train_label, args.log_x), out, "train_loss_histograms")
+    save_figure(std_figure(members, args.bootstrap, "test loss"), out, "test_loss_std_vs_width")
     pd.set_option("display.width", 200)
     print(table.to_string(index=False, float_format="%.4g"))
     if len(ratios):

@@ -3,7 +3,7 @@
     surfacekit task=spinglass -m spinglass.N=25,50,100,150 spinglass.p=3 threads=1
     python analyses/spinglass.py outputs/multirun/DATE/TIME [--networks NETWORK_SWEEP] [--out DIR]
 
-Reads a sweep directory (merging it if needed), a sweep.h5 or one results.h5 of ``task=spinglass``.
+Reads a sweep directory, a sweep.h5 or one results.h5 of ``task=spinglass``.
 Writes into --out (default SOURCE/analysis/spinglass):
 
 * ``energy_histograms``: H/N per N on common bins, with vertical lines at -E_0 and -E_inf;
@@ -24,27 +24,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
+from scipy.optimize import OptimizeWarning, curve_fit
 
 from surfacekit import store
-from surfacekit.plots import save_figure, save_table
+from surfacekit.plots import (AnalysisError, log_axis, one_line_errors, output_dir, results_path, save_figure, save_table,
+                              sequential_colors, step_histograms)
 from surfacekit.spinglass import thresholds
 
 BAND = (-1.75, -1.25)
-
-
-class AnalysisError(ValueError):
-    """Input the analysis cannot use (one-line message)."""
+PROG = "spinglass"
 
 
 def load_spinglass(source: Path, p: int | None) -> tuple[pd.DataFrame, int]:
     """Members of the spin-glass jobs in ``source`` for one p (the only one, or ``p``)."""
-    path = store.results_file(source)
+    path = results_path(source)
     members = store.load_members(path)
     if members.empty or not {"energy_per_n", "N", "p"} <= set(members.columns):
         raise AnalysisError(f"{path}: no spin-glass members (energy_per_n, N, p); run surfacekit task=spinglass")
@@ -59,14 +59,54 @@ def load_spinglass(source: Path, p: int | None) -> tuple[pd.DataFrame, int]:
     return members, p
 
 
-def fit_c(n: np.ndarray, mean: np.ndarray, e_inf: float) -> float:
-    """Least-squares c in mean = -E_inf + c N^(-2/3) (closed form, c the only parameter)."""
-    x = np.asarray(n, dtype=float) ** (-2.0 / 3.0)
-    return float(np.sum((np.asarray(mean) + e_inf) * x) / np.sum(x * x))
+def finite_size_mean(n: np.ndarray, c: float, e_inf: float) -> np.ndarray:
+    """The finite-size law for the mean energy per spin: -E_inf + c N^(-2/3)."""
+    return -e_inf + c * np.asarray(n, dtype=float) ** (-2.0 / 3.0)
+
+
+def finite_size_free(n: np.ndarray, intercept: float, c: float) -> np.ndarray:
+    """The same law with a free intercept: intercept + c N^(-2/3)."""
+    return intercept + c * np.asarray(n, dtype=float) ** (-2.0 / 3.0)
+
+
+def _jacobian(n: np.ndarray, *params: float, free: bool = False) -> np.ndarray:
+    """d law / d params [len(n), 1 or 2]: exact, so the linear fits are exact (no finite differences)."""
+    x = np.asarray(n, dtype=float)[:, None] ** (-2.0 / 3.0)
+    return np.hstack([np.ones_like(x), x]) if free else x
+
+
+def fit_finite_size(n: np.ndarray, mean: np.ndarray, sem: np.ndarray, e_inf: float) -> dict[str, float]:
+    """Fit mean(N) = -E_inf + c N^(-2/3) (E_inf from theory, c free) with ``scipy.optimize.curve_fit``.
+
+    ``c``: ordinary least squares (as the paper's fit), ``c_se`` from the residual scatter (NaN with
+    one N). ``c_weighted``: weighted by 1/sem^2, ``c_weighted_se`` the error the sems imply
+    (absolute sigma) and ``chi2`` its chi-square on ``dof`` degrees of freedom (NaN unless every sem
+    is positive). ``free_intercept`` (with its standard error) and ``free_c``: least squares with a
+    free intercept, to compare with -E_inf (needs two or more N).
+    """
+    n, mean, sem = (np.asarray(v, dtype=float) for v in (n, mean, sem))
+    law = partial(finite_size_mean, e_inf=e_inf)
+    with warnings.catch_warnings():  # curve_fit warns when a covariance cannot be estimated; it is NaN then
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (c,), cov = curve_fit(law, n, mean, p0=(1.0,), jac=_jacobian)
+        residual = mean - law(n, c)
+        out = {"c": float(c), "c_se": float(np.sqrt(cov[0, 0])) if len(n) > 1 else np.nan,
+               "c_weighted": np.nan, "c_weighted_se": np.nan, "chi2": np.nan, "dof": len(n) - 1,
+               "max_abs_residual": float(np.abs(residual).max()),
+               "free_intercept": np.nan, "free_intercept_se": np.nan, "free_c": np.nan, "-E_inf": -e_inf}
+        if np.all(np.isfinite(sem)) and np.all(sem > 0):
+            (cw,), cov_w = curve_fit(law, n, mean, p0=(float(c),), sigma=sem, absolute_sigma=True, jac=_jacobian)
+            out.update(c_weighted=float(cw), c_weighted_se=float(np.sqrt(cov_w[0, 0])),
+                       chi2=float(np.sum(((mean - law(n, cw)) / sem) ** 2)))
+        if len(n) > 1:
+            (b, c_free), cov_free = curve_fit(finite_size_free, n, mean, p0=(-e_inf, float(c)),
+                                              jac=partial(_jacobian, free=True))
+            out.update(free_intercept=float(b), free_intercept_se=float(np.sqrt(cov_free[0, 0])), free_c=float(c_free))
+    return out
 
 
 def by_n_table(members: pd.DataFrame, e_inf: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per N (statistics and fit residual) and a one-row fit summary."""
+    """One row per N (statistics and fit residual) and a one-row fit summary (:func:`fit_finite_size`)."""
     rows = []
     for n, g in members.groupby("N"):
         e = g["energy_per_n"].to_numpy()
@@ -87,60 +127,51 @@ def by_n_table(members: pd.DataFrame, e_inf: float) -> tuple[pd.DataFrame, pd.Da
         row["std_sample_means"] = sample_means.std(ddof=1) if len(sample_means) > 1 else np.nan
         rows.append(row)
     table = pd.DataFrame(rows)
-    c = fit_c(table["N"], table["mean"], e_inf)
-    x = table["N"].to_numpy(float) ** (-2.0 / 3.0)
-    table["fit"] = -e_inf + c * x
+    fit = fit_finite_size(table["N"], table["mean"], table["sem"], e_inf)
+    table["fit"] = finite_size_mean(table["N"], fit["c"], e_inf)
     table["residual"] = table["mean"] - table["fit"]
-    sem = table["sem"].to_numpy()
-    chi2 = float(np.sum((table["residual"] / sem) ** 2)) if np.all(sem > 0) else np.nan
-    c_se = float(np.sqrt(1.0 / np.sum(x * x / sem**2))) if np.all(sem > 0) else np.nan
-    slope, intercept = np.polyfit(x, table["mean"], 1) if len(table) > 1 else (np.nan, np.nan)
-    fit = pd.DataFrame([{"c": c, "c_se_from_sem": c_se, "chi2": chi2, "dof": len(table) - 1,
-                         "max_abs_residual": float(np.abs(table["residual"]).max()),
-                         "free_intercept": intercept, "free_slope": slope, "-E_inf": -e_inf}])
-    return table, fit
+    return table, pd.DataFrame([fit])
 
 
 def _energy_axes(ax, members: pd.DataFrame, e_0: float, e_inf: float) -> None:
+    """H/N histograms per N (each binned by its own number of starts) with the theory thresholds."""
     sizes = sorted(int(n) for n in members["N"].unique())
-    data = members.assign(size=members["N"].astype(int).astype(str))
-    lo = min(data["energy_per_n"].min(), -e_0) - 0.02
-    hi = data["energy_per_n"].max() + 0.02
-    sns.histplot(data, x="energy_per_n", hue="size", hue_order=[str(n) for n in sizes], bins=np.linspace(lo, hi, 60),
-                 element="step", stat="density", common_norm=False, palette=sns.color_palette("viridis", len(sizes)), ax=ax)
-    ax.axvline(-e_0, color="k", ls="-", lw=1)
-    ax.axvline(-e_inf, color="k", ls="--", lw=1)
-    ax.text(-e_0, 1.0, " -E_0", transform=ax.get_xaxis_transform(), va="top", ha="right", fontsize=7)
-    ax.text(-e_inf, 0.94, " -E_inf", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=7)
-    ax.get_legend().set_title("N")
-    ax.set_xlabel("H / N at the endpoints")
+    step_histograms(ax, {str(n): members.loc[members["N"] == n, "energy_per_n"].to_numpy() for n in sizes},
+                    sequential_colors(len(sizes)))
+    ax.axvline(-e_0, color="k", ls="-", lw=1, label=r"$-E_0$ (ground state, $N\to\infty$)")
+    ax.axvline(-e_inf, color="k", ls="--", lw=1, label=r"$-E_\infty$ (threshold)")
+    ax.axvspan(*BAND, color="0.92", zorder=0, label=f"band [{BAND[0]:g}, {BAND[1]:g}]")
+    ax.legend(title="$N$ (spins)", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the data
+    ax.set_xlabel("$H/N$ at the gradient-descent endpoints")
+    ax.set_ylabel("density")
 
 
 def histogram_figure(members: pd.DataFrame, p: int, e_0: float, e_inf: float) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _energy_axes(ax, members, e_0, e_inf)
-    ax.set_title(f"spherical {p}-spin glass: gradient-descent endpoints per N")
+    ax.set_title(f"spherical {p}-spin glass: endpoints per $N$")
     return fig
 
 
 def mean_figure(table: pd.DataFrame, fit: pd.DataFrame, e_0: float, e_inf: float) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar(table["N"], table["mean"], yerr=table["sem"], marker="o", ls="none", capsize=3, label="mean H/N (sem)")
-    grid = np.linspace(table["N"].min() * 0.9, table["N"].max() * 1.1, 200)
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    ax.errorbar(table["N"], table["mean"], yerr=table["sem"], marker="o", ls="none", capsize=3, color="k",
+                label=r"mean $H/N$ ($\pm$ s.e.m.)")
+    grid = np.geomspace(table["N"].min() * 0.9, table["N"].max() * 1.1, 200)
     c = float(fit["c"].iloc[0])
-    ax.plot(grid, -e_inf + c * grid ** (-2.0 / 3.0), label=f"-E_inf + {c:.3f} N^(-2/3)")
-    ax.axhline(-e_inf, color="k", ls="--", lw=1, label="-E_inf")
-    ax.axhline(-e_0, color="k", lw=1, label="-E_0")
-    ax.set_xscale("log")
-    ax.set_xlabel("N")
-    ax.set_ylabel("mean H / N")
-    ax.legend(fontsize=7)
+    ax.plot(grid, finite_size_mean(grid, c, e_inf), color="tab:blue", label=rf"$-E_\infty + {c:.3f}\,N^{{-2/3}}$ (fit)")
+    ax.axhline(-e_inf, color="k", ls="--", lw=1, label=rf"$-E_\infty = {-e_inf:.4f}$")
+    ax.axhline(-e_0, color="k", lw=1, label=rf"$-E_0 = {-e_0:.4f}$")
+    log_axis(ax, table["N"], "x")
+    ax.set_xlabel("$N$ (spins)")
+    ax.set_ylabel("mean $H/N$ at the endpoints")
+    ax.legend()
     return fig
 
 
 def load_networks(source: Path) -> pd.DataFrame:
     """Non-diverged members of a network width sweep with a ``normalized_test_loss`` column (one min-max map)."""
-    path = store.results_file(source)
+    path = results_path(source)
     nets = store.load_members(path)
     if nets.empty or not {"width", "final_test_loss"} <= set(nets.columns):
         raise AnalysisError(f"{path}: --networks needs members with width and final_test_loss (a training width sweep)")
@@ -155,16 +186,15 @@ def load_networks(source: Path) -> pd.DataFrame:
 
 
 def side_by_side_figure(members: pd.DataFrame, nets: pd.DataFrame, p: int, e_0: float, e_inf: float) -> plt.Figure:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.2))
     _energy_axes(left, members, e_0, e_inf)
-    left.set_title(f"spin glass (p = {p})")
+    left.set_title(f"spin glass ($p = {p}$)")
     widths = sorted(int(w) for w in nets["width"].unique())
-    data = nets.assign(hidden_units=nets["width"].astype(int).astype(str))
-    sns.histplot(data, x="normalized_test_loss", hue="hidden_units", hue_order=[str(w) for w in widths],
-                 bins=np.linspace(0, 1, 60), element="step", stat="density", common_norm=False,
-                 palette=sns.color_palette("viridis", len(widths)), ax=right)
-    right.get_legend().set_title("hidden units")
+    step_histograms(right, {str(w): nets.loc[nets["width"] == w, "normalized_test_loss"].to_numpy() for w in widths},
+                    sequential_colors(len(widths)))
+    right.legend(title="hidden units", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     right.set_xlabel("test loss, min-max normalized over all widths")
+    right.set_ylabel("density")
     right.set_title("networks")
     return fig
 
@@ -174,21 +204,17 @@ def network_table(nets: pd.DataFrame) -> pd.DataFrame:
             .reset_index().rename(columns={"count": "networks"}))
 
 
+@one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="task=spinglass sweep directory, sweep.h5 or results.h5")
     parser.add_argument("--networks", type=Path, help="network width sweep (directory, sweep.h5 or results.h5)")
     parser.add_argument("--p", type=int, help="interaction order to analyse when the source holds several")
     parser.add_argument("--out", type=Path, help="output directory (default SOURCE/analysis/spinglass)")
     args = parser.parse_args(argv)
-    try:
-        members, p = load_spinglass(args.source, args.p)
-        nets = load_networks(args.networks) if args.networks else None
-    except (store.ResultsError, AnalysisError) as exc:
-        print(f"spinglass: {exc}", file=sys.stderr)
-        return 2
-    base = args.source if args.source.is_dir() else args.source.parent
-    out = args.out or (base / "analysis" / "spinglass")
+    members, p = load_spinglass(args.source, args.p)
+    nets = load_networks(args.networks) if args.networks else None
+    out = output_dir(args.source, PROG, args.out)
     e_0, e_inf = thresholds(p)
     table, fit = by_n_table(members, e_inf)
     save_table(table, out, "spinglass_by_N")

@@ -26,14 +26,22 @@ points.
   biases are random too and, under ``filter``, join their neuron's row (the norm of [W_i, b_i] is
   matched); batch-norm scale/shift vectors, one number per neuron, are matched tensor-wise.
 
+  A direction drawn without a seed gets a fresh one (``fresh_seed``), returned with
+  ``return_seed=True`` so it can be stored; explicit seeds are reproducible. ``orthogonalize=True``
+  orthogonalizes block by block *before* normalizing, so the plane's two directions are both
+  normalized and exactly orthogonal (``random_directions``).
+
+Long grids report progress through a ``progress(n)`` callback (points evaluated so far, in batches).
+
 Shapes: theta [P] float64 flat vectors in the canonical order of ``models.param_shapes``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from surfacekit.models import MLPSpec, param_shapes
@@ -45,6 +53,8 @@ BIAS_BN = ("zero", "include")
 # (on digits, P = 2410, chunks of 8-32 points ran a 51x51 slice about 1.5-2x faster than 256);
 # on a GPU larger chunks keep the device busy.
 MEMORY_BUDGET_BYTES = {"cpu": 2**25, "cuda": 2**30}
+# A progress callback: called with the number of grid points just evaluated (e.g. a tqdm bar's ``update``).
+Progress = Callable[[int], object]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -66,11 +76,14 @@ def points_per_batch(spec: MLPSpec, num_examples: int, chunk_size: int | None = 
 def evaluate_affine(
     spec: MLPSpec, origin: torch.Tensor | None, basis: torch.Tensor, coords: torch.Tensor,
     x: torch.Tensor, y: torch.Tensor, loss: str, chunk_size: int | None = None, batch_points: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and error [G] at the points ``origin + coords @ basis``.
 
     origin [P] or None (zero), basis [B, P], coords [G, B]. Points are formed and evaluated as a
     population ``batch_points`` at a time (default: ``points_per_batch``); data in ``chunk_size`` chunks.
+    ``progress(n)``, when given, is called after every batch with the number of points it held (so
+    ``progress=tqdm_bar.update`` counts G points). Cost: G forward passes over the data.
     """
     basis = basis.to(x.dtype)
     coords = coords.to(x.dtype)
@@ -84,6 +97,8 @@ def evaluate_affine(
         l, e = evaluate(spec, unflatten(pts, spec), x, y, loss, chunk_size)
         losses.append(l)
         errors.append(e)
+        if progress is not None:
+            progress(len(pts))
     return torch.cat(losses), torch.cat(errors)
 
 
@@ -150,9 +165,11 @@ def is_monotone(alphas: torch.Tensor, losses: torch.Tensor, rtol: float = 1e-9) 
 def interpolate(
     spec: MLPSpec, theta0: torch.Tensor, theta1: torch.Tensor, data, loss: str,
     alphas: torch.Tensor | None = None, splits: Sequence[str] = ("train", "test"),
-    chunk_size: int | None = None, batch_points: int | None = None,
+    chunk_size: int | None = None, batch_points: int | None = None, progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss and error along theta(a) = (1 - a) theta0 + a theta1 for every a of ``alphas`` [A].
+
+    ``progress`` counts A points per split (see :func:`evaluate_affine`).
 
     Returns ``alpha`` [A], ``{split}_loss`` / ``{split}_error`` [A], the endpoint values
     ``{split}_loss0`` / ``{split}_loss1`` (evaluated at theta0, theta1 themselves) and the barriers
@@ -163,7 +180,7 @@ def interpolate(
     coords = torch.stack([1 - alphas, alphas], dim=1)
     out: dict[str, torch.Tensor] = {"alpha": alphas}
     for split, (x, y) in _splits(data, splits).items():
-        l, e = evaluate_affine(spec, None, basis, coords, x, y, loss, chunk_size, batch_points)
+        l, e = evaluate_affine(spec, None, basis, coords, x, y, loss, chunk_size, batch_points, progress)
         ends, _ = evaluate_points(spec, basis.to(x.dtype), x, y, loss, chunk_size)
         l0, l1 = float(ends[0]), float(ends[1])
         out[f"{split}_loss"], out[f"{split}_error"] = l, e
@@ -175,70 +192,156 @@ def interpolate(
 
 # ------------------------------------------------------------------------------- directions
 
-def _layer_names(spec: MLPSpec, i: int) -> tuple[str, str | None]:
-    return f"layers.{i}.weight", (f"layers.{i}.bias" if spec.bias else None)
+def fresh_seed() -> int:
+    """A seed drawn from OS entropy (``numpy.random.SeedSequence``), in [0, 2**63) so it fits int64."""
+    return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def normalize_direction(spec: MLPSpec, direction: torch.Tensor, theta: torch.Tensor,
-                        normalization: str = "filter", bias_bn: str = "zero", eps: float = 1e-300) -> torch.Tensor:
-    """Rescale a raw direction [P] against theta [P] (``filter``, ``layer`` or ``none``; see the module docstring)."""
+def normalization_blocks(spec: MLPSpec, normalization: str = "filter", bias_bn: str = "zero") -> tuple[torch.Tensor, int]:
+    """The blocks that ``normalization`` rescales: (block id [P] int64, number of blocks).
+
+    ``filter``: one block per row of every weight matrix (joined by its bias entry when
+    ``bias_bn="include"``), one per batch-norm tensor; ``layer``: one block per parameter tensor;
+    ``none``: a single block. Entries whose direction is zero (biases and batch-norm vectors under
+    ``bias_bn="zero"``) get id -1.
+
+    Raises:
+        ValueError: an unknown ``normalization`` or ``bias_bn``.
+    """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization={normalization!r}; choose one of {list(NORMALIZATIONS)}")
     if bias_bn not in BIAS_BN:
         raise ValueError(f"bias_bn={bias_bn!r}; choose one of {list(BIAS_BN)}")
-    d = {k: v[0].clone() for k, v in unflatten(direction, spec).items()}
-    t = {k: v[0] for k, v in unflatten(theta.to(direction.dtype), spec).items()}
-    include = bias_bn == "include"
-    for name in d:
-        if not name.endswith("weight") and not include:
-            d[name].zero_()
-    if normalization == "layer":
-        for name in d:
-            if include or name.endswith("weight"):
-                d[name] *= t[name].norm() / d[name].norm().clamp_min(eps)
-    elif normalization == "filter":
-        for i in range(spec.num_layers):
-            wname, bname = _layer_names(spec, i)
-            rows_d, rows_t = d[wname], t[wname]
-            if include and bname is not None:
-                rows_d = torch.cat([rows_d, d[bname].unsqueeze(1)], dim=1)
-                rows_t = torch.cat([rows_t, t[bname].unsqueeze(1)], dim=1)
-            scale = rows_t.norm(dim=1) / rows_d.norm(dim=1).clamp_min(eps)
-            d[wname] *= scale.unsqueeze(1)
-            if include and bname is not None:
-                d[bname] *= scale
-        if include:  # batch-norm vectors: one number per neuron, matched tensor-wise
-            for name in d:
-                if name.endswith(("bn_scale", "bn_shift")):
-                    d[name] *= t[name].norm() / d[name].norm().clamp_min(eps)
-    return torch.cat([d[name].reshape(-1) for name in param_shapes(spec)])
+    ids, count, row_start = [], 0, {}
+    for name, shape in param_shapes(spec).items():
+        size = math.prod(shape)
+        layer = name.rsplit(".", 1)[0]
+        if not name.endswith("weight") and bias_bn == "zero":
+            ids.append(torch.full((size,), -1, dtype=torch.long))
+        elif normalization == "none":
+            ids.append(torch.zeros(size, dtype=torch.long))
+            count = 1
+        elif normalization == "filter" and name.endswith("weight"):
+            row_start[layer] = count
+            ids.append(count + torch.arange(shape[0]).repeat_interleave(shape[1]))
+            count += shape[0]
+        elif normalization == "filter" and name.endswith("bias"):
+            ids.append(row_start[layer] + torch.arange(size))
+        else:
+            ids.append(torch.full((size,), count, dtype=torch.long))
+            count += 1
+    return torch.cat(ids), count
+
+
+def _block_sums(values: torch.Tensor, ids: torch.Tensor, count: int) -> torch.Tensor:
+    """Sums of ``values`` [..., P] over each block: [..., count] (entries with id -1 are left out)."""
+    keep = ids >= 0
+    out = values.new_zeros(*values.shape[:-1], count)
+    return out.index_add_(-1, ids[keep], values[..., keep])
+
+
+def normalize_direction(spec: MLPSpec, direction: torch.Tensor, theta: torch.Tensor,
+                        normalization: str = "filter", bias_bn: str = "zero", eps: float = 1e-300) -> torch.Tensor:
+    """Rescale a raw direction [P] against theta [P] (``filter``, ``layer`` or ``none``; see the module docstring).
+
+    Every block of :func:`normalization_blocks` is multiplied by ||theta_block|| / ||d_block|| (``none``:
+    by 1); entries outside every block are zeroed. A zero block of theta gives a zero block.
+
+    Raises:
+        ValueError: an unknown ``normalization`` or ``bias_bn``.
+    """
+    ids, count = normalization_blocks(spec, normalization, bias_bn)
+    d = torch.where(ids >= 0, direction, torch.zeros((), dtype=direction.dtype))
+    if normalization == "none":
+        return d
+    t = theta.to(direction.dtype)
+    scale = _block_sums(t * t, ids, count).sqrt() / _block_sums(d * d, ids, count).sqrt().clamp_min(eps)
+    return d * scale[ids.clamp_min(0)]
+
+
+def orthogonalize_blocks(directions: torch.Tensor, ids: torch.Tensor, count: int) -> torch.Tensor:
+    """Gram-Schmidt of ``directions`` [C, P] within every block (twice, for float64 accuracy).
+
+    Direction i is made orthogonal to directions 0..i-1 inside each block, so any later positive
+    rescaling of whole blocks (filter or layer normalization) keeps the directions exactly orthogonal.
+    """
+    out = directions.clone()
+    for i in range(1, len(out)):
+        for _ in range(2):
+            for j in range(i):
+                dot = _block_sums(out[i] * out[j], ids, count)
+                norm2 = _block_sums(out[j] * out[j], ids, count)
+                coef = torch.where(norm2 > 0, dot / norm2.clamp_min(torch.finfo(out.dtype).tiny), torch.zeros_like(dot))
+                out[i] = out[i] - torch.where(ids >= 0, coef[ids.clamp_min(0)], torch.zeros_like(out[i])) * out[j]
+    return out
 
 
 def random_direction(spec: MLPSpec, theta: torch.Tensor, seed: int | None = None, generator: torch.Generator | None = None,
-                     normalization: str = "filter", bias_bn: str = "zero") -> torch.Tensor:
-    """A seeded Gaussian direction [P] (float64), normalized against theta [P]."""
-    if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    raw = torch.randn(theta.numel(), generator=generator, dtype=torch.float64)
-    return normalize_direction(spec, raw, theta.detach().cpu().to(torch.float64), normalization, bias_bn).to(theta.device)
+                     normalization: str = "filter", bias_bn: str = "zero", return_seed: bool = False):
+    """A Gaussian direction [P] (float64), normalized against theta [P].
 
+    ``seed=None`` (and no ``generator``) draws a fresh seed (:func:`fresh_seed`), so two default calls
+    give independent directions; ``return_seed=True`` returns ``(direction, seed)`` to record it
+    (seed None when a ``generator`` was passed). An explicit seed is reproducible.
 
-def random_directions(spec: MLPSpec, theta: torch.Tensor, count: int, seed: int = 0, normalization: str = "filter",
-                      bias_bn: str = "zero", orthogonalize: bool = False) -> torch.Tensor:
-    """``count`` directions [count, P] from one seeded generator.
-
-    ``orthogonalize`` makes the second direction orthogonal to the first (Gram-Schmidt on the raw
-    directions' normalized versions, then renormalized); off by default as in Li et al.
+    Raises:
+        ValueError: an unknown ``normalization`` or ``bias_bn``; both ``seed`` and ``generator``.
     """
-    gen = torch.Generator().manual_seed(int(seed))
-    dirs = [random_direction(spec, theta, generator=gen, normalization=normalization, bias_bn=bias_bn) for _ in range(count)]
-    if orthogonalize:
-        for i in range(1, count):
-            v = dirs[i]
-            for u in dirs[:i]:
-                v = v - (v @ u) / (u @ u) * u
-            dirs[i] = normalize_direction(spec, v, theta, normalization, bias_bn)
-    return torch.stack(dirs)
+    if generator is not None and seed is not None:
+        raise ValueError("pass a seed or a generator, not both (the generator would silently win)")
+    if generator is None:
+        seed = fresh_seed() if seed is None else int(seed)
+        generator = torch.Generator().manual_seed(seed)
+    raw = torch.randn(theta.numel(), generator=generator, dtype=torch.float64)
+    d = normalize_direction(spec, raw, theta.detach().cpu().to(torch.float64), normalization, bias_bn).to(theta.device)
+    return (d, seed) if return_seed else d
+
+
+def random_directions(spec: MLPSpec, theta: torch.Tensor, count: int, seed: int | None = None, normalization: str = "filter",
+                      bias_bn: str = "zero", orthogonalize: bool = False, return_seed: bool = False):
+    """``count`` directions [count, P] (float64) from one generator, each normalized against theta [P].
+
+    Directions are drawn in order from one generator, so the first of ``count`` equals the only one of
+    ``count=1`` with the same seed. ``seed=None`` draws a fresh seed; ``return_seed=True`` returns
+    ``(directions, seed)``.
+
+    ``orthogonalize=True`` (off by default, as in Li et al. 2018) makes the normalized directions
+    exactly orthogonal in the Euclidean inner product of parameter space, the one the plane
+    theta + x d1 + y d2 is drawn in: the raw directions are Gram-Schmidt orthogonalized block by
+    block (the blocks of :func:`normalization_blocks`: filters, tensors, or the whole vector), *then*
+    normalized. Normalization multiplies each block by a positive number, which keeps block-wise
+    orthogonality, so the result is both normalized and orthogonal (|cos| ~ 1e-16). Orthogonalizing
+    after normalizing and normalizing again would undo it.
+
+    Raises:
+        ValueError: an unknown ``normalization`` or ``bias_bn``; ``orthogonalize`` with a block of fewer
+            than ``count`` entries (e.g. filter normalization of a one-input layer), where no
+            orthogonal normalized directions of this form exist.
+    """
+    seed = fresh_seed() if seed is None else int(seed)
+    gen = torch.Generator().manual_seed(seed)
+    ids, blocks = normalization_blocks(spec, normalization, bias_bn)
+    raw = torch.randn(count, theta.numel(), generator=gen, dtype=torch.float64)
+    if orthogonalize and count > 1:
+        sizes = torch.bincount(ids[ids >= 0], minlength=blocks)
+        if len(sizes) and int(sizes.min()) < count:
+            small = int(torch.nonzero(ids == int(sizes.argmin()))[0])
+            name = next(n for n, stop in _name_stops(spec) if small < stop)
+            raise ValueError(f"orthogonalize=True: {name} has {normalization} blocks of {int(sizes.min())} entries, fewer than "
+                             f"{count} directions; use normalization='layer' or 'none', bias_bn='include', or orthogonalize=False")
+        raw = orthogonalize_blocks(raw, ids, blocks)
+    t = theta.detach().cpu().to(torch.float64)
+    dirs = torch.stack([normalize_direction(spec, r, t, normalization, bias_bn) for r in raw]).to(theta.device)
+    return (dirs, seed) if return_seed else dirs
+
+
+def _name_stops(spec: MLPSpec) -> list[tuple[str, int]]:
+    """(parameter name, end offset in the flat vector), in the canonical order."""
+    stops, end = [], 0
+    for name, shape in param_shapes(spec).items():
+        end += math.prod(shape)
+        stops.append((name, end))
+    return stops
 
 
 # ----------------------------------------------------------------------------------- slices
@@ -255,27 +358,35 @@ def slice_grid(num: int = 51, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor
 
 def slice_1d(spec: MLPSpec, theta: torch.Tensor, direction: torch.Tensor, data, loss: str,
              xs: torch.Tensor | None = None, splits: Sequence[str] = ("train", "test"),
-             chunk_size: int | None = None, batch_points: int | None = None) -> dict[str, torch.Tensor]:
-    """L(theta + x d) for x in ``xs`` [X]: ``x`` and ``{split}_loss`` / ``{split}_error`` [X]."""
+             chunk_size: int | None = None, batch_points: int | None = None,
+             progress: Progress | None = None) -> dict[str, torch.Tensor]:
+    """L(theta + x d) for x in ``xs`` [X]: ``x`` and ``{split}_loss`` / ``{split}_error`` [X].
+
+    ``progress`` counts X points per split (see :func:`evaluate_affine`)."""
     xs = slice_grid() if xs is None else torch.as_tensor(xs, dtype=torch.float64)
     out = {"x": xs}
     for split, (xx, yy) in _splits(data, splits).items():
-        l, e = evaluate_affine(spec, theta, direction.unsqueeze(0), xs.unsqueeze(1), xx, yy, loss, chunk_size, batch_points)
+        l, e = evaluate_affine(spec, theta, direction.unsqueeze(0), xs.unsqueeze(1), xx, yy, loss, chunk_size, batch_points,
+                              progress)
         out[f"{split}_loss"], out[f"{split}_error"] = l, e
     return out
 
 
 def slice_2d(spec: MLPSpec, theta: torch.Tensor, directions: torch.Tensor, data, loss: str,
              xs: torch.Tensor | None = None, ys: torch.Tensor | None = None, splits: Sequence[str] = ("train", "test"),
-             chunk_size: int | None = None, batch_points: int | None = None) -> dict[str, torch.Tensor]:
-    """L(theta + x d1 + y d2) on the grid ``xs`` [X] x ``ys`` [Y]: ``x``, ``y`` and ``{split}_loss`` / ``_error`` [X, Y]."""
+             chunk_size: int | None = None, batch_points: int | None = None,
+             progress: Progress | None = None) -> dict[str, torch.Tensor]:
+    """L(theta + x d1 + y d2) on the grid ``xs`` [X] x ``ys`` [Y]: ``x``, ``y`` and ``{split}_loss`` / ``_error`` [X, Y].
+
+    ``progress`` counts X * Y points per split (see :func:`evaluate_affine`); a 51 x 51 slice is 2601
+    network evaluations over the data per split, seconds to a minute on a CPU."""
     xs = slice_grid() if xs is None else torch.as_tensor(xs, dtype=torch.float64)
     ys = xs if ys is None else torch.as_tensor(ys, dtype=torch.float64)
     gx, gy = torch.meshgrid(xs, ys, indexing="ij")
     coords = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
     out = {"x": xs, "y": ys}
     for split, (xx, yy) in _splits(data, splits).items():
-        l, e = evaluate_affine(spec, theta, directions[:2], coords, xx, yy, loss, chunk_size, batch_points)
+        l, e = evaluate_affine(spec, theta, directions[:2], coords, xx, yy, loss, chunk_size, batch_points, progress)
         out[f"{split}_loss"], out[f"{split}_error"] = l.reshape(len(xs), len(ys)), e.reshape(len(xs), len(ys))
     return out
 

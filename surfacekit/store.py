@@ -269,6 +269,7 @@ class AnalysisRef:
     task: str
     end_time: str
     jobs: dict[str, tuple[str, str]] = field(default_factory=dict)  # job -> (source_run_id, source_path)
+    settings: Any = None  # the task's settings (JSON attribute ``settings``)
 
 
 @dataclass
@@ -306,7 +307,11 @@ def _analysis_ref(name: str, file: Path, g: h5py.Group, prefix: str) -> Analysis
     jobs = {}
     for job, sub in g.get("jobs", {}).items():
         jobs[job] = (str(sub.attrs.get("source_run_id", "")), str(sub.attrs.get("source_path", "")))
-    return AnalysisRef(name, file, prefix, str(g.attrs.get("task", "")), str(g.attrs.get("end_time", "")), jobs)
+    try:
+        settings = json.loads(str(g.attrs.get("settings", "null")))
+    except ValueError:
+        settings = None
+    return AnalysisRef(name, file, prefix, str(g.attrs.get("task", "")), str(g.attrs.get("end_time", "")), jobs, settings)
 
 
 def collect(source: str | os.PathLike) -> Collection:
@@ -482,6 +487,9 @@ def load_members(source: str | os.PathLike, analyses: str = "latest") -> pd.Data
     for job in col.jobs.values():
         f, g = _open(job)
         with f:
+            if "members" not in g:
+                raise ResultsError(f"{job.file}: job {job.name!r} has no /members group: not the results of a training "
+                                   "or spin-glass job")
             frame = _members_frame(g)
             overrides = json.loads(str(g.attrs.get("overrides", "[]")) or "[]")
             typed = _typed_overrides(overrides, _job_config(g))

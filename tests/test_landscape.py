@@ -78,8 +78,96 @@ def test_directions_are_seeded():
     assert torch.equal(a, ls.random_directions(SPEC, theta, 2, seed=5))
     assert not torch.equal(a, ls.random_directions(SPEC, theta, 2, seed=6))
     assert not torch.equal(a[0], a[1])
-    orth = ls.random_directions(SPEC, theta, 2, seed=5, orthogonalize=True, normalization="none")
-    assert abs(orth[0] @ orth[1]) < 1e-10 * orth[0].norm() * orth[1].norm()
+
+
+def cosine(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def filter_rows(spec, d, include_bias):
+    """Norms [rows] of every filter (weight row, with its bias when included), all layers."""
+    p = unflatten(d, spec)
+    rows = []
+    for i in range(spec.num_layers):
+        w = p[f"layers.{i}.weight"][0]
+        rows.append(torch.cat([w, p[f"layers.{i}.bias"][0].unsqueeze(1)], 1) if include_bias else w)
+    return torch.cat([r.norm(dim=1) for r in rows])
+
+
+@pytest.mark.parametrize("bias_bn", ["zero", "include"])
+@pytest.mark.parametrize("normalization", ["filter", "layer", "none"])
+def test_orthogonalized_plane_is_orthogonal_and_normalized(normalization, bias_bn):
+    """Issue 22: orthogonalize, then normalize, used to leave cos -3.2e-4 (filter) and -1.8e-5 (layer)."""
+    spec = MLPSpec(in_dim=64, widths=(8, 5), out_dim=10)
+    theta = member(spec, 4)
+    p = unflatten(theta, spec)
+    p["layers.0.weight"][0, 3] = 0.0  # a dead unit: a zero filter of theta* gives a zero filter of the direction
+    p["layers.1.weight"][0, 1] *= 1e-8  # a tiny filter
+    theta = flatten(p)[0]
+    plain = ls.random_directions(spec, theta, 2, seed=11, normalization=normalization, bias_bn=bias_bn)
+    orth = ls.random_directions(spec, theta, 2, seed=11, normalization=normalization, bias_bn=bias_bn, orthogonalize=True)
+    assert abs(cosine(plain[0], plain[1])) > 1e-3  # the test can fail: unorthogonalized directions are not orthogonal
+    assert abs(cosine(orth[0], orth[1])) < 1e-12
+    assert torch.equal(orth[0], plain[0])  # the first direction is untouched
+    for d in orth:  # and both are still normalized as promised
+        single = ls.normalize_direction(spec, d, theta, normalization, bias_bn)
+        torch.testing.assert_close(single, d, rtol=1e-12, atol=0)
+        if normalization == "filter":
+            torch.testing.assert_close(filter_rows(spec, d, bias_bn == "include"),
+                                       filter_rows(spec, theta, bias_bn == "include"), rtol=1e-12, atol=0)
+        if bias_bn == "zero":
+            assert (unflatten(d, spec)["layers.1.bias"] == 0).all()
+
+
+def test_orthogonalized_plane_with_batch_norm_and_three_directions():
+    spec = MLPSpec(in_dim=64, widths=(6, 6), out_dim=10, batch_norm=True)
+    theta = member(spec, 0)
+    dirs = ls.random_directions(spec, theta, 3, seed=2, bias_bn="include", orthogonalize=True)
+    gram = dirs @ dirs.T / torch.outer(dirs.norm(dim=1), dirs.norm(dim=1))
+    assert (gram - torch.eye(3, dtype=gram.dtype)).abs().max() < 1e-12
+
+
+def test_orthogonalize_refuses_filters_too_small_to_hold_two_orthogonal_directions():
+    spec = MLPSpec(in_dim=1, widths=(4,), out_dim=1)
+    theta = member(spec, 0)
+    with pytest.raises(ValueError, match="layers.0.weight has filter blocks of 1 entries"):
+        ls.random_directions(spec, theta, 2, seed=0, orthogonalize=True)
+    both = ls.random_directions(spec, theta, 2, seed=0, orthogonalize=True, bias_bn="include")  # [W_i, b_i]: 2 entries
+    assert abs(cosine(both[0], both[1])) < 1e-12
+
+
+def test_default_seed_is_fresh_and_recorded_explicit_seeds_reproduce():
+    """Issue 22: the default seed behaved as seed 0, so a 2D slice of two default directions was a line."""
+    theta = member(SPEC, 2)
+    a, seed_a = ls.random_direction(SPEC, theta, return_seed=True)
+    b, seed_b = ls.random_direction(SPEC, theta, return_seed=True)
+    assert seed_a != seed_b and 0 <= seed_a < 2**63
+    assert abs(cosine(a, b)) < 0.5  # two independent draws, not one direction twice
+    assert torch.equal(ls.random_direction(SPEC, theta, seed=seed_a), a)  # the recorded seed reproduces it
+    assert not torch.equal(ls.random_direction(SPEC, theta), ls.random_direction(SPEC, theta))
+    dirs, seed = ls.random_directions(SPEC, theta, 2, return_seed=True)
+    assert torch.equal(ls.random_directions(SPEC, theta, 2, seed=seed), dirs)
+    assert not torch.equal(ls.random_directions(SPEC, theta, 2)[0], dirs[0])
+    assert torch.equal(ls.random_directions(SPEC, theta, 2, seed=7), ls.random_directions(SPEC, theta, 2, seed=7))
+    assert torch.equal(ls.random_directions(SPEC, theta, 1, seed=7)[0], ls.random_direction(SPEC, theta, seed=7))
+    with pytest.raises(ValueError, match="not both"):
+        ls.random_direction(SPEC, theta, seed=1, generator=torch.Generator())
+
+
+def test_progress_counts_every_grid_point(digits64):
+    theta = member(SPEC, 0)
+    dirs = ls.random_directions(SPEC, theta, 2, seed=0)
+    calls = []
+    ls.slice_2d(SPEC, theta, dirs, digits64, "cross_entropy", ls.slice_grid(5), ls.slice_grid(3), batch_points=4,
+                progress=calls.append)
+    assert sum(calls) == 2 * 5 * 3 and len(calls) == 2 * 4 and max(calls) == 4  # two splits, batches of 4 points
+    calls.clear()
+    ls.interpolate(SPEC, theta, dirs[0], digits64, "cross_entropy", ls.interpolation_alphas(11), splits=("train",),
+                   progress=calls.append)
+    assert sum(calls) == 11
+    calls.clear()
+    ls.slice_1d(SPEC, theta, dirs[0], digits64, "cross_entropy", ls.slice_grid(7), splits=("test",), progress=calls.append)
+    assert sum(calls) == 7
 
 
 def test_slice_origin_is_the_solution_loss(digits64):
