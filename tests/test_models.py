@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from surfacekit.models import MLPSpec, forward, member_errors, member_losses, num_params, param_shapes
-from surfacekit.population import (
-    evaluate, flatten, gradient_norms, init_population, member_loss_fn, member_seed, unflatten,
-)
+from surfacekit.objective import gradient_norms
+from surfacekit.population import evaluate, flatten, init_population, member_loss_fn, member_seed, unflatten
 
 SPECS = [
     MLPSpec(6, (5,), 3),

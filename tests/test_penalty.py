@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from surfacekit.config import group_defaults
 from surfacekit.data import load_data
 from surfacekit.models import MLPSpec
 from surfacekit.population import init_population, member_seed
@@ -9,7 +10,8 @@ from surfacekit.train import backprop, penalty
 
 SPEC = MLPSpec(64, (16, 16), 10, "tanh", init="orthogonal")
 SEEDS = [member_seed(4, k) for k in range(2)]
-FAST = {"stages": 6, "alternations": 3, "w_steps": 5, "z_steps": 5, "refit_steps": 30}
+PENALTY = group_defaults("trainer", "penalty")
+FAST = {**PENALTY, "stages": 6, "alternations": 3, "w_steps": 5, "z_steps": 5, "refit_steps": 30}
 
 
 def run(data, seeds=SEEDS, spec=SPEC, **trainer):
@@ -130,8 +132,9 @@ def test_escapes_poor_initialization_where_sgd_stays_at_chance():
     spec = MLPSpec(64, (32,) * 8, 10, "tanh", init="normal", init_std=0.05)
     seeds = [member_seed(0, 0)]
     sgd = backprop.train(spec, data, init_population(spec, seeds), seeds, {"name": "momentum", "lr": 0.01, "momentum": 0.9},
-                         {"epochs": 50, "batch_size": 50, "eval_every": 50}, "cross_entropy", progress=False)
-    pen = penalty.train(spec, data, init_population(spec, seeds), seeds, {}, {"stages": 4, "alternations": 3},
+                         {**group_defaults("trainer", "backprop"), "epochs": 50, "batch_size": 50, "eval_every": 50},
+                         "cross_entropy", progress=False)
+    pen = penalty.train(spec, data, init_population(spec, seeds), seeds, {}, {**PENALTY, "stages": 4, "alternations": 3},
                         "cross_entropy", progress=False)
     sgd_loss, pen_loss = sgd.curves["train_loss"][0, -1], pen.curves["train_loss"][0, -1]
     assert sgd_loss > 2.2  # chance: log(10) = 2.303
