@@ -111,3 +111,32 @@ def test_dtp_matches_backprop_and_tp_fails_full_size():
     errors = compare(MLPSpec(64, (240,) * 7, 10, "tanh", init="orthogonal"), 100, [member_seed(0, 0)])
     assert errors["dtp"] <= errors["backprop"] + 1.5, errors
     assert errors["tp"] >= errors["backprop"] + 20, errors
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_root_rmsprop_equals_torch_rmsprop_with_zero_epsilon(centered, momentum):
+    """With eps = 0 the root form (eps inside the root) and torch's (eps outside) coincide."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) for _ in range(6)]
+    ours = start.clone()
+    opt = dtp.RootRMSprop([ours], decay=0.95, momentum=momentum, eps=0.0, centered=centered)
+    ref = start.clone().requires_grad_(True)
+    torch_opt = torch.optim.RMSprop([ref], lr=0.01, alpha=0.95, eps=0.0, momentum=momentum, centered=centered)
+    for g in grads:
+        opt.step([g], 0.01)
+        ref.grad = g.clone()
+        torch_opt.step()
+        torch.testing.assert_close(ours, ref.detach(), rtol=1e-12, atol=1e-14)
+    # per-member learning rates [K] equal separate optimizers with those rates
+    rates = torch.tensor([0.01, 0.002, 0.03], dtype=torch.float64)
+    stacked = start.clone()
+    opt = dtp.RootRMSprop([stacked], decay=0.95, momentum=momentum, eps=1e-3, centered=centered)
+    singles = [start[k].clone() for k in range(3)]
+    single_opts = [dtp.RootRMSprop([singles[k]], 0.95, momentum, 1e-3, centered) for k in range(3)]
+    for g in grads:
+        opt.step([g], rates)
+        for k in range(3):
+            single_opts[k].step([g[k]], float(rates[k]))
+    torch.testing.assert_close(stacked, torch.stack(singles), rtol=1e-13, atol=0)
