@@ -158,7 +158,8 @@ def stacked_lstsq(u, d, r, weight, mu, wd, decayed):
 def test_gauss_newton_direction_equals_lstsq(wd):
     gen = torch.Generator().manual_seed(2)
     k, n, p, out = 2, 40, 6, 3
-    u = torch.cat([torch.randn(k, n, p - 1, generator=gen, dtype=torch.float64), torch.ones(k, n, 1, dtype=torch.float64)], -1)
+    inputs = torch.randn(k, n, p - 1, generator=gen, dtype=torch.float64)
+    u = torch.cat([inputs, torch.ones(k, n, 1, dtype=torch.float64)], -1)
     weight = torch.randn(k, out, p, generator=gen, dtype=torch.float64)
     post = torch.tanh(u @ weight.transpose(1, 2))
     d = 1 - post * post

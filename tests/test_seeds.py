@@ -14,7 +14,8 @@ def test_member_seeds_follow_seed_sequence():
 
 
 def test_streams_are_distinct_across_jobs_members_and_names():
-    seeds = {derive_seed(s, m, *key) for s in range(5) for m in range(20) for key in [(), *[(v,) for v in STREAMS.values()]]}
+    keys = [(), *[(v,) for v in STREAMS.values()]]
+    seeds = {derive_seed(s, m, *key) for s in range(5) for m in range(20) for key in keys}
     assert len(seeds) == 5 * 20 * (1 + len(STREAMS))
     # neighbouring job seeds share no member seeds (seed + offset schemes do)
     assert not {member_seed(0, k) for k in range(100)} & {member_seed(1, k) for k in range(100)}

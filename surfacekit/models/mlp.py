@@ -150,7 +150,8 @@ def init_member(spec: MLPSpec, seed: int, dtype: torch.dtype = torch.float64) ->
     return params
 
 
-def init_statistics(spec: MLPSpec, k: int, dtype: torch.dtype, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def init_statistics(spec: MLPSpec, k: int, dtype: torch.dtype,
+                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Initial running statistics [K, width] per hidden layer: means 0, variances 1 (torch's); {} without BN."""
     return {name: (torch.zeros if name.endswith("bn_mean") else torch.ones)((k, *shape), dtype=dtype, device=device)
             for name, shape in buffer_shapes(spec).items()}

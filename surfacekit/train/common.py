@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import trange
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec
+from surfacekit.models import MLPSpec, param_name
 from surfacekit.objective import L2, check_choices, gradient_norms, mode_statistics
 from surfacekit.population import Params, dataset_statistics, evaluate, flatten
 
@@ -57,9 +57,11 @@ def final_buffers(spec: MLPSpec, params: Mapping[str, torch.Tensor], x_train: to
     """The buffers of a :class:`TrainResult`: the exact full-training-set statistics of ``params``
     (``population.dataset_statistics``, chunked without changing them) under the evaluation names,
     and the ``running`` statistics renamed ``bn_running_mean`` / ``bn_running_var``; {} without batch norm."""
-    exact = dataset_statistics(spec, params, x_train, chunk_size)
-    renamed = {name.replace(".bn_", ".bn_running_"): value.clone() for name, value in running.items()}
-    return {**{k: v.detach() for k, v in exact.items()}, **renamed}
+    buffers = {name: value.detach() for name, value in dataset_statistics(spec, params, x_train, chunk_size).items()}
+    for i in range(len(spec.widths) if spec.batch_norm else 0):
+        for kind in ("mean", "var"):
+            buffers[param_name(i, f"bn_running_{kind}")] = running[param_name(i, f"bn_{kind}")].clone()
+    return buffers
 
 
 def minibatches(n: int, batch_size: int | None, gens: list[torch.Generator], device) -> Iterator[torch.Tensor | None]:

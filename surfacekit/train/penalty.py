@@ -41,7 +41,9 @@ import torch
 from tqdm.auto import trange
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec, activation_derivative, example_losses, forward, layer, layer_param_names, member_losses
+from surfacekit.models import (
+    MLPSpec, activation_derivative, example_losses, forward, layer, layer_param_names, member_losses,
+)
 from surfacekit.objective import check_choices, l2_coefficients as objective_l2
 from surfacekit.population import Params
 from surfacekit.train.common import Recorder, TrainResult
