@@ -428,3 +428,30 @@ def check_memory(cfg: DictConfig, num_params: int, num_examples: int) -> None:
             f"population.size={k} with {num_params} parameters per network needs about {format_gib(estimate)}, "
             f"more than the {format_gib(limit)} available (memory_limit_gb); reduce population.size or model.width"
         )
+
+
+def group_defaults(group: str, option: str) -> dict[str, Any]:
+    """The values of config group option ``group/option`` (e.g. ``trainer``, ``dtp``) as a plain dict.
+
+    Reads the packaged YAML (``surfacekit/conf/<group>/<option>.yaml``, via importlib.resources: the
+    one place that knows where conf/ lives) and applies its ``defaults`` list as Hydra does for
+    options of the same group (``- dtp`` merges ``dtp.yaml``; ``_self_`` places the file's own
+    values, last when absent). For direct use and tests; a job gets its config from Hydra.
+    Interpolations are left unresolved.
+
+    Raises:
+        FileNotFoundError: no such group or option.
+    """
+    from importlib import resources
+
+    path = resources.files("surfacekit.conf").joinpath(group, f"{option}.yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"no config option {group}={option} (looked for {path})")
+    node = OmegaConf.create(path.read_text())
+    entries = list(node.pop("defaults", []))
+    if "_self_" not in entries:
+        entries.append("_self_")
+    merged = OmegaConf.create()
+    for entry in entries:
+        merged = OmegaConf.merge(merged, node if entry == "_self_" else group_defaults(group, str(entry)))
+    return OmegaConf.to_container(merged, resolve=False)

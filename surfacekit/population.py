@@ -1,28 +1,35 @@
-"""Populations of K networks: seeds, stacked parameters, flat views, full-data evaluation.
+"""Populations of K networks: stacked parameters, flat views, full-data evaluation.
 
-A population's parameters are a dict of tensors with a leading member axis K (see models.py).
-``flatten`` / ``unflatten`` map them to and from [K, P] (or one member's [P]) in the canonical
-order of ``models.param_shapes``; ``member_loss_fn`` exposes one member's full-training-set loss
-as a function of a flat vector, the view every curvature tool and critical-point finder takes.
+A population's parameters are a dict of tensors with a leading member axis K (see
+``surfacekit.models``). ``flatten`` / ``unflatten`` map them to and from [K, P] (or one member's
+[P]) in the canonical order of ``models.param_shapes``. Full-data quantities are computed a chunk
+of examples at a time, every chunk weighted by its size, so chunking changes nothing but memory.
+
+Batch norm over the full data set has two definitions, chosen by ``statistics``: ``None`` (the
+default) normalizes with the statistics of the whole data set, computed exactly under chunking as a
+differentiable function of the parameters (``dataset_statistics``; *batch mode*); a dict of
+``layers.{i}.bn_mean`` / ``bn_var`` [K, width] normalizes with those fixed values (*evaluation mode*).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
-import numpy as np
 import torch
 
-from surfacekit.models import MLPSpec, forward, init_member, member_errors, member_losses, param_shapes
+from surfacekit.models import (
+    MLPSpec, Statistics, affine, forward, init_member, layer, member_errors, member_losses, param_name,
+    param_shapes, pooled_moments,
+)
+from surfacekit.seeds import member_seed
+
+__all__ = [
+    "Params", "chunks", "dataset_statistics", "evaluate", "flatten", "full_loss", "init_population",
+    "member_loss_fn", "member_seed", "unflatten",
+]
 
 Params = dict[str, torch.Tensor]
-
-
-def member_seed(seed: int, member: int) -> int:
-    """The seed of member ``member`` of a job with seed ``seed`` (independent streams, 63 bits)."""
-    state = np.random.SeedSequence([int(seed), int(member)]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def init_population(
@@ -39,7 +46,11 @@ def flatten(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def unflatten(flat: torch.Tensor, spec: MLPSpec) -> Params:
-    """Inverse of ``flatten``: [K, P] -> stacked parameters; a single [P] vector gets K = 1."""
+    """Inverse of ``flatten``: [K, P] -> stacked parameters; a single [P] vector gets K = 1.
+
+    Raises:
+        ValueError: the vector's length is not the spec's P.
+    """
     if flat.dim() == 1:
         flat = flat.unsqueeze(0)
     out, start = {}, 0
@@ -52,62 +63,98 @@ def unflatten(flat: torch.Tensor, spec: MLPSpec) -> Params:
     return out
 
 
-def _chunks(n: int, chunk_size: int | None, spec: MLPSpec):
-    # Batch norm uses the statistics of the batch it sees, so its full-data loss is unchunked.
-    size = n if (chunk_size is None or spec.batch_norm) else int(chunk_size)
+def chunks(n: int, chunk_size: int | None) -> Iterator[slice]:
+    """Slices of ``range(n)`` of at most ``chunk_size`` examples (one slice when None)."""
+    size = n if chunk_size is None else max(1, int(chunk_size))
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 
 
+def dataset_statistics(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                       chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Batch-norm statistics of the whole data set x [N, in], per member: ``layers.{i}.bn_mean`` and
+    ``bn_var`` (biased, divisor N) [K, width]; {} without batch norm.
+
+    They equal the moments a training-mode forward pass over all N examples at once normalizes
+    with, and are differentiable in ``params``. Chunked, they are computed layer by layer: layer i's
+    pre-activations need layer i-1's full-set statistics, so every chunk is passed through layers
+    0..i-1 again and the chunks' moments are pooled exactly (``models.pooled_moments``). Cost:
+    one forward pass without chunking; with c > 1 chunks, D(D+1)/2 layer passes over the data for D
+    hidden layers. Memory: one chunk's activations (plus autograd's graph when differentiating).
+    """
+    if not spec.batch_norm:
+        return {}
+    n = x.shape[0]
+    if chunk_size is None or chunk_size >= n:
+        return forward(spec, params, x, return_statistics=True)[1]
+    stats: dict[str, torch.Tensor] = {}
+    for i in range(len(spec.widths)):
+        counts, means, sums_sq = [], [], []
+        for sl in chunks(n, chunk_size):
+            h = x[sl]
+            for j in range(i):
+                h = layer(spec, params, j, h, stats)
+            z = affine(spec, params, i, h)
+            mean = z.mean(dim=1)
+            counts.append(sl.stop - sl.start)
+            means.append(mean)
+            sums_sq.append((z - mean.unsqueeze(1)).pow(2).sum(dim=1))
+        stats[param_name(i, "bn_mean")], stats[param_name(i, "bn_var")] = pooled_moments(counts, means, sums_sq)
+    return stats
+
+
+def _resolve(spec: MLPSpec, params, x, chunk_size, statistics: Statistics | None) -> Statistics | None:
+    """The statistics to normalize every chunk with; None where one chunk's own moments are the full set's."""
+    if not spec.batch_norm or statistics is not None:
+        return statistics if spec.batch_norm else None
+    if chunk_size is None or chunk_size >= x.shape[0]:
+        return None
+    return dataset_statistics(spec, params, x, chunk_size)
+
+
 def full_loss(
     spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, statistics: Statistics | None = None,
 ) -> torch.Tensor:
-    """Mean loss over all N examples per member [K], summed chunk by chunk weighted by chunk size."""
+    """Mean loss over all N examples per member [K], summed chunk by chunk weighted by chunk size.
+
+    ``statistics``: None for batch norm in batch mode (full-set statistics), or fixed statistics
+    (evaluation mode); see the module docstring. Differentiable to any order.
+    """
     n = x.shape[0]
+    stats = _resolve(spec, params, x, chunk_size, statistics)
     total = 0.0
-    for sl in _chunks(n, chunk_size, spec):
-        total = total + member_losses(forward(spec, params, x[sl]), y[sl], loss) * ((sl.stop - sl.start) / n)
+    for sl in chunks(n, chunk_size):
+        total = total + member_losses(forward(spec, params, x[sl], stats), y[sl], loss) * ((sl.stop - sl.start) / n)
     return total
 
 
 @torch.no_grad()
 def evaluate(
     spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, statistics: Statistics | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-data loss and classification error per member, each [K]."""
+    """Full-data loss and classification error per member, each [K]; ``statistics`` as for ``full_loss``."""
     n = x.shape[0]
+    stats = _resolve(spec, params, x, chunk_size, statistics)
     losses, errors = 0.0, 0.0
-    for sl in _chunks(n, chunk_size, spec):
-        out = forward(spec, params, x[sl])
+    for sl in chunks(n, chunk_size):
+        out = forward(spec, params, x[sl], stats)
         w = (sl.stop - sl.start) / n
         losses = losses + member_losses(out, y[sl], loss) * w
         errors = errors + member_errors(out, y[sl]) * w
     return losses, errors
 
 
-def gradient_norms(
-    spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Euclidean norm of each member's full-data gradient [K]."""
-    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    with torch.enable_grad():
-        total = full_loss(spec, leaves, x, y, loss, chunk_size).sum()
-        grads = torch.autograd.grad(total, list(leaves.values()))
-    return torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
-
-
 def member_loss_fn(
     spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, loss: str, chunk_size: int | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``loss_fn(theta)``: one network's mean loss over (x, y) as a scalar, theta a flat [P] vector.
+    """``loss_fn(theta)``: one network's mean data loss over (x, y), batch norm in batch mode.
 
-    Use ``flatten(params)[k]`` as theta for member k. Differentiable to any order.
+    The same function as ``surfacekit.objective.objective_fn(..., objective="data", bn_mode="batch")``,
+    which builds every variant (the trained objective with its L2 term, evaluation-mode batch norm);
+    kept for existing callers.
     """
+    from surfacekit.objective import objective_fn  # objective builds on this module
 
-    def loss_fn(theta: torch.Tensor) -> torch.Tensor:
-        return full_loss(spec, unflatten(theta, spec), x, y, loss, chunk_size)[0]
-
-    return loss_fn
+    return objective_fn(spec, x, y, loss, objective="data", bn_mode="batch", chunk_size=chunk_size)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from surfacekit.config import group_defaults
 from surfacekit.data import load_data
 from surfacekit.models import MLPSpec
 from surfacekit.population import init_population, member_seed
@@ -9,11 +10,13 @@ from surfacekit.train import backprop, dtp
 
 SPEC = MLPSpec(64, (12, 10, 8), 10, "tanh", init="orthogonal")
 SEEDS = [member_seed(3, k) for k in range(3)]
+DTP = group_defaults("trainer", "dtp")
+TP = group_defaults("trainer", "tp")
 
 
 def run(data, seeds, spec=SPEC, epochs=2, batch_size=50, **trainer):
     params = init_population(spec, seeds, data.x_train.dtype)
-    cfg = {"epochs": epochs, "batch_size": batch_size, **trainer}
+    cfg = {**DTP, "epochs": epochs, "batch_size": batch_size, **trainer}
     return dtp.train(spec, data, params, seeds, {}, cfg, "cross_entropy", progress=False)
 
 
@@ -21,7 +24,7 @@ def test_top_hidden_update_is_parallel_to_backprop(digits64):
     params = init_population(SPEC, SEEDS)
     inv = dtp.init_inverses(SPEC, SEEDS, torch.float64, "cpu")
     for correction in (True, False):
-        cfg = dtp._config({"difference_correction": correction})
+        cfg = {**DTP, "difference_correction": correction}
         cos = dtp.cosines(SPEC, params, inv, digits64.x_train[:50], digits64.y_train[:50], "cross_entropy", cfg)
         assert len(cos) == SPEC.num_layers and cos[0].shape == (3,)
         assert (cos[-2] > 0.999).all()  # top hidden layer
@@ -35,8 +38,8 @@ def test_target_reduction_sum_equals_mean_times_batch(digits64):
     inv = dtp.init_inverses(SPEC, SEEDS[:1], torch.float64, "cpu")
     x, y = digits64.x_train[:40], digits64.y_train[:40]
     h = dtp.hiddens(SPEC, params, x)
-    a = dtp.targets(SPEC, params, inv, h, y, "cross_entropy", dtp._config({"target_reduction": "sum", "target_step": 0.01}))
-    b = dtp.targets(SPEC, params, inv, h, y, "cross_entropy", dtp._config({"target_reduction": "mean", "target_step": 0.4}))
+    a = dtp.targets(SPEC, params, inv, h, y, "cross_entropy", {**DTP, "target_reduction": "sum", "target_step": 0.01})
+    b = dtp.targets(SPEC, params, inv, h, y, "cross_entropy", {**DTP, "target_reduction": "mean", "target_step": 0.4})
     for l in a:
         torch.testing.assert_close(a[l], b[l], rtol=1e-12, atol=1e-14)
 
@@ -76,13 +79,13 @@ def compare(spec, epochs, seeds, methods=("backprop", "dtp", "tp"), train_size=1
     data = load_data({"name": "digits", "train_size": train_size}).to("cpu", torch.float32)
     common = {"epochs": epochs, "batch_size": 100, "eval_every": epochs}
     bp_opt = {"name": "rmsprop", "lr": 0.001, "alpha": 0.95, "momentum": 0.9, "centered": True, "eps": 1e-3}
-    runs = {"backprop": (backprop.train, {}, bp_opt), "dtp": (dtp.train, {}, {}),
-            "tp": (dtp.train, {"difference_correction": False}, {})}
+    runs = {"backprop": (backprop.train, group_defaults("trainer", "backprop"), bp_opt), "dtp": (dtp.train, DTP, {}),
+            "tp": (dtp.train, TP, {})}
     errors = {}
     for name in methods:
         fn, extra, opt = runs[name]
         params = init_population(spec, seeds, torch.float32)
-        r = fn(spec, data, params, seeds, opt, {**common, **extra}, "cross_entropy", progress=False)
+        r = fn(spec, data, params, seeds, opt, {**extra, **common}, "cross_entropy", progress=False)
         errors[name] = 100 * float(r.curves["test_error"][:, -1].mean())
     return errors
 
@@ -108,3 +111,32 @@ def test_dtp_matches_backprop_and_tp_fails_full_size():
     errors = compare(MLPSpec(64, (240,) * 7, 10, "tanh", init="orthogonal"), 100, [member_seed(0, 0)])
     assert errors["dtp"] <= errors["backprop"] + 1.5, errors
     assert errors["tp"] >= errors["backprop"] + 20, errors
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_root_rmsprop_equals_torch_rmsprop_with_zero_epsilon(centered, momentum):
+    """With eps = 0 the root form (eps inside the root) and torch's (eps outside) coincide."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) for _ in range(6)]
+    ours = start.clone()
+    opt = dtp.RootRMSprop([ours], decay=0.95, momentum=momentum, eps=0.0, centered=centered)
+    ref = start.clone().requires_grad_(True)
+    torch_opt = torch.optim.RMSprop([ref], lr=0.01, alpha=0.95, eps=0.0, momentum=momentum, centered=centered)
+    for g in grads:
+        opt.step([g], 0.01)
+        ref.grad = g.clone()
+        torch_opt.step()
+        torch.testing.assert_close(ours, ref.detach(), rtol=1e-12, atol=1e-14)
+    # per-member learning rates [K] equal separate optimizers with those rates
+    rates = torch.tensor([0.01, 0.002, 0.03], dtype=torch.float64)
+    stacked = start.clone()
+    opt = dtp.RootRMSprop([stacked], decay=0.95, momentum=momentum, eps=1e-3, centered=centered)
+    singles = [start[k].clone() for k in range(3)]
+    single_opts = [dtp.RootRMSprop([singles[k]], 0.95, momentum, 1e-3, centered) for k in range(3)]
+    for g in grads:
+        opt.step([g], rates)
+        for k in range(3):
+            single_opts[k].step([g[k]], float(rates[k]))
+    torch.testing.assert_close(stacked, torch.stack(singles), rtol=1e-13, atol=0)

@@ -3,10 +3,12 @@ import math
 import pytest
 import torch
 
-from surfacekit.models import MLPSpec, forward, member_errors, member_losses, num_params, param_shapes
-from surfacekit.population import (
-    evaluate, flatten, gradient_norms, init_population, member_loss_fn, member_seed, unflatten,
+from surfacekit.models import (
+    ACTIVATIONS, MLPSpec, activation_derivative, example_losses, forward, layer, member_errors, member_losses, num_params,
+    param_shapes,
 )
+from surfacekit.objective import gradient_norms
+from surfacekit.population import evaluate, flatten, init_population, member_loss_fn, unflatten
 
 SPECS = [
     MLPSpec(6, (5,), 3),
@@ -67,10 +69,33 @@ def test_losses_match_torch_functional():
     assert torch.allclose(err, (out.argmax(-1) != y).double().mean(-1))
 
 
-def test_member_seeds_are_distinct_and_stable():
-    seeds = [member_seed(0, k) for k in range(100)] + [member_seed(1, k) for k in range(100)]
-    assert len(set(seeds)) == 200
-    assert member_seed(3, 7) == member_seed(3, 7)
+def test_example_losses_match_torch_functional_unreduced():
+    out = torch.randn(2, 9, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (9,))
+    F = torch.nn.functional
+    for k in range(2):
+        torch.testing.assert_close(example_losses(out, y, "cross_entropy")[k], F.cross_entropy(out[k], y, reduction="none"))
+        torch.testing.assert_close(example_losses(out, y, "hinge")[k], F.multi_margin_loss(out[k], y, reduction="none"))
+        mse = F.mse_loss(out[k], F.one_hot(y, 4).double(), reduction="none").sum(-1)
+        torch.testing.assert_close(example_losses(out, y, "mse")[k], mse)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_activation_derivatives_match_autograd(activation):
+    z = torch.linspace(-3, 3, 50, dtype=torch.float64).add(0.01).requires_grad_(True)  # 0 is not a grid point
+    y = ACTIVATIONS[activation](z)
+    (dz,) = torch.autograd.grad(y.sum(), z)
+    torch.testing.assert_close(activation_derivative(activation, y.detach()), dz, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_forward_is_the_composition_of_layers(spec):
+    params = init_population(spec, [4, 5])
+    x = torch.randn(7, 6, dtype=torch.float64)
+    h = x
+    for i in range(spec.num_layers):
+        h = layer(spec, params, i, h)
+    torch.testing.assert_close(forward(spec, params, x), h, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("spec", SPECS)

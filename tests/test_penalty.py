@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from surfacekit.config import group_defaults
 from surfacekit.data import load_data
 from surfacekit.models import MLPSpec
 from surfacekit.population import init_population, member_seed
@@ -9,7 +10,8 @@ from surfacekit.train import backprop, penalty
 
 SPEC = MLPSpec(64, (16, 16), 10, "tanh", init="orthogonal")
 SEEDS = [member_seed(4, k) for k in range(2)]
-FAST = {"stages": 6, "alternations": 3, "w_steps": 5, "z_steps": 5, "refit_steps": 30}
+PENALTY = group_defaults("trainer", "penalty")
+FAST = {**PENALTY, "stages": 6, "alternations": 3, "w_steps": 5, "z_steps": 5, "refit_steps": 30}
 
 
 def run(data, seeds=SEEDS, spec=SPEC, **trainer):
@@ -130,9 +132,56 @@ def test_escapes_poor_initialization_where_sgd_stays_at_chance():
     spec = MLPSpec(64, (32,) * 8, 10, "tanh", init="normal", init_std=0.05)
     seeds = [member_seed(0, 0)]
     sgd = backprop.train(spec, data, init_population(spec, seeds), seeds, {"name": "momentum", "lr": 0.01, "momentum": 0.9},
-                         {"epochs": 50, "batch_size": 50, "eval_every": 50}, "cross_entropy", progress=False)
-    pen = penalty.train(spec, data, init_population(spec, seeds), seeds, {}, {"stages": 4, "alternations": 3},
+                         {**group_defaults("trainer", "backprop"), "epochs": 50, "batch_size": 50, "eval_every": 50},
+                         "cross_entropy", progress=False)
+    pen = penalty.train(spec, data, init_population(spec, seeds), seeds, {}, {**PENALTY, "stages": 4, "alternations": 3},
                         "cross_entropy", progress=False)
     sgd_loss, pen_loss = sgd.curves["train_loss"][0, -1], pen.curves["train_loss"][0, -1]
     assert sgd_loss > 2.2  # chance: log(10) = 2.303
     assert pen_loss < 1.5 and pen_loss < sgd_loss - 0.8, (sgd_loss, pen_loss)
+
+
+def stacked_lstsq(u, d, r, weight, mu, wd, decayed):
+    """Reference Gauss-Newton step: per member and unit, lstsq of the augmented least-squares problem
+    [sqrt(mu/N) d_j * U; sqrt(wd) diag(decayed)] delta = [sqrt(mu/N) r_j; -sqrt(wd) decayed * w_j]."""
+    k, n, p = u.shape
+    out = torch.empty_like(weight)
+    for m in range(k):
+        for j in range(weight.shape[1]):
+            a = torch.cat([(mu / n) ** 0.5 * d[m, :, j : j + 1] * u[m], wd ** 0.5 * torch.diag(decayed)])
+            b = torch.cat([(mu / n) ** 0.5 * r[m, :, j], -(wd ** 0.5) * decayed * weight[m, j]])
+            out[m, j] = torch.linalg.lstsq(a, b.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+    return out
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.3])
+def test_gauss_newton_direction_equals_lstsq(wd):
+    gen = torch.Generator().manual_seed(2)
+    k, n, p, out = 2, 40, 6, 3
+    inputs = torch.randn(k, n, p - 1, generator=gen, dtype=torch.float64)
+    u = torch.cat([inputs, torch.ones(k, n, 1, dtype=torch.float64)], -1)
+    weight = torch.randn(k, out, p, generator=gen, dtype=torch.float64)
+    post = torch.tanh(u @ weight.transpose(1, 2))
+    d = 1 - post * post
+    r = torch.randn(k, n, out, generator=gen, dtype=torch.float64)
+    decayed = torch.ones(p, dtype=torch.float64)
+    decayed[-1] = 0.0  # no weight decay on the bias column
+    step = penalty.gauss_newton_direction(u, d, r, weight, 2.0, wd, decayed, damping=0.0)
+    torch.testing.assert_close(step, stacked_lstsq(u, d, r, weight, 2.0, wd, decayed), rtol=1e-10, atol=1e-12)
+
+
+def test_gauss_newton_layer_solves_a_linear_layer_exactly():
+    """Linear activation, no damping: one Gauss-Newton step is the exact least-squares fit of the codes.
+    (Full-rank inputs: digits has constant pixels, whose normal matrix is singular without damping.)"""
+    spec = MLPSpec(8, (5,), 3, "linear")
+    params = init_population(spec, SEEDS)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 8, generator=gen, dtype=torch.float64)
+    problem = penalty.Problem(spec, x, torch.zeros(200, dtype=torch.int64), "cross_entropy", 0.0)
+    codes = [torch.randn(2, 200, 5, generator=gen, dtype=torch.float64)]
+    fitted = penalty.gauss_newton_layer(problem, dict(params), codes, 1.0, 0, iterations=1, max_backtracks=5, damping=0.0)
+    u = torch.cat([x, torch.ones(200, 1, dtype=torch.float64)], dim=1)
+    for m in range(2):
+        exact = torch.linalg.lstsq(u, codes[0][m], driver="gelsd").solution.T
+        torch.testing.assert_close(fitted["layers.0.weight"][m], exact[:, :-1], rtol=0, atol=1e-8)
+        torch.testing.assert_close(fitted["layers.0.bias"][m], exact[:, -1], rtol=0, atol=1e-8)

@@ -2,9 +2,12 @@ import numpy as np
 import pytest
 import torch
 
+from surfacekit.config import group_defaults
 from surfacekit.models import MLPSpec
 from surfacekit.population import init_population, member_seed
 from surfacekit.train.backprop import train
+
+TRAINER = group_defaults("trainer", "backprop")
 
 SPEC = MLPSpec(64, (6,), 10, "tanh")
 OPTIMIZERS = {
@@ -22,7 +25,7 @@ OPTIMIZERS = {
 
 def run(data, seeds, opt, batch_size=40, epochs=3, spec=SPEC, **kw):
     params = init_population(spec, seeds)
-    trainer = {"epochs": epochs, "batch_size": batch_size, **kw.pop("trainer", {})}
+    trainer = {**TRAINER, "epochs": epochs, "batch_size": batch_size, **kw.pop("trainer", {})}
     return train(spec, data, params, seeds, opt, trainer, "cross_entropy", progress=False, **kw)
 
 

@@ -73,6 +73,9 @@ def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: Trai
     }
     dims = {"members": "member", "curves": "member,eval", "curves/step": "eval", "curves/epoch": "eval",
             "params": "member,...", "init_params": "member,..."}
+    if result.buffers:
+        groups["buffers"] = as_np(result.buffers)
+        dims["buffers"] = "member,..."
     if result.aux_params:
         groups["aux_params"] = as_np(result.aux_params)
         groups["init_aux_params"] = as_np(result.init_aux_params)

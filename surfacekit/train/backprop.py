@@ -1,7 +1,9 @@
 """Plain backprop training of a whole population at once.
 
 The population loss is the sum of member losses, each on the member's own minibatch, so one
-element-wise optimizer over the stacked tensors equals K independent runs.
+element-wise optimizer over the stacked tensors equals K independent runs. With batch norm, every
+training step normalizes with its minibatch's moments and updates each member's running statistics
+as torch does; at the end the exact full-training-set statistics are stored for evaluation mode.
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ from typing import Any, Mapping
 import torch
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec, forward, member_losses
-from surfacekit.optim import build_optimizer, learning_rate
+from surfacekit.models import MLPSpec, forward, init_statistics, member_losses, param_name, param_shapes, update_running
+from surfacekit.objective import check_choices, l2_coefficients as objective_l2
+from surfacekit.optim import build_optimizer, coupled_weight_decay, learning_rate, optimizer_config
 from surfacekit.population import Params
+from surfacekit.seeds import stream_generators
 from surfacekit.train.common import (
-    Freezer, Recorder, TrainResult, epochs_with_checkpoints, member_generators, minibatches,
+    Freezer, Recorder, TrainResult, epochs_with_checkpoints, final_buffers, minibatches,
 )
+
+
+def l2_coefficients(spec: MLPSpec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:
+    """The optimizer's coupled weight decay on every parameter (``optim.coupled_weight_decay``; 0 for rprop)."""
+    wd = coupled_weight_decay(optimizer_config(optimizer_cfg))
+    return {name: wd for name in param_shapes(spec)}
 
 
 @torch.no_grad()
@@ -26,6 +36,12 @@ def scale_updates(params: Params, before: Params, scale: torch.Tensor) -> None:
     for name, p in params.items():
         shape = (-1,) + (1,) * (p.dim() - 1)
         p.copy_(before[name] + scale.reshape(shape) * (p - before[name]))
+
+
+def _batch_sizes(n: int, batch_size: int | None) -> set[int]:
+    if batch_size is None or batch_size >= n:
+        return {n}
+    return {int(batch_size)} | ({n % int(batch_size)} if n % int(batch_size) else set())
 
 
 def train(
@@ -39,42 +55,60 @@ def train(
     chunk_size: int | None = None,
     progress: bool = True,
     lr_scale: torch.Tensor | None = None,
+    objective: str = "trained",
+    bn_mode: str = "batch",
 ) -> TrainResult:
     """Train stacked ``params`` [K, ...] on ``data`` (already on the target device and dtype).
 
-    trainer_cfg: epochs, batch_size (null: full batch), eval_every (epochs), grad_tol (a member whose
-    full-data gradient norm falls below it is converged and frozen; 0 disables), divergence_loss
-    (a member whose minibatch loss is non-finite or above it is marked diverged and frozen), snapshots.
+    trainer_cfg (complete, as composed from ``conf/trainer/backprop.yaml``): epochs, batch_size (null:
+    full batch), eval_every (epochs), grad_tol (a member whose full-data gradient norm falls below
+    it is converged and frozen; 0 disables), divergence_loss (a member whose minibatch loss is
+    non-finite or above it is marked diverged and frozen), snapshots. optimizer_cfg: an
+    ``optimizer`` group config (missing fields take the YAML defaults).
     lr_scale [K]: per-member learning-rate multipliers, applied by scaling each member's update (exact
     for every optimizer whose step is proportional to lr, i.e. all but rprop).
-    """
-    device = data.x_train.device
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    init_params = {k: v.detach().clone() for k, v in params.items()}
-    optimizer = build_optimizer(leaves.values(), optimizer_cfg)
-    gens = member_generators(seeds, device)
-    freezer = Freezer(leaves)
-    recorder = Recorder(spec, data, loss, chunk_size, bool(trainer_cfg.get("snapshots", False)))
+    objective, bn_mode: the objective whose gradient norm is recorded and tested against grad_tol
+    (``surfacekit.objective``): by default the trained one (data loss + the optimizer's coupled
+    weight decay), batch norm with full-training-set statistics.
 
+    Raises:
+        ValueError: batch norm with a batch of one example (running variance undefined), an invalid
+            objective or bn_mode, or an invalid optimizer config (``optim.build_optimizer``).
+    """
+    check_choices(objective, bn_mode)
+    device = data.x_train.device
+    n, k = data.x_train.shape[0], len(seeds)
     epochs = int(trainer_cfg["epochs"])
-    batch_size = trainer_cfg.get("batch_size")
-    eval_every = max(1, int(trainer_cfg.get("eval_every", 1)))
-    grad_tol = float(trainer_cfg.get("grad_tol", 0.0))
-    divergence_loss = float(trainer_cfg.get("divergence_loss", 1e10))
-    n = data.x_train.shape[0]
+    batch_size = trainer_cfg["batch_size"]
+    if spec.batch_norm and min(_batch_sizes(n, batch_size)) < 2:
+        raise ValueError(f"trainer.batch_size={batch_size} with {n} training examples leaves a batch of one example; "
+                         "batch norm needs at least 2 per batch")
+    eval_every = max(1, int(trainer_cfg["eval_every"]))
+    grad_tol = float(trainer_cfg["grad_tol"])
+    divergence_loss = float(trainer_cfg["divergence_loss"])
+    optimizer_cfg = optimizer_config(optimizer_cfg)
+
+    leaves = {name: v.detach().clone().requires_grad_(True) for name, v in params.items()}
+    init_params = {name: v.detach().clone() for name, v in params.items()}
+    running = init_statistics(spec, k, data.x_train.dtype, device)
+    optimizer = build_optimizer(leaves.values(), optimizer_cfg)
+    gens = stream_generators(seeds, "order", device)
+    freezer = Freezer({**leaves, **running})
+    l2 = objective_l2(spec, "backprop", optimizer_cfg, trainer_cfg, objective)
+    recorder = Recorder(spec, data, loss, chunk_size, bool(trainer_cfg["snapshots"]), l2, bn_mode)
+
     steps_per_epoch = 1 if batch_size is None else math.ceil(n / int(batch_size))
-    k = len(seeds)
     diverged = torch.zeros(k, dtype=torch.bool, device=device)
     converged = torch.zeros(k, dtype=torch.bool, device=device)
     steps_taken = torch.zeros(k, dtype=torch.int64, device=device)
     step = 0
 
     def checkpoint(epoch: float) -> None:
-        now = recorder.record(leaves, step, epoch)
+        now = recorder.record(leaves, step, epoch, running)
         if grad_tol > 0:
             done = (now["grad_norm"] < grad_tol) & freezer.active
             converged.logical_or_(done)
-            freezer.freeze(done, leaves)
+            freezer.freeze(done, {**leaves, **running})
 
     for epoch in epochs_with_checkpoints(epochs, eval_every, freezer, recorder, checkpoint, "train", progress):
         for i, idx in enumerate(minibatches(n, batch_size, gens, device)):
@@ -82,27 +116,35 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
-            losses = member_losses(forward(spec, leaves, x), y, loss)
+            outputs, moments = forward(spec, leaves, x, return_statistics=True)
+            losses = member_losses(outputs, y, loss)
             bad = (~torch.isfinite(losses) | (losses > divergence_loss)) & freezer.active
             if bool(bad.any()):
                 diverged.logical_or_(bad)
-                freezer.freeze(bad, leaves)
+                freezer.freeze(bad, {**leaves, **running})
             active = freezer.active
             optimizer.zero_grad()
             torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
-            before = None if lr_scale is None else {k: v.detach().clone() for k, v in leaves.items()}
+            before = None if lr_scale is None else {name: v.detach().clone() for name, v in leaves.items()}
             optimizer.step()
             if before is not None:
                 scale_updates(leaves, before, lr_scale)
-            freezer.restore(leaves)
+            for i_layer in range(len(spec.widths) if spec.batch_norm else 0):
+                mean, var = param_name(i_layer, "bn_mean"), param_name(i_layer, "bn_var")
+                update_running(running[mean], running[var], moments[mean], moments[var], x.shape[-2])
+            freezer.restore({**leaves, **running})
             steps_taken += active
             step += 1
 
+    final = {name: v.detach() for name, v in leaves.items()}
+    buffers = final_buffers(spec, final, data.x_train, chunk_size, running)
+    recorder.finish(final, buffers)
     return TrainResult(
-        params={k: v.detach() for k, v in leaves.items()},
+        params=final,
         init_params=init_params,
         diverged=diverged.cpu().numpy(),
         converged=converged.cpu().numpy(),
         steps=steps_taken.cpu().numpy(),
         **recorder.result_fields(),
+        buffers=buffers,
     )

@@ -1,7 +1,8 @@
 """Pieces every training method shares: per-member minibatch orders, freezing, recorded curves.
 
 All methods report the same backprop-defined full-data loss (``population.evaluate``), so
-their endpoints go through the same histogram, spectrum and critical-point tools.
+their endpoints go through the same histogram, spectrum and critical-point tools. The recorded
+gradient norm is that of the method's trained objective (``surfacekit.objective``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from tqdm.auto import trange
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec
-from surfacekit.population import Params, evaluate, flatten, gradient_norms
+from surfacekit.models import MLPSpec, param_name
+from surfacekit.objective import L2, check_choices, gradient_norms, mode_statistics
+from surfacekit.population import Params, dataset_statistics, evaluate, flatten
 
 
 @dataclass
@@ -27,7 +29,11 @@ class TrainResult:
     member before it froze or training ended; trajectory: [T, K, P] flat snapshots at
     ``curve_steps`` when requested, else None; extra_curves: method-specific curves [K, T] or [T];
     aux_params / init_aux_params: a method's own stacked parameters [K, ...] that are not part of the
-    network (e.g. the inverse maps of target propagation), stored under /aux_params and /init_aux_params.
+    network (e.g. the inverse maps of target propagation), stored under /aux_params and /init_aux_params;
+    buffers: batch-norm statistics [K, width] per hidden layer i (empty without batch norm), stored under
+    /buffers: ``layers.{i}.bn_mean`` / ``bn_var``, the exact full-training-set mean and variance (divisor N)
+    of the final parameters, which evaluation mode uses, and ``layers.{i}.bn_running_mean`` /
+    ``bn_running_var``, torch's running averages (momentum 0.1, unbiased batch variances) at the end.
     """
 
     params: Params
@@ -42,17 +48,20 @@ class TrainResult:
     extra_curves: dict[str, np.ndarray] = field(default_factory=dict)
     aux_params: Params = field(default_factory=dict)
     init_aux_params: Params = field(default_factory=dict)
+    buffers: Params = field(default_factory=dict)
 
 
-def member_generators(seeds: list[int], device: str | torch.device, stream: int = 1) -> list[torch.Generator]:
-    """One generator per member for random stream ``stream`` (1: minibatch order, 2: training noise),
-    separate from the member's initialization (stream 0)."""
-    gens = []
-    for s in seeds:
-        g = torch.Generator(device=device)
-        g.manual_seed((int(s) + stream) % (2**63))
-        gens.append(g)
-    return gens
+@torch.no_grad()
+def final_buffers(spec: MLPSpec, params: Mapping[str, torch.Tensor], x_train: torch.Tensor, chunk_size: int | None,
+                  running: Mapping[str, torch.Tensor]) -> Params:
+    """The buffers of a :class:`TrainResult`: the exact full-training-set statistics of ``params``
+    (``population.dataset_statistics``, chunked without changing them) under the evaluation names,
+    and the ``running`` statistics renamed ``bn_running_mean`` / ``bn_running_var``; {} without batch norm."""
+    buffers = {name: value.detach() for name, value in dataset_statistics(spec, params, x_train, chunk_size).items()}
+    for i in range(len(spec.widths) if spec.batch_norm else 0):
+        for kind in ("mean", "var"):
+            buffers[param_name(i, f"bn_running_{kind}")] = running[param_name(i, f"bn_{kind}")].clone()
+    return buffers
 
 
 def minibatches(n: int, batch_size: int | None, gens: list[torch.Generator], device) -> Iterator[torch.Tensor | None]:
@@ -96,23 +105,40 @@ class Freezer:
 
 
 class Recorder:
-    """Evaluates the population on the full train and test sets and stores curves [K, T]."""
+    """Evaluates the population on the full train and test sets and stores curves [K, T].
+
+    train_loss / train_error: the data loss L over the training set with batch norm in ``bn_mode``;
+    test_loss / test_error: evaluation mode (the statistics passed to ``record``: running statistics
+    during training, the exact full-training-set ones after ``finish``), so a test example's output
+    never depends on the other test examples; grad_norm: the norm of the gradient of the objective
+    L + sum (c/2)|theta_p|^2 with the coefficients ``l2`` (the trained objective when the trainer
+    passes its ``objective.l2_coefficients``; {} is the data objective) in ``bn_mode``.
+    """
 
     NAMES = ("train_loss", "test_loss", "train_error", "test_error", "grad_norm")
 
-    def __init__(self, spec: MLPSpec, data: Dataset, loss: str, chunk_size: int | None, snapshot: bool):
+    def __init__(self, spec: MLPSpec, data: Dataset, loss: str, chunk_size: int | None, snapshot: bool,
+                 l2: L2 | None = None, bn_mode: str = "batch"):
+        check_choices("trained", bn_mode)
         self.spec, self.data, self.loss, self.chunk_size, self.snapshot = spec, data, loss, chunk_size, snapshot
+        self.l2, self.bn_mode = dict(l2 or {}), bn_mode
         self.rows: dict[str, list[np.ndarray]] = {n: [] for n in self.NAMES}
         self.steps: list[int] = []
         self.epochs: list[float] = []
         self.snapshots: list[np.ndarray] = []
 
-    def record(self, params: Mapping[str, torch.Tensor], step: int, epoch: float) -> dict[str, torch.Tensor]:
-        d = self.data
+    def record(self, params: Mapping[str, torch.Tensor], step: int, epoch: float,
+               statistics: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Append one evaluation. statistics: the evaluation-mode batch-norm statistics [K, width]
+        (required with batch norm). Returns the row's values [K] by name."""
+        d, spec = self.data, self.spec
         params = {k: v.detach() for k, v in params.items()}
-        train_loss, train_err = evaluate(self.spec, params, d.x_train, d.y_train, self.loss, self.chunk_size)
-        test_loss, test_err = evaluate(self.spec, params, d.x_test, d.y_test, self.loss, self.chunk_size)
-        grad = gradient_norms(self.spec, params, d.x_train, d.y_train, self.loss, self.chunk_size)
+        train_stats = mode_statistics(spec, self.bn_mode, statistics)
+        test_stats = mode_statistics(spec, "eval", statistics)
+        train_loss, train_err = evaluate(spec, params, d.x_train, d.y_train, self.loss, self.chunk_size, train_stats)
+        test_loss, test_err = evaluate(spec, params, d.x_test, d.y_test, self.loss, self.chunk_size, test_stats)
+        grad = gradient_norms(spec, params, d.x_train, d.y_train, self.loss, l2=self.l2, statistics=train_stats,
+                              chunk_size=self.chunk_size)
         now = dict(train_loss=train_loss, test_loss=test_loss, train_error=train_err, test_error=test_err, grad_norm=grad)
         for name, value in now.items():
             self.rows[name].append(value.cpu().numpy())
@@ -121,6 +147,16 @@ class Recorder:
         if self.snapshot:
             self.snapshots.append(flatten(params).cpu().numpy())
         return now
+
+    def finish(self, params: Mapping[str, torch.Tensor], statistics: Mapping[str, torch.Tensor]) -> None:
+        """Redo the last evaluation (at the final ``params``) with the final statistics (``final_buffers``);
+        nothing to do without batch norm."""
+        if not self.spec.batch_norm:
+            return
+        step, epoch = self.steps[-1], self.epochs[-1]
+        for rows in (*self.rows.values(), self.steps, self.epochs, *([self.snapshots] if self.snapshot else [])):
+            rows.pop()
+        self.record(params, step, epoch, statistics)
 
     def curves(self) -> dict[str, np.ndarray]:
         return {name: np.stack(rows, axis=1) for name, rows in self.rows.items()}

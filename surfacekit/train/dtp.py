@@ -39,28 +39,20 @@ import numpy as np
 import torch
 
 from surfacekit.data import Dataset
-from surfacekit.models import ACTIVATIONS, MLPSpec, _init_weight, forward, member_losses
+from surfacekit.models import MLPSpec, forward, init_weight, layer, layer_param_names, member_losses, param_name
+from surfacekit.objective import check_choices
 from surfacekit.population import Params
-from surfacekit.train.common import (
-    Freezer, Recorder, TrainResult, epochs_with_checkpoints, member_generators, minibatches,
-)
-
-DEFAULTS = {
-    "difference_correction": True,
-    "target_step": 0.003277,
-    "target_reduction": "sum",
-    "noise_std": 0.36,
-    "forward_lr": 0.0149,
-    "inverse_lr": 0.0050,
-    "optimizer": {"decay": 0.95, "momentum": 0.9, "eps": 1.0e-3, "centered": True},
-    "schedule": "passes",
-}
+from surfacekit.seeds import STREAMS, derive_seed, stream_generators
+from surfacekit.train.common import Freezer, Recorder, TrainResult, epochs_with_checkpoints, minibatches
 
 
 class RootRMSprop:
     """RMSprop with momentum, optional centering and epsilon inside the square root (element-wise).
 
-    ``lr`` may be a float or a [K] tensor of per-member learning rates.
+    v <- d v + (1 - d) g^2; centered: m <- d m + (1 - d) g and v' = v - m^2 (else v' = v);
+    u <- mu u - lr g / sqrt(max(v', 0) + eps); p <- p + u. With eps = 0 and a constant lr this is
+    ``torch.optim.RMSprop(alpha=d, momentum=mu, centered=..., eps=0)`` (tested); torch adds eps
+    outside the root instead. ``lr`` may be a float or a [K] tensor of per-member learning rates.
     """
 
     def __init__(self, tensors: list[torch.Tensor], decay: float, momentum: float, eps: float, centered: bool):
@@ -84,19 +76,23 @@ class RootRMSprop:
             p.add_(vel)
 
 
-def _config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = {k: trainer_cfg.get(k, v) for k, v in DEFAULTS.items()}
-    cfg["optimizer"] = {**DEFAULTS["optimizer"], **dict(trainer_cfg.get("optimizer") or {})}
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Raises ValueError for a target_reduction other than sum / mean or a schedule other than passes / interleaved."""
     if cfg["target_reduction"] not in ("sum", "mean"):
         raise ValueError(f"trainer.target_reduction={cfg['target_reduction']!r}; choose sum or mean")
     if cfg["schedule"] not in ("passes", "interleaved"):
         raise ValueError(f"trainer.schedule={cfg['schedule']!r}; choose passes or interleaved")
-    return cfg
 
 
 def check_spec(spec: MLPSpec) -> None:
+    """Raises ValueError for batch norm or residual connections (target propagation needs plain layers)."""
     if spec.batch_norm or spec.residual:
         raise ValueError("target propagation supports plain MLPs only (model.batch_norm=false, model.residual=false)")
+
+
+def l2_coefficients(spec: MLPSpec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:
+    """None: the trainer applies no weight decay (the optimizer group, and its weight_decay, are not used)."""
+    return {}
 
 
 def inverse_names(spec: MLPSpec) -> list[int]:
@@ -105,31 +101,25 @@ def inverse_names(spec: MLPSpec) -> list[int]:
 
 
 def init_inverses(spec: MLPSpec, seeds: list[int], dtype, device) -> Params:
-    """Stacked inverse parameters [K, ...], member k drawn from its own stream (seed + 3), biases zero."""
+    """Stacked inverse parameters [K, ...], member k drawn from its ``aux_init`` stream (``surfacekit.seeds``),
+    weights with the model's init scheme, biases zero."""
     dims = spec.dims
+    names = [param_name(l, kind, "inverse") for l in inverse_names(spec) for kind in ("weight", "bias")]
     members = []
     for s in seeds:
-        gen = torch.Generator().manual_seed((int(s) + 3) % (2**63))
+        gen = torch.Generator().manual_seed(derive_seed(s, STREAMS["aux_init"]))
         member = {}
         for l in inverse_names(spec):
-            member[f"inverse.{l}.weight"] = _init_weight(spec, dims[l - 1], dims[l], gen, dtype)
-            member[f"inverse.{l}.bias"] = torch.zeros(dims[l - 1], dtype=dtype)
+            member[param_name(l, "weight", "inverse")] = init_weight(spec, dims[l - 1], dims[l], gen, dtype)
+            member[param_name(l, "bias", "inverse")] = torch.zeros(dims[l - 1], dtype=dtype)
         members.append(member)
-    names = [f"inverse.{l}.{p}" for l in inverse_names(spec) for p in ("weight", "bias")]
     return {n: torch.stack([m[n] for m in members]).to(device) for n in names}
-
-
-def layer(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.Tensor) -> torch.Tensor:
-    """``layers.{i}`` applied to h [K, B, dims[i]] (activation on hidden layers only)."""
-    z = torch.matmul(h, params[f"layers.{i}.weight"].transpose(1, 2))
-    if spec.bias:
-        z = z + params[f"layers.{i}.bias"].unsqueeze(1)
-    return z if i == spec.num_layers - 1 else ACTIVATIONS[spec.activation](z)
 
 
 def inverse(inv: Mapping[str, torch.Tensor], l: int, h: torch.Tensor) -> torch.Tensor:
     """g_l(h_l) = tanh(V_l h_l + c_l): [K, B, w_l] -> [K, B, w_{l-1}]."""
-    return torch.tanh(torch.matmul(h, inv[f"inverse.{l}.weight"].transpose(1, 2)) + inv[f"inverse.{l}.bias"].unsqueeze(1))
+    weight, bias = inv[param_name(l, "weight", "inverse")], inv[param_name(l, "bias", "inverse")]
+    return torch.tanh(torch.matmul(h, weight.transpose(1, 2)) + bias.unsqueeze(1))
 
 
 def hiddens(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
@@ -178,10 +168,6 @@ def inverse_losses(spec: MLPSpec, params, inv, h, noise: dict[int, torch.Tensor]
     return out
 
 
-def _layer_names(spec: MLPSpec, i: int) -> list[str]:
-    return [f"layers.{i}.weight"] + ([f"layers.{i}.bias"] if spec.bias else [])
-
-
 def cosines(spec: MLPSpec, params, inv, x, y, loss: str, cfg) -> list[torch.Tensor]:
     """Per-layer cosine [K] between the TP/DTP update direction and the backprop gradient on (x, y)."""
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -194,8 +180,8 @@ def cosines(spec: MLPSpec, params, inv, x, y, loss: str, cfg) -> list[torch.Tens
         g_bp = dict(zip(leaves, torch.autograd.grad(true, list(leaves.values()))))
     out = []
     for i in range(spec.num_layers):
-        a = torch.cat([g_tp[n].flatten(1) for n in _layer_names(spec, i)], dim=1)
-        b = torch.cat([g_bp[n].flatten(1) for n in _layer_names(spec, i)], dim=1)
+        a = torch.cat([g_tp[n].flatten(1) for n in layer_param_names(spec, i)], dim=1)
+        b = torch.cat([g_bp[n].flatten(1) for n in layer_param_names(spec, i)], dim=1)
         out.append(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-300))
     return out
 
@@ -216,36 +202,46 @@ def train(
     chunk_size: int | None = None,
     progress: bool = True,
     lr_scale: torch.Tensor | None = None,
+    objective: str = "trained",
+    bn_mode: str = "batch",
 ) -> TrainResult:
     """Train stacked ``params`` [K, ...] by (difference) target propagation; see the module docstring.
 
-    trainer_cfg: epochs, batch_size, eval_every, divergence_loss, snapshots as for backprop, plus
-    difference_correction, target_step, target_reduction, noise_std, forward_lr, inverse_lr,
-    optimizer {decay, momentum, eps, centered}, schedule (passes | interleaved). ``optimizer_cfg``
-    is ignored. lr_scale [K] multiplies both learning rates per member.
+    trainer_cfg (complete, as composed from ``conf/trainer/dtp.yaml`` or ``tp.yaml``): epochs,
+    batch_size, eval_every, divergence_loss, snapshots as for backprop, plus difference_correction,
+    target_step, target_reduction, noise_std, forward_lr, inverse_lr, optimizer {decay, momentum,
+    eps, centered}, schedule (passes | interleaved). ``optimizer_cfg`` is ignored. lr_scale [K]
+    multiplies both learning rates per member. objective, bn_mode: as for backprop (the trained
+    objective of this method is the data loss: it applies no weight decay).
+
+    Raises:
+        ValueError: batch norm or residual connections (``check_spec``), an invalid target_reduction or
+            schedule (``check_config``), an invalid objective or bn_mode.
     """
     check_spec(spec)
-    cfg = _config(trainer_cfg)
+    check_config(trainer_cfg)
+    check_choices(objective, bn_mode)
+    cfg = trainer_cfg
     device, dtype = data.x_train.device, data.x_train.dtype
     leaves = {k: v.detach().clone() for k, v in params.items()}
     init_params = {k: v.detach().clone() for k, v in params.items()}
     inv = init_inverses(spec, seeds, dtype, device)
     init_inv = {k: v.clone() for k, v in inv.items()}
-    opt_cfg = cfg["optimizer"]
+    opt_cfg = dict(cfg["optimizer"])
     fwd_opt = RootRMSprop(list(leaves.values()), **opt_cfg)
     inv_opt = RootRMSprop(list(inv.values()), **opt_cfg)
     scale = torch.ones(len(seeds), dtype=dtype, device=device) if lr_scale is None else lr_scale.to(device, dtype)
     fwd_lr, inv_lr = float(cfg["forward_lr"]) * scale, float(cfg["inverse_lr"]) * scale
 
-    gens = member_generators(seeds, device)
-    noise_gens = member_generators(seeds, device, stream=2)
+    gens = stream_generators(seeds, "order", device)
+    noise_gens = stream_generators(seeds, "noise", device)
     freezer = Freezer({**leaves, **inv})
-    recorder = Recorder(spec, data, loss, chunk_size, bool(trainer_cfg.get("snapshots", False)))
+    recorder = Recorder(spec, data, loss, chunk_size, bool(cfg["snapshots"]), l2_coefficients(spec, {}, cfg), bn_mode)
 
-    epochs = int(trainer_cfg["epochs"])
-    batch_size = trainer_cfg.get("batch_size")
-    eval_every = max(1, int(trainer_cfg.get("eval_every", 1)))
-    divergence_loss = float(trainer_cfg.get("divergence_loss", 1e10))
+    epochs = int(cfg["epochs"])
+    batch_size = cfg["batch_size"]
+    eval_every = max(1, int(cfg["eval_every"]))
+    divergence_loss = float(cfg["divergence_loss"])
     n = data.x_train.shape[0]
     k = len(seeds)
     probe = slice(0, n if batch_size is None else min(n, int(batch_size)))

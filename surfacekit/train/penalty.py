@@ -41,35 +41,18 @@ import torch
 from tqdm.auto import trange
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec, forward, member_losses
+from surfacekit.models import (
+    MLPSpec, activation_derivative, example_losses, forward, layer, layer_param_names, member_losses,
+)
+from surfacekit.objective import check_choices, l2_coefficients as objective_l2
 from surfacekit.population import Params
 from surfacekit.train.common import Recorder, TrainResult
-from surfacekit.train.dtp import check_spec, layer
-
-DEFAULTS = {
-    "mu0": 1.0,
-    "mu_factor": 2.0,
-    "stages": 10,
-    "alternations": 5,
-    "w_steps": 10,
-    "z_steps": 10,
-    "step_init": 1.0,
-    "step_grow": 2.0,
-    "armijo": 1.0e-4,
-    "max_backtracks": 40,
-    "weight_decay": 0.0,
-    "w_solver": "gauss_newton",
-    "damping": 1.0e-6,
-    "gn_steps": 3,
-    "refit_steps": 100,
-    "eval_every": 1,
-    "collapse_spread": 1.0e-4,
-    "collapse_margin": 0.05,
-}
+from surfacekit.train.dtp import check_spec
 
 
-def _config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = {k: trainer_cfg.get(k, v) for k, v in DEFAULTS.items()}
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Raises ValueError unless stages, alternations >= 1, w_solver is gauss_newton or gradient, mu0 > 0
+    and mu_factor >= 1."""
     for key in ("stages", "alternations"):
         if int(cfg[key]) < 1:
             raise ValueError(f"trainer.{key}={cfg[key]!r}; need an integer >= 1")
@@ -77,17 +60,11 @@ def _config(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"trainer.w_solver={cfg['w_solver']!r}; choose gauss_newton or gradient")
     if float(cfg["mu0"]) <= 0 or float(cfg["mu_factor"]) < 1:
         raise ValueError("trainer.mu0 must be > 0 and trainer.mu_factor >= 1")
-    return cfg
 
 
-def example_losses(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-example loss [K, N] for outputs [K, N, C] (``member_losses`` on batches of one)."""
-    k, n, c = outputs.shape
-    if targets.dtype in (torch.int64, torch.int32):
-        tgt = targets.expand(k, n).reshape(k * n, 1)
-    else:
-        tgt = targets.expand(k, n, c).reshape(k * n, 1, c)
-    return member_losses(outputs.reshape(k * n, 1, c), tgt, loss).reshape(k, n)
+def l2_coefficients(spec: MLPSpec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:
+    """trainer.weight_decay on every weight matrix ``layers.{i}.weight``, not on biases (the term in E)."""
+    return {layer_param_names(spec, i)[0]: float(trainer_cfg["weight_decay"]) for i in range(spec.num_layers)}
 
 
 def descend(
@@ -148,23 +125,38 @@ def descend(
     return tensors, step, current
 
 
-def _derivative(activation: str, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
-    if activation == "tanh":
-        return 1.0 - post * post
-    if activation == "sigmoid":
-        return post * (1.0 - post)
-    if activation == "relu":
-        return (pre > 0).to(pre.dtype)
-    return torch.ones_like(pre)
+def gauss_newton_direction(u: torch.Tensor, d: torch.Tensor, r: torch.Tensor, weight: torch.Tensor, mu: float,
+                           weight_decay: float, decayed: torch.Tensor, damping: float) -> torch.Tensor:
+    """The damped Gauss-Newton step [K, out, p] for one layer's term, every output unit j separately.
+
+    The layer term, as a function of the augmented weight W = [weights | bias] [K, out, p], is
+    mu/(2N) sum_n ||z_n - phi(W u_n)||^2 + wd/2 |decayed * W|^2. Linearizing phi around the current
+    W gives, for unit j, the regularized least-squares problem in the step delta_j [p]
+
+        min  mu/(2N) sum_n (r_nj - d_nj u_n . delta_j)^2 + wd/2 |decayed * (w_j + delta_j)|^2
+             + (damping s_j)/2 |delta_j|^2,
+
+    with u [K, N, p] the layer inputs (a trailing column of ones for the bias), d [K, N, out] the
+    activation derivatives phi'(W u) and r [K, N, out] the residuals z - phi(W u); decayed [p] is 1
+    where weight decay applies and 0 for the bias column; s_j is the mean diagonal of unit j's normal
+    matrix (the damping is relative). Solved through its normal equations, one [p, p] system per
+    unit and member ([K, out, p, p] in all: cost O(K out (N p^2 + p^3))). With damping 0 this is the
+    least-squares solution (``torch.linalg.lstsq`` of the stacked problem; tested).
+    """
+    n, p = u.shape[1], u.shape[-1]
+    a = (mu / n) * torch.einsum("knj,kna,knb->kjab", d * d, u, u)
+    rhs = (mu / n) * torch.einsum("knj,kna->kja", d * r, u) - weight_decay * weight * decayed
+    scale = torch.diagonal(a, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
+    a = a + torch.diag_embed(weight_decay * decayed + damping * scale.expand(-1, -1, p))
+    return torch.linalg.solve(a, rhs.unsqueeze(-1)).squeeze(-1)
 
 
 def gauss_newton_layer(problem: "Problem", w: Params, z: list[torch.Tensor], mu: float, i: int, iterations: int,
                        max_backtracks: int, damping: float) -> Params:
     """Fit hidden layer ``layers.{i}`` to its codes by damped Gauss-Newton steps with backtracking.
 
-    The layer term mu/(2N) sum_n ||z_{i+1} - f(W z_i + b)||^2 (+ weight decay) is a nonlinear least-squares
-    problem separate for every output unit: each unit's step solves a (in+1)-sized linear system
-    [K, out, in+1, in+1]. A step (fraction 1, 1/2, 1/4, ...) is kept only where the term decreases.
+    Each iteration takes the step of :func:`gauss_newton_direction` (fraction 1, 1/2, 1/4, ...),
+    kept only where the layer term mu/(2N) sum_n ||z_{i+1} - f(W z_i + b)||^2 (+ weight decay) decreases.
     """
     spec, k = problem.spec, next(iter(w.values())).shape[0]
     zs = problem.inputs(z, k)
@@ -172,27 +164,20 @@ def gauss_newton_layer(problem: "Problem", w: Params, z: list[torch.Tensor], mu:
     if spec.bias:
         u = torch.cat([u, torch.ones_like(u[..., :1])], dim=-1)
     p = u.shape[-1]
-    reg = torch.ones(p, dtype=u.dtype, device=u.device)
+    decayed = torch.ones(p, dtype=u.dtype, device=u.device)
     if spec.bias:
-        reg[-1] = 0.0
+        decayed[-1] = 0.0
     names = problem.names[i]
 
     def term(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return problem.layer_terms(params, z, mu, only=i)
 
     current = term(w)
-    n = u.shape[1]
     for _ in range(iterations):
         weight = w[names[0]] if not spec.bias else torch.cat([w[names[0]], w[names[1]].unsqueeze(-1)], dim=-1)
-        pre = torch.matmul(u, weight.transpose(1, 2))
         post = layer(spec, w, i, zs[i])
-        d = _derivative(spec.activation, pre, post)
-        r = zs[i + 1] - post
-        a = (mu / n) * torch.einsum("knj,kna,knb->kjab", d * d, u, u)
-        rhs = (mu / n) * torch.einsum("knj,kna->kja", d * r, u) - problem.wd * weight * reg
-        scale = torch.diagonal(a, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-        a = a + torch.diag_embed(problem.wd * reg + damping * scale.expand(-1, -1, p))
-        delta = torch.linalg.solve(a, rhs.unsqueeze(-1)).squeeze(-1)
+        d = activation_derivative(spec.activation, post)
+        delta = gauss_newton_direction(u, d, zs[i + 1] - post, weight, mu, problem.wd, decayed, damping)
         frac = torch.ones(k, dtype=u.dtype, device=u.device)
         done = torch.zeros(k, dtype=torch.bool, device=u.device)
         for _ in range(max_backtracks):
@@ -219,8 +204,7 @@ class Problem:
     def __init__(self, spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, loss: str, weight_decay: float):
         self.spec, self.x, self.y, self.loss, self.wd = spec, x, y, loss, float(weight_decay)
         self.depth = len(spec.widths)
-        self.names = [[n for n in (f"layers.{i}.weight", f"layers.{i}.bias") if n != f"layers.{i}.bias" or spec.bias]
-                      for i in range(spec.num_layers)]
+        self.names = [layer_param_names(spec, i) for i in range(spec.num_layers)]
 
     def inputs(self, z: list[torch.Tensor], k: int) -> list[torch.Tensor]:
         return [self.x.expand(k, *self.x.shape)] + list(z)
@@ -248,7 +232,7 @@ class Problem:
             else:
                 t = member_losses(pred, self.y, self.loss)
             if self.wd > 0:
-                t = t + 0.5 * self.wd * params[f"layers.{i}.weight"].pow(2).flatten(1).sum(-1)
+                t = t + 0.5 * self.wd * params[self.names[i][0]].pow(2).flatten(1).sum(-1)
             terms.append(t)
         return torch.stack(terms) if only is None else terms[0]
 
@@ -287,23 +271,35 @@ def train(
     chunk_size: int | None = None,
     progress: bool = True,
     lr_scale: torch.Tensor | None = None,
+    objective: str = "trained",
+    bn_mode: str = "batch",
 ) -> TrainResult:
     """Penalty (auxiliary coordinate) training of stacked ``params`` [K, ...]; see the module docstring.
 
-    Deterministic given the initial parameters (full batch, no sampling), so ``seeds`` only fix the
-    initialization. ``optimizer_cfg`` and ``lr_scale`` are not used (step sizes come from backtracking).
+    trainer_cfg: complete, as composed from ``conf/trainer/penalty.yaml``. Deterministic given the
+    initial parameters (full batch, no sampling), so ``seeds`` only fix the initialization.
+    ``optimizer_cfg`` and ``lr_scale`` are not used (step sizes come from backtracking). objective,
+    bn_mode: as for backprop; the trained objective of this method is the nested network's loss plus
+    weight_decay/2 times the squared weights (not biases).
+
+    Raises:
+        ValueError: batch norm or residual connections, a population.lr_scale, an invalid stages,
+            alternations, w_solver, mu0 or mu_factor (``check_config``), an invalid objective or bn_mode.
     """
     check_spec(spec)
     if lr_scale is not None:
         raise ValueError("population.lr_scale is not supported by trainer=penalty (step sizes are set by backtracking)")
-    cfg = _config(trainer_cfg)
+    check_config(trainer_cfg)
+    check_choices(objective, bn_mode)
+    cfg = trainer_cfg
     device, dtype = data.x_train.device, data.x_train.dtype
     k, n = len(seeds), data.x_train.shape[0]
     w = {name: v.detach().clone() for name, v in params.items()}
     init_params = {name: v.detach().clone() for name, v in params.items()}
     problem = Problem(spec, data.x_train, data.y_train, loss, cfg["weight_decay"])
     z = problem.forward_codes(w)
-    recorder = Recorder(spec, data, loss, chunk_size, bool(trainer_cfg.get("snapshots", False)))
+    l2 = objective_l2(spec, "penalty", optimizer_cfg, cfg, objective)
+    recorder = Recorder(spec, data, loss, chunk_size, bool(cfg["snapshots"]), l2, bn_mode)
     extra: dict[str, list] = {name: [] for name in ("objective", "objective_w", "violation", "mu", "stage", "phase")}
 
     w_names = [name for names in problem.names for name in names]
