@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from surfacekit.models import MLPSpec, param_shapes
-from surfacekit.population import evaluate, unflatten
+from surfacekit.population import dataset_statistics, evaluate, unflatten
 
 NORMALIZATIONS = ("filter", "layer", "none")
 BIAS_BN = ("zero", "include")
@@ -67,7 +67,7 @@ def points_per_batch(spec: MLPSpec, num_examples: int, chunk_size: int | None = 
 
     if budget_bytes is None:
         budget_bytes = MEMORY_BUDGET_BYTES.get(torch.device(device).type, MEMORY_BUDGET_BYTES["cpu"])
-    n = num_examples if (chunk_size is None or spec.batch_norm) else min(num_examples, int(chunk_size))
+    n = num_examples if chunk_size is None else min(num_examples, int(chunk_size))
     per_point = 8 * (2 * num_params(spec) + 3 * n * sum(spec.dims[1:]))
     return max(1, int(budget_bytes // per_point))
 
@@ -76,9 +76,13 @@ def points_per_batch(spec: MLPSpec, num_examples: int, chunk_size: int | None = 
 def evaluate_affine(
     spec: MLPSpec, origin: torch.Tensor | None, basis: torch.Tensor, coords: torch.Tensor,
     x: torch.Tensor, y: torch.Tensor, loss: str, chunk_size: int | None = None, batch_points: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, statistics_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and error [G] at the points ``origin + coords @ basis``.
+
+    Batch norm: every point is evaluated with the full-data statistics of ``statistics_x`` (pass the
+    training inputs, so test losses use the training set's statistics at that point, as evaluation
+    mode does) or, when None, of ``x`` itself.
 
     origin [P] or None (zero), basis [B, P], coords [G, B]. Points are formed and evaluated as a
     population ``batch_points`` at a time (default: ``points_per_batch``); data in ``chunk_size`` chunks.
@@ -94,7 +98,7 @@ def evaluate_affine(
         pts = coords[start : start + size] @ basis
         if origin is not None:
             pts = pts + origin.to(x.dtype)
-        l, e = evaluate(spec, unflatten(pts, spec), x, y, loss, chunk_size)
+        l, e = _evaluate(spec, unflatten(pts, spec), x, y, loss, chunk_size, statistics_x)
         losses.append(l)
         errors.append(e)
         if progress is not None:
@@ -102,12 +106,22 @@ def evaluate_affine(
     return torch.cat(losses), torch.cat(errors)
 
 
+def _evaluate(spec: MLPSpec, params, x, y, loss, chunk_size, statistics_x):
+    statistics = None
+    if spec.batch_norm and statistics_x is not None:
+        statistics = dataset_statistics(spec, params, statistics_x.to(x.dtype), chunk_size)
+    return evaluate(spec, params, x, y, loss, chunk_size, statistics)
+
+
 @torch.no_grad()
 def evaluate_points(spec: MLPSpec, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str,
-                    chunk_size: int | None = None, batch_points: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and error [G] of the networks ``thetas`` [G, P], a chunk of points at a time."""
+                    chunk_size: int | None = None, batch_points: int | None = None,
+                    statistics_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and error [G] of the networks ``thetas`` [G, P], a chunk of points at a time (batch norm
+    as in :func:`evaluate_affine`)."""
     size = batch_points or points_per_batch(spec, x.shape[0], chunk_size, device=x.device)
-    out = [evaluate(spec, unflatten(thetas[s : s + size], spec), x, y, loss, chunk_size) for s in range(0, len(thetas), size)]
+    out = [_evaluate(spec, unflatten(thetas[s : s + size], spec), x, y, loss, chunk_size, statistics_x)
+           for s in range(0, len(thetas), size)]
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
 
 
@@ -180,8 +194,8 @@ def interpolate(
     coords = torch.stack([1 - alphas, alphas], dim=1)
     out: dict[str, torch.Tensor] = {"alpha": alphas}
     for split, (x, y) in _splits(data, splits).items():
-        l, e = evaluate_affine(spec, None, basis, coords, x, y, loss, chunk_size, batch_points, progress)
-        ends, _ = evaluate_points(spec, basis.to(x.dtype), x, y, loss, chunk_size)
+        l, e = evaluate_affine(spec, None, basis, coords, x, y, loss, chunk_size, batch_points, progress, data.x_train)
+        ends, _ = evaluate_points(spec, basis.to(x.dtype), x, y, loss, chunk_size, statistics_x=data.x_train)
         l0, l1 = float(ends[0]), float(ends[1])
         out[f"{split}_loss"], out[f"{split}_error"] = l, e
         out[f"{split}_loss0"], out[f"{split}_loss1"] = ends[0], ends[1]
@@ -367,7 +381,7 @@ def slice_1d(spec: MLPSpec, theta: torch.Tensor, direction: torch.Tensor, data, 
     out = {"x": xs}
     for split, (xx, yy) in _splits(data, splits).items():
         l, e = evaluate_affine(spec, theta, direction.unsqueeze(0), xs.unsqueeze(1), xx, yy, loss, chunk_size, batch_points,
-                              progress)
+                               progress, data.x_train)
         out[f"{split}_loss"], out[f"{split}_error"] = l, e
     return out
 
@@ -386,7 +400,8 @@ def slice_2d(spec: MLPSpec, theta: torch.Tensor, directions: torch.Tensor, data,
     coords = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
     out = {"x": xs, "y": ys}
     for split, (xx, yy) in _splits(data, splits).items():
-        l, e = evaluate_affine(spec, theta, directions[:2], coords, xx, yy, loss, chunk_size, batch_points, progress)
+        l, e = evaluate_affine(spec, theta, directions[:2], coords, xx, yy, loss, chunk_size, batch_points, progress,
+                               data.x_train)
         out[f"{split}_loss"], out[f"{split}_error"] = l.reshape(len(xs), len(ys)), e.reshape(len(xs), len(ys))
     return out
 

@@ -715,6 +715,48 @@ class Job:
     init_params: dict
     buffers: dict
     members: pd.DataFrame
+    ref: JobRef | None = None
+
+
+def job_objective(job: Job, member: int, objective: str = "trained", bn_mode: str = "batch",
+                  chunk_size: int | None = None):
+    """One member's objective as the curvature tools and finders take it: ``(loss_fn, theta, info)``.
+
+    ``loss_fn(theta)`` is ``surfacekit.objective.objective_fn`` over the job's full training set
+    (float64): the data loss plus the L2 term its training method applied (``objective="trained"``)
+    or the data loss alone (``"data"``), batch norm with full-set batch statistics (``bn_mode="batch"``)
+    or the stored statistics (``"eval"``). ``theta`` [P] are the member's final parameters. ``info``
+    records what the numbers describe: objective, weight_decay (the largest L2 coefficient),
+    l2_coefficients (per parameter tensor), bn_mode, batch_norm, dtype, data, split, num_examples,
+    chunk_size. ``member`` is a member id (the ``member`` column).
+
+    Raises ResultsError for an unknown member or ``bn_mode="eval"`` without stored statistics.
+    """
+    from omegaconf import OmegaConf
+
+    from surfacekit.objective import l2_coefficients, objective_fn
+    from surfacekit.population import flatten
+
+    ids = [int(m) for m in job.members["member"]]
+    if int(member) not in ids:
+        raise ResultsError(f"{job.path}: job {job.name!r} has no member {member}; its members are {ids}")
+    k = ids.index(int(member))
+    optimizer = OmegaConf.to_container(job.cfg.optimizer, resolve=True)
+    trainer = OmegaConf.to_container(job.cfg.trainer, resolve=True)
+    statistics = {n: v[k] for n, v in job.buffers.items()} if job.buffers else None
+    d = job.data
+    try:
+        loss_fn = objective_fn(job.spec, d.x_train, d.y_train, job.cfg.model.loss, optimizer_cfg=optimizer,
+                               trainer_cfg=trainer, objective=objective, bn_mode=bn_mode, statistics=statistics,
+                               chunk_size=chunk_size)
+    except ValueError as exc:
+        raise ResultsError(f"{job.path}: {exc}") from None
+    l2 = l2_coefficients(job.spec, trainer["method"], optimizer, trainer, objective)
+    info = {"objective": objective, "weight_decay": max(l2.values(), default=0.0), "l2_coefficients": l2,
+            "bn_mode": bn_mode, "batch_norm": bool(job.spec.batch_norm), "dtype": "float64",
+            "data": str(job.cfg.data.name), "split": "train", "num_examples": int(d.x_train.shape[0]),
+            "chunk_size": chunk_size}
+    return loss_fn, flatten(job.params)[k], info
 
 
 def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "cpu") -> Job:
@@ -750,7 +792,7 @@ def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "c
     if missing:
         raise ResultsError(f"{ref.file}: job {ref.name!r} lacks parameters {missing} of its model")
     return Job(ref.name, ref.file, ref.run_id, cfg, spec, data, params, tensors(groups["init_params"], names),
-               tensors(groups["buffers"], groups["buffers"]), members)
+               tensors(groups["buffers"], groups["buffers"]), members, ref)
 
 
 def results_file(source: str | os.PathLike) -> Path:

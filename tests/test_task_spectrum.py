@@ -110,6 +110,37 @@ def test_the_trained_objective_includes_weight_decay(run_cli, tmp_path, optimize
         np.testing.assert_allclose(arrays["top"][0], eig[::-1][:3], rtol=1e-8)
         tau = -1e-5 * np.abs(eig).max()
         assert arrays["index_count"][0] == int((eig < tau).sum())
+        theta = flatten(job.params)[0].clone().requires_grad_(True)
+        d = job.data
+        value = member_loss_fn(job.spec, d.x_train, d.y_train, "cross_entropy")(theta) + 0.5 * shift * theta.pow(2).sum()
+        (grad,) = torch.autograd.grad(value, theta)
+        assert arrays["grad_norm"][0] == pytest.approx(float(grad.norm()), rel=1e-10)
+
+
+def test_batch_norm_spectra_in_both_modes(run_cli, tmp_path):
+    from surfacekit.objective import objective_fn
+
+    train = run_cli("population.size=1", "model.width=4", "model.batch_norm=true", "data.train_size=100",
+                    "trainer.epochs=3", "progress=false", f"hydra.run.dir={tmp_path}/run")
+    assert train.returncode == 0, train.stderr
+    path = tmp_path / "run" / "results.h5"
+    job = store.load_job(path)
+    d = job.data
+    stats = {n: v[0] for n, v in job.buffers.items()}
+    for mode in ("batch", "eval"):
+        assert run_cli("task=spectrum", f"source={path}", f"bn_mode={mode}", "objective=data", *FAST).returncode == 0
+        loss_fn = objective_fn(job.spec, d.x_train, d.y_train, "cross_entropy", objective="data", bn_mode=mode,
+                               statistics=stats)
+        eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, flatten(job.params)[0])).numpy()
+        (analysis,) = [p for p in (tmp_path / "run" / "analyses").glob("spectrum-*/spectrum.h5") if _bn_mode_of(p) == mode]
+        np.testing.assert_allclose(store.load_group(analysis, "spectrum")["top"][0], eig[::-1][:3], rtol=1e-8)
+
+
+def _bn_mode_of(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return str(f.attrs["bn_mode"])
 
 
 def _objective_of(path):

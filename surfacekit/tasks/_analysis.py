@@ -29,7 +29,8 @@ from surfacekit.data import DataError
 from surfacekit.jobs import JobError, job_attributes
 from surfacekit.progress import bar
 from surfacekit.store import (
-    PARTS_DIR, Job, JobRef, Parts, ResultsError, _members_frame, _open, collect, file_sha256, load_job, now_iso,
+    PARTS_DIR, Job, JobRef, Parts, ResultsError, _members_frame, _open, collect, file_sha256, job_objective, load_job,
+    now_iso,
     set_attrs, write_atomic, _write_groups,
 )
 
@@ -86,14 +87,15 @@ def member_positions(members: pd.DataFrame) -> dict[int, int]:
     return {int(m): i for i, m in enumerate(members["member"])}
 
 
-def objective_info(job: Job, cfg: DictConfig) -> dict[str, Any]:
-    """What every number of an analysis describes: objective, weight decay, BN mode, data, dtype, chunking."""
-    from surfacekit.tasks._objective import trained_weight_decay
-
-    wd = trained_weight_decay(job.cfg) if cfg.objective == "trained" else 0.0
-    return {"objective": str(cfg.objective), "weight_decay": float(wd), "bn_mode": str(cfg.bn_mode),
-            "batch_norm": bool(job.spec.batch_norm), "dtype": "float64", "data": str(job.cfg.data.name),
-            "split": "train", "num_examples": int(job.data.x_train.shape[0]), "chunk_size": cfg.get("chunk_size")}
+def member_objective(job: Job, member: int, ctx: dict):
+    """``(loss_fn, theta)`` of one member on the configured objective and BN mode (cached per member)."""
+    cache = ctx["cache"].setdefault("objectives", {})
+    if member not in cache:
+        cfg = ctx["cfg"]
+        loss_fn, theta, _ = job_objective(job, member, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))
+        cache.clear()  # one member at a time: keeps one autograd graph alive
+        cache[member] = (loss_fn, theta)
+    return cache[member]
 
 
 def _done_jobs(path: Path, col_jobs: dict[str, JobRef], cfg: DictConfig, settings: dict) -> set[str]:
@@ -144,7 +146,9 @@ def run(task: Task, cfg: DictConfig, out_dir: Path) -> Path:
         todo = [key for key in plan.units if not parts.done(f"{plan.job.name}/{key}")]
         try:
             job = load_job(plan.job.file, plan.job.name if plan.job.group else None, device)
-            ctx = {"cfg": cfg, "info": objective_info(job, cfg), "cache": {}}
+            first = int(plan.members["member"].iloc[0])
+            info = job_objective(job, first, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))[2]
+            ctx = {"cfg": cfg, "info": info, "cache": {}}
             for key in todo:
                 t0 = time.perf_counter()
                 arrays = task.compute(job, plan.units[key], settings, ctx)

@@ -23,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -32,7 +31,6 @@ from omegaconf import DictConfig
 from surfacekit.critical import find, sample_uniform_in_loss
 from surfacekit.store import ResultsError, _open
 from surfacekit.tasks import _analysis
-from surfacekit.tasks._objective import objective_fn
 
 GROUP = "critical"
 
@@ -58,20 +56,16 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple[int, int, str]]
 
 def compute(job, unit: tuple[int, int, str], s: dict, ctx: dict) -> dict[str, Any]:
     member, start_eval, finder = unit
-    cache = ctx["cache"]
-    if "loss_fn" not in cache:
-        cache["loss_fn"] = objective_fn(job, ctx["cfg"])
-        with h5py.File(job.path, "r") as f:
-            g = f[f"jobs/{job.name}"] if "jobs" in f else f
-            cache["steps"] = g["trajectory"]["step"][()]
-        cache["index"] = {key: s["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")}
-    with h5py.File(job.path, "r") as f:
-        g = f[f"jobs/{job.name}"] if "jobs" in f else f
+    loss_fn, _ = _analysis.member_objective(job, member, ctx)
+    index = {key: s["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")}
+    f, g = _open(job.ref)
+    with f:
+        step = int(g["trajectory"]["step"][start_eval])
         start = np.asarray(g["trajectory"]["theta"][start_eval, _analysis.member_positions(job.members)[member]], dtype=np.float64)
-    point = find(cache["loss_fn"], torch.from_numpy(start).to(job.data.x_train.device), finder, cutoff=float(s["cutoff"]),
+    point = find(loss_fn, torch.from_numpy(start).to(job.data.x_train.device), finder, cutoff=float(s["cutoff"]),
                  flat_threshold=float(s["flat_threshold"]), compute_index=bool(s["compute_index"]),
-                 index_options=cache["index"], **(s.get("options", {}).get(finder) or {}))
-    return _row(point, member, start_eval, int(cache["steps"][start_eval]), bool(s.get("store_theta", True)))
+                 index_options=index, **(s.get("options", {}).get(finder) or {}))
+    return _row(point, member, start_eval, step, bool(s.get("store_theta", True)))
 
 
 def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> dict[str, Any]:

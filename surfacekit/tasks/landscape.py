@@ -6,8 +6,10 @@
 init-to-solution path, one pair's solution-to-solution path, one member's 1D or 2D slice) is saved
 as it finishes; diverged members are skipped with a warning. Written to
 ``SOURCE/analyses/landscape-HASH/landscape.h5`` under ``/jobs/<job>/landscape/...`` (docs/landscape.md).
-Losses are the data loss of each split; with ``objective=trained`` and weight decay, the training
-objective along the path or slice (``train_objective``, adding (wd/2)|theta|^2) is stored beside it.
+Losses are the data loss of each split; with ``objective=trained`` and an L2 term in training, the
+training objective along the path or slice (``train_objective``, the data loss plus the L2 term the
+method applied) is stored beside it. Batch-norm networks are evaluated at every point with the
+training set's full-data statistics at that point (``bn_mode=batch``; ``bn_mode=eval`` is refused).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from omegaconf import DictConfig
 from surfacekit import landscape as ls
 from surfacekit.config import ConfigError
 from surfacekit.jobs import warn
-from surfacekit.population import flatten
+from surfacekit.objective import l2_penalty
+from surfacekit.population import flatten, unflatten
 from surfacekit.tasks import _analysis
 
 GROUP = "landscape"
@@ -66,8 +69,10 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple]:
     return units
 
 
-def _l2(theta_points: torch.Tensor) -> torch.Tensor:
-    return theta_points.pow(2).sum(dim=-1)
+def _l2(job, l2: dict, points: torch.Tensor) -> torch.Tensor:
+    """The trained objective's L2 term at every point of ``points`` [..., P] (shape [...])."""
+    flat = points.reshape(-1, points.shape[-1])
+    return torch.as_tensor(l2_penalty(unflatten(flat, job.spec), l2), dtype=flat.dtype).expand(len(flat)).reshape(points.shape[:-1])
 
 
 def compute(job, unit: tuple, s: dict, ctx: dict) -> dict[str, Any]:
@@ -77,7 +82,7 @@ def compute(job, unit: tuple, s: dict, ctx: dict) -> dict[str, Any]:
         cache["init"] = flatten(job.init_params)
     pos = _analysis.member_positions(job.members)
     theta, init = cache["thetas"], cache["init"]
-    wd = ctx["info"]["weight_decay"]
+    l2 = ctx["info"]["l2_coefficients"]
     ip, sl = s["interpolation"], s["slice"]
     common = dict(splits=s["splits"], chunk_size=ctx["cfg"].get("chunk_size"), batch_points=s["batch_points"])
     loss = job.cfg.model.loss
@@ -89,10 +94,10 @@ def compute(job, unit: tuple, s: dict, ctx: dict) -> dict[str, Any]:
         if kind == "init":
             for sp in s["splits"]:
                 out[f"{sp}_monotone"] = torch.tensor(ls.is_monotone(alphas, out[f"{sp}_loss"]))
-        if wd > 0 and "train" in s["splits"]:
+        if l2 and "train" in s["splits"]:
             path = (1 - alphas)[:, None] * a[None] + alphas[:, None] * b[None]
-            objective = out["train_loss"] + 0.5 * wd * _l2(path)
-            ends = (float(out["train_loss0"]) + 0.5 * wd * float(_l2(a)), float(out["train_loss1"]) + 0.5 * wd * float(_l2(b)))
+            objective = out["train_loss"] + _l2(job, l2, path)
+            ends = (float(out["train_loss0"] + _l2(job, l2, a)), float(out["train_loss1"] + _l2(job, l2, b)))
             out["train_objective"] = objective
             out["train_objective_barrier"] = torch.tensor(ls.barrier_height(alphas, objective, *ends, "max"))
         return {k: _analysis.to_numpy(v) for k, v in out.items()}
@@ -108,8 +113,8 @@ def compute(job, unit: tuple, s: dict, ctx: dict) -> dict[str, Any]:
     else:
         out = ls.slice_2d(job.spec, theta[pos[m]], d, job.data, loss, grid, grid, **common)
         points = (theta[pos[m]][None, None] + grid[:, None, None] * d[0][None, None] + grid[None, :, None] * d[1][None, None])
-    if wd > 0 and "train" in s["splits"]:
-        out["train_objective"] = out["train_loss"] + 0.5 * wd * _l2(points)
+    if l2 and "train" in s["splits"]:
+        out["train_objective"] = out["train_loss"] + _l2(job, l2, points)
     if sl["store_directions"]:
         out["directions"] = d[0] if count == 1 else d
     return {k: _analysis.to_numpy(v) for k, v in out.items()}
@@ -181,4 +186,7 @@ TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
     """Compute the landscape quantities of every job of ``source``; write ``out_dir/landscape.h5``."""
+    if cfg.bn_mode != "batch":
+        raise ConfigError("bn_mode=eval is not available for task=landscape: batch-norm networks are evaluated with "
+                          "the training set's statistics at every point of a path or slice (bn_mode=batch)")
     return _analysis.run(TASK, cfg, out_dir)

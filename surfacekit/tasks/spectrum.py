@@ -24,9 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from surfacekit import curvature
-from surfacekit.population import flatten
 from surfacekit.tasks import _analysis
-from surfacekit.tasks._objective import objective_fn
 
 GROUP = "spectrum"
 FIELDS = ["loss", "grad_norm", "top", "top_residual", "top_converged", "bottom", "bottom_residual", "bottom_converged", "index_count",
@@ -66,12 +64,8 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, int]:
 
 
 def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
-    cache = ctx["cache"]
-    if "loss_fn" not in cache:
-        cache["loss_fn"] = objective_fn(job, ctx["cfg"])
-        cache["thetas"] = flatten(job.params)
-    theta = cache["thetas"][_analysis.member_positions(job.members)[member]]
-    row = member_spectrum(cache["loss_fn"], theta, s)
+    loss_fn, theta = _analysis.member_objective(job, member, ctx)
+    row = member_spectrum(loss_fn, theta, s)
     return {k: _analysis.to_numpy(v) for k, v in row.items()}
 
 

@@ -111,7 +111,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     if lr_scale is not None:
         lr_scale = torch.tensor(list(lr_scale), dtype=DTYPES[cfg.dtype], device=data.x_train.device)
     result = trainer.train(spec, data, params, seeds, cfg.optimizer, cfg.trainer, cfg.model.loss,
-                           chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale)
+                           chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale,
+                           objective=str(cfg.objective), bn_mode=str(cfg.bn_mode))
     groups, dims = result_groups(cfg, spec, seeds, result)
     path = write_results(path, groups, job_attributes(cfg, started), dims)
     print(summary(groups["members"]))
