@@ -57,7 +57,7 @@ class ResultsError(ValueError):
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def provenance() -> dict[str, Any]:
@@ -396,7 +396,7 @@ def _matches(job: JobRef, analysis: AnalysisRef) -> bool:
 def analyses_of(collection: Collection, job: JobRef, task: str | None = None) -> list[AnalysisRef]:
     """Analyses of ``job`` (optionally of one task), newest first."""
     found = [a for a in collection.analyses if _matches(job, a) and (task is None or a.task == task)]
-    return sorted(found, key=lambda a: a.end_time, reverse=True)
+    return sorted(found, key=lambda a: (a.end_time, str(a.file)), reverse=True)
 
 
 # ----------------------------------------------------------------------------------- read

@@ -54,3 +54,29 @@ def test_bad_settings_name_the_key(overrides, message):
     overrides = ["task=landscape", "source=x", *overrides]
     with pytest.raises(ConfigError, match=message):
         validate(compose_config(overrides), overrides)
+
+
+def test_slice_seeds_are_fresh_by_default_and_reproducible_when_given(run_cli, job_copy):
+    import json
+    import shutil
+
+    from surfacekit.seeds import derive_seed
+
+    args = ["task=landscape", f"source={job_copy}", "landscape.kind=slice1d", "landscape.slice.num=3", "progress=false"]
+
+    def analysis(seed):
+        for path in job_copy.parent.glob("analyses/landscape-*/landscape.h5"):
+            with h5py.File(path) as f:
+                if json.loads(f.attrs["settings"])["slice"]["seed"] == seed:
+                    return path
+        raise AssertionError(f"no analysis with slice.seed={seed}")
+
+    assert run_cli(*args).returncode == 0
+    fresh = store.load_group(analysis(None), "landscape/slice1d")
+    assert len(set(fresh["seed"].tolist())) == 2  # one fresh seed per member, stored
+    assert run_cli(*args, "landscape.slice.seed=5").returncode == 0
+    given = store.load_group(analysis(5), "landscape/slice1d")
+    assert given["seed"].tolist() == [derive_seed(5, 0), derive_seed(5, 1)]
+    shutil.rmtree(analysis(5).parent)
+    assert run_cli(*args, "landscape.slice.seed=5").returncode == 0
+    np.testing.assert_array_equal(store.load_group(analysis(5), "landscape/slice1d")["directions"], given["directions"])

@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from surfacekit.critical import find, sample_uniform_in_loss
+from surfacekit.seeds import derive_seed
 from surfacekit.store import ResultsError, _open
 from surfacekit.tasks import _analysis
 
@@ -47,7 +48,7 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple[int, int, str]]
     positions = _analysis.member_positions(members)
     units = {}
     for m in chosen:
-        evals = sample_uniform_in_loss(train_loss[positions[m]], int(s["starts"]), seed=int(s["seed"]) + m)
+        evals = sample_uniform_in_loss(train_loss[positions[m]], int(s["starts"]), seed=derive_seed(int(s["seed"]), m))
         for i, e in enumerate(evals):
             for finder in s["finders"]:
                 units[f"member-{m:06d}-start-{i:04d}-{finder}"] = (m, int(e), finder)

@@ -27,6 +27,7 @@ from surfacekit.config import ConfigError
 from surfacekit.jobs import warn
 from surfacekit.objective import l2_penalty
 from surfacekit.population import flatten, unflatten
+from surfacekit.seeds import derive_seed
 from surfacekit.tasks import _analysis
 
 GROUP = "landscape"
@@ -103,9 +104,9 @@ def compute(job, unit: tuple, s: dict, ctx: dict) -> dict[str, Any]:
         return {k: _analysis.to_numpy(v) for k, v in out.items()}
     count = 1 if kind == "slice1d" else 2
     m = unit[1]
-    seed = sl["seed"] + m if sl.get("seed") is not None else None
-    d = ls.random_directions(job.spec, theta[pos[m]], count, seed=seed, orthogonalize=bool(sl["orthogonalize"]),
-                             normalization=sl["normalization"], bias_bn=sl["bias_bn"])
+    seed = derive_seed(sl["seed"], m) if sl.get("seed") is not None else None
+    d, seed = ls.random_directions(job.spec, theta[pos[m]], count, seed=seed, orthogonalize=bool(sl["orthogonalize"]),
+                                   normalization=sl["normalization"], bias_bn=sl["bias_bn"], return_seed=True)
     grid = ls.slice_grid(sl["num"], sl["lo"], sl["hi"])
     if count == 1:
         out = ls.slice_1d(job.spec, theta[pos[m]], d[0], job.data, loss, grid, **common)
@@ -117,6 +118,7 @@ def compute(job, unit: tuple, s: dict, ctx: dict) -> dict[str, Any]:
         out["train_objective"] = out["train_loss"] + _l2(job, l2, points)
     if sl["store_directions"]:
         out["directions"] = d[0] if count == 1 else d
+    out["seed"] = np.int64(seed)
     return {k: _analysis.to_numpy(v) for k, v in out.items()}
 
 
@@ -149,7 +151,7 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
                      **{k: first[k] for k in ("x", "y") if k in first},
                      **{k: np.stack([rows[u][k] for u in keys]) for k in scalar(first)}}
         axes = "member,x" if kind == "slice1d" else "member,x,y"
-        dims.update({g: axes, f"{g}/member": "member", f"{g}/x": "x", f"{g}/y": "y"})
+        dims.update({g: axes, f"{g}/member": "member", f"{g}/seed": "member", f"{g}/x": "x", f"{g}/y": "y"})
         if "directions" in first:
             dims[f"{g}/directions"] = "member,param" if kind == "slice1d" else "member,direction,param"
     return groups, dims
