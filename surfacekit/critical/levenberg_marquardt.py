@@ -3,8 +3,9 @@
 Levenberg (1944), Marquardt (1963); the damping update by the ratio of actual to predicted
 decrease is that of a trust-region method (Nocedal and Wright, Section 10.3 and Algorithm 4.1).
 Each step minimizes the local model ``||g + H d||^2 + mu s^2 ||d||^2``, i.e.
-``d = -(H^2 + mu s^2 I)^{-1} H g``, solved by scipy's LSQR with ``damp = sqrt(mu) s`` on
-``HessianOperator.to_scipy()`` (two HVPs per LSQR iteration). A damped Newton-MR: large ``mu``
+``d = -(H^2 + mu s^2 I)^{-1} H g``, solved by scipy's LSQR with ``damp = sqrt(mu)`` on
+``HessianOperator.to_scipy() / s`` and the right side ``-g / ||g||`` (two HVPs per LSQR iteration;
+normalized because LSQR's stopping tests contain absolute terms such as ``anorm * rnorm + eps``). A damped Newton-MR: large ``mu``
 gives a short step along ``-H g``, small ``mu`` the minimum-length Newton step ``-H^+ g`` (LSQR
 started at 0 stays in the range of H), so the damping is the safeguard an undamped Newton step on
 ``g = 0`` lacks where H is nearly singular, and nothing in the step prefers minima over saddles.
@@ -63,11 +64,13 @@ def levenberg_marquardt(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 200,
             if scale2 == 0:
                 stop = "stalled"
                 break
-        operator, rhs = hessian.to_scipy(), -g.cpu().numpy()
+        # LSQR on the normalized problem (H / s) x = -g / ||g|| with damp sqrt(mu), d = x ||g|| / s:
+        # scipy's LSQR has absolute terms (anorm * rnorm + eps) that would make tiny losses stop early.
+        operator, rhs = hessian.to_scipy() * (1.0 / math.sqrt(scale2)), -(g / math.sqrt(gn2)).cpu().numpy()
         taken = False
         for _ in range(max_rejections):
-            d_np = lsqr(operator, rhs, damp=math.sqrt(mu * scale2), atol=lsqr_tol, btol=lsqr_tol, iter_lim=maxiter)[0]
-            d = torch.from_numpy(np.asarray(d_np)).to(theta)
+            x = lsqr(operator, rhs, damp=math.sqrt(mu), atol=lsqr_tol, btol=lsqr_tol, iter_lim=maxiter)[0]
+            d = torch.from_numpy(np.asarray(x)).to(theta) * math.sqrt(gn2 / scale2)
             hd = hessian(d)
             model = float((g + hd) @ (g + hd))
             predicted = gn2 - model
