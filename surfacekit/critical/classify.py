@@ -8,9 +8,11 @@ as a critical point when
 a termination test of Kelley's form (``||F(x)|| <= tau_r ||F(x_0)|| + tau_a``; C. T. Kelley,
 *Iterative Methods for Linear and Nonlinear Equations*, SIAM 1995, Section 5.2) with the absolute
 part measured in the Hessian's scale. Both sides scale alike when the loss is multiplied by a
-constant, so the decision does not depend on the units of the loss. Defaults: ``rtol = 1e-5``
-(``||g||^2`` reduced by a factor 1e10 from the start, the same number as the absolute cutoff
-1e-10 for a start with ``||g_0|| = 1``) and ``htol = 1e-10`` (a gradient that the largest curvature
+constant, so the decision does not depend on the units of the loss. Defaults: ``rtol = 1e-6``
+(``||g||^2`` reduced by a factor 1e12 from the start: the absolute cutoff 1e-10 for a start with
+``||g_0|| = 10``, typical of random starts of small networks; from a start with a far larger
+gradient the relative part is loose, so start finders where the gradient is of the loss's typical
+scale, or lower ``rtol``) and ``htol = 1e-10`` (a gradient that the largest curvature
 turns into a Newton step of at most 1e-10 parameter units; far above the float64 rounding floor
 ``~ 2e-16 ||H|| ||theta||``, and it lets a start that is already critical be accepted). The
 quantity ``acceptance_ratio`` is the left side over the right (accepted iff <= 1).
@@ -42,7 +44,7 @@ from .trace import FinderRun
 
 Criterion = Literal["scale_free", "absolute"]
 CRITERIA = ("scale_free", "absolute")
-DEFAULT_RTOL = 1e-5
+DEFAULT_RTOL = 1e-6
 DEFAULT_HTOL = 1e-10
 DEFAULT_CUTOFF = 1e-10
 DEFAULT_FLAT_THRESHOLD = 0.05

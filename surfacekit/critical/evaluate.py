@@ -47,7 +47,7 @@ def check_start(theta0: Tensor) -> Tensor:
         raise ValueError("theta0 must be a 1-D floating-point tensor [P]")
     if theta0.dtype != torch.float64:
         warnings.warn("critical-point finders expect float64 theta; their tolerances (a relative "
-                      "||g||^2 of 1e-20, acceptance at 1e-5 of the start's ||g||) are below float32 rounding",
+                      "||g||^2 of 1e-20, acceptance at 1e-6 of the start's ||g||) are below float32 rounding",
                       UserWarning, stacklevel=3)
     return theta0.detach().clone()
 

@@ -31,8 +31,9 @@ def newton(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float =
     ``-c H g`` with ``c = ||g||^2 / ||H g||^2`` (the gradient of ``||g||^2 / 2`` scaled by the
     curvature along it; one more HVP). Records ``solve_residuals`` ``||H d + g|| / ||g||`` of the
     subspace step. Stops like every finder on ``||g||^2 <= tol ||g_0||^2``, ``max_iter``, a
-    failed line search, or, when the fallback is needed, ``||H g|| <= 1e-12 max|lambda| ||g||``
-    ("stalled": ||g||^2 is stationary, g lies in the kernel of H).
+    failed line search, when the fallback is needed and ``||H g|| <= 1e-12 max|lambda| ||g||``
+    ("stalled": ||g||^2 is stationary, g lies in the kernel of H), or after a step of at most
+    1e-12 ``||theta||`` ("resolution").
 
     Raises:
         ValueError: ``krylov_dim < 1`` or a bad ``theta0``.

@@ -42,8 +42,9 @@ def newton_mr(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: floa
     ``kernel_dims``. Stops on ``||g||^2 <= tol ||g_0||^2`` ("tolerance"), ``max_iter``, a failed
     line search ("line_search"), a step that predicts a relative decrease of ``||g||^2`` below
     1e-12 ("stalled": g lies in the kernel of H, a least-squares point of ``g = 0`` that is not
-    critical) or a non-finite product ("nonfinite"). Every test is relative, so the endpoint does
-    not depend on the units of the loss.
+    critical), after a step whose Newton step was at most 1e-12 ``||theta||`` ("resolution": g is at
+    its rounding floor) or on a non-finite product ("nonfinite"). Every test is relative, so the
+    endpoint does not depend on the units of the loss.
 
     Raises:
         ValueError: ``theta0`` is not a 1-D floating-point tensor, or ``minres_maxiter < 1``.

@@ -28,7 +28,7 @@ def test_endpoint_is_the_nearest_least_squares_point(method, kernel):
     assert abs(point.loss - float(quadratic(nearest))) < 1e-10
     assert abs(point.grad_norm2 ** 0.5 - quadratic.kernel_component(x0)) < 1e-9
     # 0.3: no critical point, and g lies in the kernel of H: gradient-flat, not accepted. 1e-6: a
-    # nearly critical point (||g|| = 1e-6 <= 1e-5 ||g_0||), accepted where it should be: next to x0.
+    # nearly critical point (||g|| = 1e-6 <= 1e-6 ||g_0|| = 3.5e-6), accepted where it should be: next to x0.
     assert point.accepted == (kernel != 0.3)
     assert point.status == ("gradient_flat" if kernel == 0.3 else "critical")
     if method == "newton_mr":  # the recorded kernel component of g, which no step removes
