@@ -4,11 +4,12 @@ Levenberg (1944), Marquardt (1963); the damping update by the ratio of actual to
 decrease is that of a trust-region method (Nocedal and Wright, Section 10.3 and Algorithm 4.1).
 Each step minimizes the local model ``||g + H d||^2 + mu s^2 ||d||^2``, i.e.
 ``d = -(H^2 + mu s^2 I)^{-1} H g``, solved by scipy's LSQR with ``damp = sqrt(mu)`` on
-``HessianOperator.to_scipy() / s`` and the right side ``-g / ||g||`` (two HVPs per LSQR iteration;
-normalized because LSQR's stopping tests contain absolute terms such as ``anorm * rnorm + eps``). A damped Newton-MR: large ``mu``
-gives a short step along ``-H g``, small ``mu`` the minimum-length Newton step ``-H^+ g`` (LSQR
-started at 0 stays in the range of H), so the damping is the safeguard an undamped Newton step on
-``g = 0`` lacks where H is nearly singular, and nothing in the step prefers minima over saddles.
+``HessianOperator.to_scipy() / s`` and the right side ``-g / ||g||`` (two HVPs per LSQR
+iteration; normalized because LSQR's stopping tests contain absolute terms such as
+``anorm * rnorm + eps``). A damped Newton-MR: large ``mu`` gives a short step along ``-H g``, small
+``mu`` the minimum-length Newton step ``-H^+ g`` (LSQR started at 0 stays in the range of H), so
+the damping is the safeguard an undamped Newton step on ``g = 0`` lacks where H is nearly
+singular, and nothing in the step prefers minima over saddles.
 """
 
 from __future__ import annotations

@@ -74,8 +74,9 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
     subspace is invariant, or after ``maxiter`` products (default ``min(P, 1000)``; at most P).
     All tests are relative, so the solution does not depend on the units of H and b.
 
-    Cost: one product with H per iteration, plus ``O(k P)`` for the reorthogonalization and one
-    SVD of a [k + 1, k] matrix at the end. Memory: ``8 (k + 1) P`` bytes for the basis.
+    Cost: one product with H per iteration, plus ``8 k P`` flops in iteration k for the
+    reorthogonalization (``4 k^2 P`` in all) and one SVD of a [k + 1, k] matrix at the end.
+    Memory: ``8 (m + 1) P`` bytes for the basis, m = min(maxiter, P).
 
     Raises:
         ValueError: ``b`` is not a 1-D floating-point tensor or not finite, ``rtol`` or ``rcond``
@@ -99,7 +100,7 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
     basis[0] = b / beta1
     alpha = [0.0] * m
     off = [0.0] * m  # off[j]: coupling of v_j and v_{j+1}
-    c2, s2, c1, s1 = 1.0, 0.0, 1.0, 0.0  # rotations of the two previous columns
+    c2, c1, s1 = 1.0, 1.0, 0.0  # cosine of rotation k-2, cosine and sine of rotation k-1
     phibar, tnorm = beta1, 0.0
     reason, columns = "maxiter", m
     for k in range(m):
@@ -115,7 +116,8 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
         bprev = off[k - 1] if k > 0 else 0.0
         alpha[k], off[k] = a, bnext
         tnorm = max(tnorm, math.sqrt(bprev**2 + a**2 + bnext**2))
-        # Column k of T: (bprev, a, bnext) in rows k-1, k, k+1. Apply the two previous rotations.
+        # Column k of T: (bprev, a, bnext) in rows k-1, k, k+1. Apply the two previous rotations
+        # (rotation k-2 also makes an entry in row k-2, which only the solution, not the tests, needs).
         dtil = c2 * bprev
         gbar = -s1 * dtil + c1 * a
         # ||H r|| of the previous iterate (x = 0 before the first step).
@@ -124,7 +126,7 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
         gamma = math.hypot(gbar, bnext)
         c, s = (gbar / gamma, bnext / gamma) if gamma > 0 else (1.0, 0.0)
         phibar = -s * phibar
-        c2, s2, c1, s1 = c1, s1, c, s
+        c2, c1, s1 = c1, c, s
         columns = k + 1
         if bnext <= 1e-13 * tnorm:  # first: a singular T then makes gamma ~ 0 and the rotation arbitrary
             reason = "invariant"

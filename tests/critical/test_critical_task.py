@@ -38,7 +38,8 @@ def test_task_critical_end_to_end(tmp_path):
         assert g["loss"].shape == (2,) and set(g["member"]) == {1}
         assert g["theta"].shape[0] == 2 and np.all(g["hvps"] > 0) and np.all(g["index_count"] >= 0)
         # the default, scale-free acceptance, recomputed from the stored columns
-        ratios = [acceptance_ratio(a, b, c) for a, b, c in zip(g["grad_norm2"], g["start_grad_norm2"], g["spectral_norm"])]
+        columns = zip(g["grad_norm2"], g["start_grad_norm2"], g["spectral_norm"])
+        ratios = [acceptance_ratio(a, b, c) for a, b, c in columns]
         assert np.array_equal(g["accepted"], np.asarray(ratios) <= 1)
         assert np.allclose(g["grad_norm2_relative"], g["grad_norm2"] / g["start_grad_norm2"])
         assert np.all(g["index_threshold"] < 0) and set(g["index_method"]) == {"dense"}

@@ -24,7 +24,8 @@ def problems():
     return {  # name: (loss, start, finders, endpoint tolerance relative to max(1, ||theta||))
         "two_weight": (two_weight, torch.tensor(NEAR[0], **F64), METHODS, 1e-10),
         "singular psd": (psd, start(8), METHODS, 1e-10),
-        "singular inconsistent": (indefinite, start(8), ("newton_mr", "newton", "gradnorm", "levenberg_marquardt"), 1e-8),
+        "singular inconsistent": (indefinite, start(8), ("newton_mr", "newton", "gradnorm", "levenberg_marquardt"),
+                                  1e-8),
         # critical points of the autoencoder form GL(2) orbits: flat directions, so rounding may
         # move the endpoint along the orbit; compare to 1e-6
         "autoencoder": (loss, near_saddle, METHODS, 1e-6),

@@ -9,8 +9,7 @@ own quadratic gave 6.9e8 and "accepted 2e6 away, loss -13.83 vs -11.84": the sam
 """
 
 import pytest
-import torch
-from critical_problems import F64, SingularQuadratic, start
+from critical_problems import SingularQuadratic, start
 
 from surfacekit.critical import find
 
