@@ -128,4 +128,4 @@ def test_non_finite_start_stops_at_once():
 
 def test_float32_start_warns():
     with pytest.warns(UserWarning, match="float64"):
-        find(saddle, torch.tensor([0.1, 0.2]), "newton_mr", compute_index=False, max_iter=2)
+        find(saddle, torch.tensor([0.1, 0.2], dtype=torch.float32), "newton_mr", compute_index=False, max_iter=2)
