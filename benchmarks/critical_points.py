@@ -150,7 +150,7 @@ def summarize(method: str, frame: pd.DataFrame, seconds: float) -> dict:
             "g2_rej_q10": q[0], "g2_rej_q50": q[1], "g2_rej_q90": q[2],
             "rho_accepted": rho_acc, "p_accepted": p_acc, "rho_all": rho_all,
             "median_iters_accepted": acc.iterations.median() if len(acc) else np.nan,
-            "minres_relres": frame.solve_residual.median(), "mean_hvps": frame.hvps.mean(),
+            "solve_relres": frame.solve_residual.median(), "mean_hvps": frame.hvps.mean(),
             "distinct_index": acc.index_count.nunique(), "seconds": seconds,
             **({"closed_form_loss_ok": f"{int(acc.loss_matches.sum())}/{len(acc)}",
                 "closed_form_index_ok": f"{int(acc.index_matches.sum())}/{int(acc.index_checkable.sum())}",
