@@ -76,7 +76,8 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
 
     Cost: one product with H per iteration, plus ``8 k P`` flops in iteration k for the
     reorthogonalization (``4 k^2 P`` in all) and one SVD of a [k + 1, k] matrix at the end.
-    Memory: ``8 (m + 1) P`` bytes for the basis, m = min(maxiter, P).
+    Memory: the basis, ``8 (k + 1) P`` bytes after k iterations (grown by doubling, so at most
+    twice that and never more than ``8 (min(maxiter, P) + 1) P``).
 
     Raises:
         ValueError: ``b`` is not a 1-D floating-point tensor or not finite, ``rtol`` or ``rcond``
@@ -96,7 +97,7 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
     if limit < 1:
         raise ValueError(f"maxiter must be >= 1 or None, got {maxiter}")
     m = min(limit, p)
-    basis = torch.zeros(m + 1, p, dtype=b.dtype, device=b.device)
+    basis = torch.zeros(min(m, 32) + 1, p, dtype=b.dtype, device=b.device)  # grown by doubling
     basis[0] = b / beta1
     alpha = [0.0] * m
     off = [0.0] * m  # off[j]: coupling of v_j and v_{j+1}
@@ -138,6 +139,9 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
             reason = "least_squares"
             break
         if k + 1 < m:
+            if k + 1 == basis.shape[0]:
+                basis = torch.cat([basis, torch.zeros(min(m + 1, 2 * basis.shape[0]) - basis.shape[0], p,
+                                                      dtype=b.dtype, device=b.device)])
             basis[k + 1] = w / bnext
     x, residual, dropped = _projected_solution(basis, alpha, off, columns, beta1, rcond)
     return KrylovSolve(x, residual, columns, dropped, reason)

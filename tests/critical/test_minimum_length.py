@@ -87,3 +87,15 @@ def test_least_squares_stop_is_a_least_squares_solution():
         r = b - a @ solve.solution
         assert solve.reason == "least_squares" and solve.iterations < 41
         assert float((a @ r).norm()) <= rtol * float(torch.linalg.matrix_norm(a, 2)) * float(r.norm())
+
+
+def test_basis_grows_past_its_first_block():
+    # P = 300 with a 20-dimensional kernel, inconsistent: about 280 iterations, the basis grows by
+    # doubling from 33 rows; the answer is still the pseudo-inverse one.
+    lam = torch.cat([torch.linspace(-3, 3, 280, **F64) + 0.01, torch.zeros(20, **F64)])
+    a, q, _ = symmetric(lam.tolist(), seed=6)
+    b = torch.randn(300, generator=torch.Generator().manual_seed(7), **F64)
+    solve = minimum_length_solve(lambda v: a @ v, b, rtol=1e-12)
+    expected = torch.linalg.pinv(a, hermitian=True, rtol=1e-12) @ b
+    assert solve.converged and solve.iterations > 33
+    assert (solve.solution - expected).norm() <= 1e-9 * expected.norm()
