@@ -8,7 +8,9 @@ import torch
 from critical_problems import F64, linear_autoencoder, memorization_net, trained_to_a_minimum
 
 from surfacekit.critical import find, sample_uniform_in_loss
-from surfacekit.curvature import index
+from surfacekit.curvature import dense_hessian, index
+from surfacekit.models import MLPSpec
+from surfacekit.population import member_loss_fn
 
 
 def test_linear_autoencoder_newton_mr_finds_exact_critical_points():
@@ -103,3 +105,30 @@ def test_newton_mr_converges_quadratically_near_a_trained_minimum():
     capped = find(loss_fn, start, "newton_mr", max_iter=30, minres_maxiter=25, compute_index=False)
     assert max(capped.solve_residuals) > 1e-3  # Frye et al.'s cap: inexact steps
     assert capped.iterations > point.iterations
+
+
+def test_finders_return_to_a_degenerate_zero_unit_saddle():
+    # A 3-4-2 tanh net whose hidden units are all zero (incoming, bias, outgoing) with the output
+    # bias at its optimum is critical (tanh(0) = 0; Fukumizu and Amari 2000): a degenerate saddle,
+    # dense index 8 of 26 (two 4-fold multiplets) and 8 zero eigenvalues. From 1e-3 away the
+    # least-squares finders return to a critical point of the same loss and index: Levenberg-Marquardt
+    # and the gradient-norm minimizer within 1e-3, Newton-MR and Krylov Newton along the degenerate
+    # critical set (measured 0.3 to 5 away).
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 3, generator=gen, **F64), torch.randn(30, 2, generator=gen, **F64)
+    spec = MLPSpec(3, (4,), 2, activation="tanh", init="xavier")
+    loss_fn = member_loss_fn(spec, x, y, "mse")
+    theta = torch.zeros(26, **F64)
+    g, h = torch.func.grad(loss_fn)(theta), dense_hessian(loss_fn, theta)
+    theta[-2:] -= torch.linalg.solve(h[-2:, -2:], g[-2:])  # the output bias: a quadratic in it
+    assert torch.func.grad(loss_fn)(theta).norm() < 1e-14
+    eigenvalues = torch.linalg.eigvalsh(dense_hessian(loss_fn, theta))
+    assert int((eigenvalues < -1e-8).sum()) == 8 and int((eigenvalues.abs() < 1e-12).sum()) == 8
+    u = torch.randn(26, generator=torch.Generator().manual_seed(0), **F64)
+    start = theta + 1e-3 * u / u.norm()
+    for method in ("newton_mr", "levenberg_marquardt", "newton", "gradnorm"):
+        point = find(loss_fn, start, method, max_iter=100)
+        assert point.accepted and point.index.count == 8, method
+        assert abs(point.loss - float(loss_fn(theta))) < 1e-12, method
+        if method in ("levenberg_marquardt", "gradnorm"):
+            assert (point.theta - theta).norm() < 1e-3, method
