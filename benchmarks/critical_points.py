@@ -23,7 +23,7 @@ ratio < 0.05), quantiles of ||g||^2 over rejected runs, Spearman rho(loss, index
 points with a permutation p-value, the same rho over all endpoints (not evidence of anything), and
 the mean HVP cost. ``--weight-decay`` adds ``wd/2 ||theta||^2`` to the loss (training and finders),
 which gives the problem finite, non-degenerate minima (without it the loss keeps decreasing as
-weights grow and tanh saturates). ``--minres-maxiter`` sets Newton-MR's inner budget (default 2P).
+weights grow and tanh saturates). ``--minres-maxiter`` sets Newton-MR's inner budget (default min(P, 1000)).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=20, help="memorized examples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--minres-maxiter", type=int, default=None, help="Newton-MR inner budget (default 2P)")
+    parser.add_argument("--minres-maxiter", type=int, default=None, help="Newton-MR inner budget (default min(P, 1000))")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
