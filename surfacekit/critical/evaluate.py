@@ -35,21 +35,22 @@ def finite(*values: float) -> bool:
 
 
 def check_start(theta0: Tensor) -> Tensor:
-    """A detached copy of the start point [P].
+    """A detached float64 copy of the start point [P].
 
     Raises:
         ValueError: ``theta0`` is not a 1-D floating-point tensor.
 
-    Warns (UserWarning) when ``theta0`` is not float64: the finders' tolerances sit far below
-    float32 rounding.
+    Warns (UserWarning) when ``theta0`` is not float64 and upcasts it: the finders' tolerances sit
+    far below float32 rounding, and ``surfacekit.curvature`` computes Hessian products in float64,
+    so the loss must evaluate in float64 too (a float32 model or data is refused there).
     """
     if not isinstance(theta0, Tensor) or theta0.ndim != 1 or not theta0.is_floating_point():
         raise ValueError("theta0 must be a 1-D floating-point tensor [P]")
     if theta0.dtype != torch.float64:
-        warnings.warn("critical-point finders expect float64 theta; their tolerances (a relative "
-                      "||g||^2 of 1e-20, acceptance at 1e-6 of the start's ||g||) are below float32 rounding",
-                      UserWarning, stacklevel=3)
-    return theta0.detach().clone()
+        warnings.warn(f"critical-point finders run in float64; theta0 is {theta0.dtype} and is upcast (their "
+                      "tolerances, a relative ||g||^2 of 1e-20 and acceptance at 1e-6 of the start's ||g||, are "
+                      "below float32 rounding)", UserWarning, stacklevel=3)
+    return theta0.detach().to(torch.float64, copy=True)
 
 
 class Evaluations:

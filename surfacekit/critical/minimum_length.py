@@ -105,7 +105,7 @@ def minimum_length_solve(matvec: MatVec, b: Tensor, *, rtol: float = 1e-10, maxi
     phibar, tnorm = beta1, 0.0
     reason, columns = "maxiter", m
     for k in range(m):
-        w = matvec(basis[k])
+        w = matvec(basis[k]).to(dtype=b.dtype)
         if not bool(torch.isfinite(w).all()):
             return KrylovSolve(torch.zeros_like(b), float("nan"), k + 1, 0, "nonfinite")
         coef = basis[: k + 1] @ w

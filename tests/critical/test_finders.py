@@ -126,6 +126,7 @@ def test_non_finite_start_stops_at_once():
     assert not point.accepted and point.index is None
 
 
-def test_float32_start_warns():
+def test_float32_start_is_upcast_with_a_warning():
     with pytest.warns(UserWarning, match="float64"):
-        find(saddle, torch.tensor([0.1, 0.2], dtype=torch.float32), "newton_mr", compute_index=False, max_iter=2)
+        point = find(saddle, torch.tensor([0.1, 0.2], dtype=torch.float32), "newton_mr", compute_index=False)
+    assert point.theta.dtype == torch.float64 and point.accepted and point.theta.norm() < 1e-10
