@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from surfacekit import store
+from surfacekit.critical import acceptance_ratio
 
 FAST = ["critical.starts=2", "critical.finders=[newton_mr,gradnorm]", "critical.options.newton_mr.max_iter=3",
         "critical.options.gradnorm.max_iter=3", "progress=false"]
@@ -17,10 +18,15 @@ def test_task_critical_end_to_end(run_cli, job_copy):
         g = store.load_group(job_copy, f"critical/{finder}")
         assert g["loss"].shape == (2,) and set(g["member"]) == {1}
         assert g["theta"].shape[0] == 2 and np.all(g["hvps"] > 0) and np.all(g["index_count"] >= 0)
-        assert np.array_equal(g["accepted"], g["grad_norm2"] < 1e-10)
+        # the default, scale-free acceptance, recomputed from the stored columns; the absolute one beside it
+        ratios = [acceptance_ratio(a, b, c) for a, b, c in zip(g["grad_norm2"], g["start_grad_norm2"], g["spectral_norm"])]
+        assert np.array_equal(g["accepted"], np.asarray(ratios) <= 1)
+        assert np.allclose(g["acceptance_ratio"], ratios)
+        assert np.array_equal(g["accepted_absolute"], g["grad_norm2"] < 1e-10)
         assert np.allclose(g["grad_norm2_relative"], g["grad_norm2"] / g["start_grad_norm2"])
         assert np.all(g["index_threshold"] < 0) and set(g["index_method"]) == {"dense"}
-        assert np.all(np.isfinite(g["solve_residual"])) == (finder == "newton_mr")  # MINRES residual, nan otherwise
+        assert np.all(np.isfinite(g["solve_residual"])) == (finder == "newton_mr")  # solve residual, nan otherwise
+        assert np.all(np.isfinite(g["kernel_component"])) == (finder == "newton_mr")
     (analysis,) = job_copy.parent.glob("analyses/critical-*/critical.h5")
     attrs = store.load_attrs(job_copy)
     import h5py

@@ -10,12 +10,16 @@ gradient-flat or rejected) and indexed. Each finder run is saved as it finishes 
 Written to ``SOURCE/analyses/critical-HASH/critical.h5``, one group per finder and job::
 
     /jobs/<job>/critical/<finder>/{member, start_eval, start_step, start_loss, loss, start_grad_norm2, grad_norm2,
-                        grad_norm2_relative, iterations, hvps, grads, accepted, gradient_flat, status,
+                        grad_norm2_relative, iterations, hvps, grads, accepted, accepted_absolute,
+                        acceptance_ratio, grad_norm_scaled, kernel_component, gradient_flat, status,
                         flat_ratio, spectral_norm, index_count, index_fraction, index_threshold,
                         index_relative_threshold, index_method, index_at_least, stop, solve_residual, theta}
 
-all [n] (``theta`` [n, P]; ``solve_residual``: Newton-MR's median relative solve residual
-``||H d + g|| / ||g||``, nan for other finders).
+all [n] (``theta`` [n, P]; ``solve_residual``: the median relative solve residual ``||H d + g|| / ||g||``
+of Newton-type finders, nan for others; ``kernel_component``: the part of g the last Newton-MR step
+could not remove). ``accepted`` follows ``critical.criterion`` (scale-free by default:
+``||g|| <= rtol ||g_start|| + htol ||H||_2``, ``acceptance_ratio`` <= 1); ``accepted_absolute`` is
+``||g||^2 < critical.cutoff``. See docs/critical.md.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def compute(job, unit: tuple[int, int, str], s: dict, ctx: dict) -> dict[str, An
     with f:
         step = int(g["trajectory"]["step"][start_eval])
         start = np.asarray(g["trajectory"]["theta"][start_eval, _analysis.member_positions(job.members)[member]], dtype=np.float64)
-    point = find(loss_fn, torch.from_numpy(start).to(job.data.x_train.device), finder, cutoff=float(s["cutoff"]),
+    point = find(loss_fn, torch.from_numpy(start).to(job.data.x_train.device), finder, criterion=str(s["criterion"]),
+                 rtol=float(s["rtol"]), htol=float(s["htol"]), cutoff=float(s["cutoff"]),
                  flat_threshold=float(s["flat_threshold"]), compute_index=bool(s["compute_index"]),
                  index_options=index, **(s.get("options", {}).get(finder) or {}))
     return _row(point, member, start_eval, step, bool(s.get("store_theta", True)))
@@ -75,7 +80,9 @@ def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> 
         "member": member, "start_eval": start_eval, "start_step": start_step, "start_loss": p.start_loss,
         "loss": p.loss, "start_grad_norm2": p.start_grad_norm2, "grad_norm2": p.grad_norm2,
         "grad_norm2_relative": p.grad_norm2_relative, "iterations": p.iterations, "hvps": p.num_hvps,
-        "grads": p.num_grads, "accepted": p.accepted, "gradient_flat": p.gradient_flat, "status": p.status,
+        "grads": p.num_grads, "accepted": p.accepted, "accepted_absolute": p.accepted_absolute,
+        "acceptance_ratio": p.acceptance_ratio, "grad_norm_scaled": p.grad_norm_scaled,
+        "kernel_component": p.kernel_component, "gradient_flat": p.gradient_flat, "status": p.status,
         "flat_ratio": p.flat_ratio, "spectral_norm": p.spectral_norm,
         "index_count": -1 if idx is None else idx.count, "index_fraction": np.nan if idx is None else idx.fraction,
         "index_threshold": np.nan if idx is None else idx.threshold,
