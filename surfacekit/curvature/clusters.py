@@ -28,15 +28,19 @@ def cluster_sizes(values: Tensor, residuals: Tensor, tol: float, floor: float = 
     return sizes
 
 
-def describe(values: Tensor, sizes: Tensor, more: bool = False) -> str:
+def describe(values: Tensor, sizes: Tensor, more: bool = False, limit: int | None = None) -> str:
     """``values`` [k] with their cluster ``sizes`` [k] as text: ``"5 (x3), 4, 3.5"``.
 
     ``more``: the last cluster may have further copies beyond the ones returned (shown as ``(x3+)``).
+    ``limit``: show at most this many clusters, then how many values were left out.
     """
     parts = []
     i = 0
     k = len(values)
     while i < k:
+        if limit is not None and len(parts) == limit:
+            parts.append(f"... ({k - i} more)")
+            break
         m = int(sizes[i])
         block = values[i : i + m]
         mean = float(block.mean())

@@ -10,10 +10,11 @@ Two backends compute the same product ``H(theta) @ v``:
   works on functions where a retained graph is awkward, but it re-runs the forward and backward
   pass for every product.
 
-A block of vectors [m, P] is one vmapped call (``is_grads_batched`` / ``vmap``) on accelerators,
-and a loop of single products on the CPU, where the vmapped call measured slower per vector
-(float64 digits MLPs, one thread, min of repeats: 1.2-1.6x a gradient per vector in a loop against
-1.2-3.1x vmapped at blocks of 2-8, and 2.7x slower at blocks of 64 for P = 17,560).
+A block of vectors [m, P] is one vmapped call (``is_grads_batched`` / ``vmap``), except with the
+``"graph"`` backend on the CPU, where it is a loop of single products: there the vmapped call
+measured slower per vector (float64 digits MLPs, one thread, min of repeats: 1.0-1.5x a gradient
+per vector in a loop against 1.1-3.1x vmapped at blocks of 2-8, and 2.7x slower at blocks of 64 for
+P = 17,560), while for ``"jvp"`` vmapping halves the cost (1.6x against 3.7x at a block of 8).
 
 Products are computed in float64: a ``theta`` of another floating dtype is upcast with a
 :class:`~surfacekit.curvature.errors.PrecisionWarning`, and a ``loss_fn`` that still returns a lower
@@ -88,7 +89,7 @@ class HessianOperator:
         self.device = theta.device
         self.num_hvps = 0
         self.point = theta
-        self._batched_ok = theta.device.type != "cpu"  # see the module docstring
+        self._batched_ok = backend == "jvp" or theta.device.type != "cpu"  # see the module docstring
         try:
             loss, grad = self._first_order(loss_fn, theta)
         except RuntimeError as exc:

@@ -27,7 +27,7 @@ from .dense import DEFAULT_CHUNK, assemble_hessian
 from .errors import ConvergenceWarning, NotConvergedError
 from .hvp import DEFAULT_BACKEND, Backend, LossFn, hessian_operator
 from .krylov import Goal, block_krylov
-from .lanczos import DEFAULT_BLOCK, START_BLOCK
+from .lanczos import DEFAULT_BLOCK, start_block
 from .memory import FLOAT64_BYTES, krylov_workspace, require_memory
 
 DEFAULT_RELATIVE_THRESHOLD = 1e-5
@@ -40,10 +40,12 @@ class IndexResult(NamedTuple):
     (eigenvalue units, < 0 except an explicit 0); relative_threshold: threshold / max|lambda|;
     at_least: the Lanczos count hit ``cap``, so the true count is >= count; max_abs_eigenvalue:
     max|lambda| (the scale); num_hvps: Hessian-vector products used (P for the dense path).
-    certificate: the smallest eigenvalue of H restricted to the complement of the counted
-    eigenvectors (eigenvalue units; >= threshold; the first eigenvalue not counted). Dense: read off
-    eigvalsh. Lanczos: computed from fresh random start vectors after the count stopped (see
-    :func:`index`); nan when ``at_least`` or when every eigenvalue was counted.
+    certificate: the smallest eigenvalue of H restricted to the complement of the locked
+    eigenvectors (eigenvalue units; >= threshold). Dense: the first eigenvalue not counted, read
+    off eigvalsh. Lanczos: the smallest Ritz value of H without the counted eigenvectors (and any
+    deflated outliers) from fresh random start vectors after the count stopped (see :func:`index`);
+    an upper bound on that eigenvalue, within ``certificate_residual`` of an eigenvalue. nan when
+    ``at_least`` or when every eigenvalue was counted.
     certificate_residual: its residual norm (0 for dense); certificate_hvps: the products it took (0
     for dense); certificate_steps: its block steps before any restart; block: vectors per batched
     product (the Krylov block, or the dense assembly chunk); eigenvalues: [count] the counted
@@ -65,14 +67,15 @@ class IndexResult(NamedTuple):
     block: int = 0
     eigenvalues: Tensor | None = None
 
-    def summary(self, tol: float = 1e-10) -> str:
+    def summary(self, tol: float = 1e-10, limit: int = 12) -> str:
         """``"index 23 below -1.2e-05: -0.5 (x20), -0.31, -0.2 (x2)"``: the counted eigenvalues with
-        multiplicities (values equal to ``tol`` x max|lambda| form one cluster)."""
+        multiplicities (values equal to ``tol`` x max|lambda| form one cluster), the ``limit`` most
+        negative clusters shown."""
         head = f"index {self.count}{'+' if self.at_least else ''} below {self.threshold:.3g}"
         if self.eigenvalues is None or not len(self.eigenvalues):
             return head
         residuals = torch.full_like(self.eigenvalues, tol * self.max_abs_eigenvalue / 2)
-        return f"{head}: {describe(self.eigenvalues, cluster_sizes(self.eigenvalues, residuals, 0.0))}"
+        return f"{head}: {describe(self.eigenvalues, cluster_sizes(self.eigenvalues, residuals, 0.0), limit=limit)}"
 
 
 class ThresholdCount(NamedTuple):
@@ -160,28 +163,33 @@ def index(
     products (:func:`~.dense.assemble_hessian`, P products, 8 P^2 bytes, plus as much again for
     ``eigvalsh``, refused before allocating if that exceeds ``memory_limit``, default free memory).
 
-    **Lanczos** (P beyond the dense limit): the largest eigenvalue first (the scale; its converged
-    top pairs stay locked), then the block thick-restart Lanczos loop of :mod:`.krylov` on the
-    negative tail: ``block`` vectors per batched product (default 8), a basis of ``basis_size``
-    vectors (default 300), Ritz pairs accepted with residual <= ``tol * max|lambda|``, every
-    converged pair locked at each restart (those below the threshold are counted; at most
-    ``basis_size`` others, the top outliers first, are deflated to narrow the spectrum). The count
-    stops when the Ritz values are converged in ascending order up to one at or above the threshold.
-    Memory: 8 x (cap + 2 basis_size + 2 block) x P bytes at most, refused up front if it does not fit.
+    **Lanczos** (P beyond the dense limit): the largest eigenvalue first (the scale, uncertified;
+    its converged top pairs stay locked), then the block thick-restart Lanczos loop of :mod:`.krylov`
+    on the negative tail: a block that starts at :func:`~.lanczos.start_block` vectors (1 on the
+    CPU) and doubles, up to ``block`` (default 8), after each certificate that finds a missed
+    eigenvalue; a basis of ``basis_size`` vectors (default 300); Ritz pairs accepted with residual
+    <= ``tol * max|lambda|``; every converged pair locked at each restart (those below the threshold
+    are counted; at most ``basis_size`` others, the top outliers first, are deflated to narrow the
+    spectrum). The count stops when the Ritz values are converged in ascending order up to one at or
+    above the threshold. Memory: 8 x (cap + 2 basis_size + 2 block) x P bytes at most, refused up
+    front (:class:`~.errors.MemoryLimitError`, with the estimate) if it does not fit.
 
-    **Certificate.** Then a block Lanczos run from ``block`` fresh Gaussian vectors, orthogonal to
-    every locked vector, computes the smallest eigenvalue of the deflated operator to the same
-    tolerance (``certificate``). A Ritz value is an upper bound on that eigenvalue, so a Ritz value
-    below the threshold proves the count incomplete (a copy of a repeated eigenvalue beyond what the
-    block saw, or a direction the first start missed): counting resumes, and a new certificate
-    follows. Guaranteed: every counted eigenvalue is within its residual of an eigenvalue below the
-    threshold (+ residual), with multiplicity (the locked vectors are orthonormal), so ``count`` is
-    never too high except for eigenvalues within their residual of the threshold (warned about).
-    Not guaranteed: that nothing is left below the threshold. A remaining eigenvalue at distance
-    ``delta`` below the threshold is missed only if all ``block`` fresh start vectors nearly miss
-    it; the probability is at most ``miss_probability(P, certificate_steps, block, delta / spread)``
+    **Certificate.** Then a run from fresh Gaussian vectors, orthogonal to every locked vector,
+    computes the smallest eigenvalue of the deflated operator (``certificate``). A Ritz value is an
+    upper bound on that eigenvalue, so a Ritz value below the threshold proves the count incomplete
+    (a copy of a repeated eigenvalue beyond what the block saw, or a direction the first start
+    missed): counting resumes with a doubled block, and a new certificate follows. It passes when
+    the smallest Ritz value converges to the tolerance at or above the threshold, or, after as many
+    block steps as the count took, lies above it with its whole residual interval.
+    Guaranteed: every counted eigenvalue is within its residual of an eigenvalue below the threshold
+    (+ residual), with multiplicity (the locked vectors are orthonormal), so ``count`` is never too
+    high except for eigenvalues within their residual of the threshold (warned about). Not
+    guaranteed: that nothing is left below the threshold. A remaining eigenvalue at distance
+    ``delta`` below the threshold is missed only if every fresh start vector nearly misses it; the
+    probability is at most ``miss_probability(P, certificate_steps, block, delta / spread)``
     (:func:`~.krylov.miss_probability`, Kuczynski and Wozniakowski 1992; spread = lambda_max -
-    threshold), a worst-case bound that real spectra beat by far.
+    threshold), a worst-case bound that real spectra beat by far. Cost: 12% of the products of a
+    full count on a trained digits MLP (188 of 1513 at P = 1510, benchmarks/curvature.py).
 
     Stops after ``cap`` eigenvalues below the threshold, returning ``count=cap`` with
     ``at_least=True`` (a lower bound, not an estimate). ``strategy`` is kept for compatibility:
@@ -225,7 +233,8 @@ def _lanczos_count(op, threshold: float | None, relative: float, cap: int, block
                                     f"index (lanczos, cap={cap})", op.device, memory_limit)
     like = op.point
     top = block_krylov(op, p, Goal("largest", k=1), block=block, basis=basis, tol=tol, floor=1e-6,
-                       max_hvps=max_steps, like=like, seed=seed, certify=False, start_block=START_BLOCK)
+                       max_hvps=max_steps, like=like, seed=seed, certify=False,
+                       start_block=start_block(block, op.device))
     if not top.converged:
         raise NotConvergedError(f"index: the largest eigenvalue did not converge in {top.hvps} products; raise "
                                 "max_steps or use method='dense'")
@@ -233,7 +242,7 @@ def _lanczos_count(op, threshold: float | None, relative: float, cap: int, block
     goal = Goal("smallest", threshold=threshold, relative=relative, scale=abs(lam_max), cap=cap)
     tail = block_krylov(op, p, goal, block=block, basis=basis, tol=tol, floor=1.0, max_hvps=max_steps - top.hvps,
                         like=like, seed=None if seed is None else seed + 1, locked=top.locked, certify=True,
-                        extra_locks=basis, start_block=START_BLOCK)
+                        extra_locks=basis, start_block=start_block(block, op.device))
     locked = tail.locked
     tau = tail.threshold
     counted = torch.sort(locked.values[locked.values < tau]).values

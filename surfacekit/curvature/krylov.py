@@ -23,9 +23,14 @@ eigenvalue below a threshold). Algorithm:
   fresh Gaussian vectors in the complement of every locked vector and computes the most extreme
   eigenvalue of the deflated operator. A Ritz value is never more extreme than the operator's
   extreme eigenvalue, so a Ritz value beyond the k-th value (or below the threshold) proves that
-  something was missed: the run switches back to counting, and certifies again afterwards. When the
-  extreme Ritz value converges without going beyond, the result is certified; its value, residual,
-  products and block steps are returned.
+  something was missed: the run switches back to counting with a doubled block, and certifies
+  again afterwards. The certificate passes when its extreme Ritz value converges to the tolerance
+  without going beyond, or, after at least as many block steps as the phase before it took to
+  reach its goal, when the Ritz value's whole residual interval lies on the inner side of the k-th
+  value (or the threshold). The second rule ends certificates whose next eigenvalue sits in a
+  continuum (converging it to the tolerance could take thousands of products) while still giving
+  the fresh vectors the Krylov depth that found the answer. Its value,
+  residual, products and block steps are returned.
 
 What the certificate guarantees, and with what failure probability: see :func:`miss_probability`.
 """
@@ -324,6 +329,7 @@ def block_krylov(
     certifying = False
     tau = goal.tau(float(locked.values.min()) if locked.size else 0.0) if counting else float("nan")
     current = min(block, start_block or block)
+    depth = 0  # block steps the last counting phase took, from its fresh start to its goal
     if size - locked.dimension <= 0:
         return _outcome(goal, locked, tau, hvps, True, None, float("nan"), 0.0, 0, 0, norm_est, current)
     _fresh_block(state, min(current, size - locked.dimension), locked, gen, hvps)
@@ -368,7 +374,8 @@ def block_krylov(
             if _beyond(goal, locked, float(theta[e]), tau, tol, floor, norm_est):
                 certifying = False  # something was missed: count (or select) again, continuing this run
                 current = min(2 * current, block)
-            elif bool(converged[e]):
+            elif bool(converged[e]) or (state.steps >= depth and _resolved(goal, locked, float(theta[e]),
+                                                                             float(residuals[e]), tau, tol, floor, norm_est)):
                 steps = state.steps if state.steps_before_restart is None else state.steps_before_restart
                 return _outcome(goal, locked, tau, hvps, True, None, float(theta[e]), float(residuals[e]),
                                 hvps - state.fresh_hvps, steps, norm_est, current)
@@ -378,6 +385,7 @@ def block_krylov(
                 return _outcome(goal, locked, tau, hvps, True, None, float("nan"), float("nan"), 0, 0, norm_est,
                                 current, at_least=True)
             if done:
+                depth = state.steps
                 locked.add(s[:, lock].T @ state.v[:n], theta[lock], residuals[lock])
                 if exhausted or not certify:
                     rest = [i for i in wanted.tolist() if i not in set(lock.tolist())]
@@ -406,6 +414,17 @@ def _beyond(goal: Goal, locked: Locked, value: float, tau: float, tol: float, fl
     kth = _kth_locked(goal, locked)
     margin = tol * max(abs(kth), floor * norm_est)
     return value > kth + margin if goal.which == "largest" else value < kth - margin
+
+
+def _resolved(goal: Goal, locked: Locked, value: float, residual: float, tau: float, tol: float, floor: float,
+              norm_est: float) -> bool:
+    """Whether a certificate Ritz value lies, with its whole residual interval, on the inner side of the
+    k-th value (or the threshold): the eigenvalue it approximates is not beyond."""
+    if goal.k == 0:
+        return value - residual > tau
+    kth = _kth_locked(goal, locked)
+    margin = tol * max(abs(kth), floor * norm_est)
+    return value + residual < kth - margin if goal.which == "largest" else value - residual > kth + margin
 
 
 def _goal_met(goal: Goal, locked: Locked, theta: Tensor, converged: Tensor, tau: float,

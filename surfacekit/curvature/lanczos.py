@@ -25,7 +25,15 @@ from .memory import krylov_workspace
 MatVec = Callable[[Tensor], Tensor]
 Which = Literal["largest", "smallest"]
 DEFAULT_BLOCK = 8  # the largest block
-START_BLOCK = 1  # the block a run starts with; it doubles (up to ``block``) after each failed certificate
+
+
+def start_block(block: int, device: torch.device) -> int:
+    """The block a run starts with: 1 on the CPU, where a block of products costs as much as the loop
+    of single ones and block Lanczos needs 2-8x more products than single-vector Lanczos for a
+    non-degenerate extreme eigenvalue (measured in benchmarks/curvature.py); the whole ``block``
+    on accelerators, where a vmapped block costs about one product. Either way the block doubles,
+    up to ``block``, after each certificate that finds a missed eigenvalue."""
+    return block if device.type != "cpu" else 1
 
 __all__ = ["ConvergenceWarning", "EigenResult", "LanczosResult", "NotConvergedError", "eigsh", "extreme_eigenvalues",
            "lanczos", "ritz", "tridiagonal"]
@@ -163,23 +171,31 @@ def eigsh(
     """``k`` extreme eigenpairs of a symmetric operator of order ``size`` by block thick-restart Lanczos.
 
     ``matvec`` maps [b, P] to [b, P] in float64 (a :class:`~.hvp.HessianOperator` does). The
-    iteration (:func:`~.krylov.block_krylov`) multiplies ``block`` vectors at a time, so an
-    eigenvalue repeated up to ``block`` times is found with every copy; converged pairs are locked.
-    Convergence of a Ritz pair (theta, y): ``||H y - theta y|| <= tol * max(|theta|, floor ||H||)``
-    (the residual bounds the eigenvalue error; ||H|| is estimated by the largest |Ritz value|).
+    iteration is :func:`~.krylov.block_krylov`: full reorthogonalization, thick restarts, converged
+    pairs locked. A block of b random vectors finds every copy of an eigenvalue repeated up to b
+    times. The run starts with :func:`start_block` vectors (1 on the CPU, ``block`` on accelerators)
+    and doubles the block, up to ``block`` (default 8), whenever its certificate finds a missed
+    eigenvalue. Convergence of a Ritz pair (theta, y): ``||H y - theta y|| <= tol * max(|theta|,
+    floor ||H||)`` (the residual bounds the eigenvalue error; ||H|| is estimated by the largest
+    |Ritz value| seen).
 
-    **Certificate** (``certify=True``): when the k values have converged, a block Lanczos run from
-    ``block`` fresh Gaussian vectors in the complement of the returned (and locked) vectors computes
-    the most extreme eigenvalue of that deflated operator. If it lies beyond the k-th value (by more
-    than the tolerance), a value was missed (e.g. a copy of a repeated eigenvalue, or one the first
-    start vectors were blind to): the run adds it and certifies again. Guaranteed: every returned
-    value is within its residual of an eigenvalue, the returned vectors are orthonormal (so a value
-    returned m times is an eigenvalue of multiplicity >= m, up to the residuals), and the certificate
-    is an upper bound (lower, for "smallest") on what remains, found by Lanczos from fresh random
-    vectors. Not guaranteed: that nothing remains beyond the k-th value; that fails only if all
-    ``block`` start vectors nearly miss the missed eigenvector, with probability at most
-    :func:`~.krylov.miss_probability` (worst case over spectra; for well-separated values, about 1e-16
-    or less in practice).
+    **Certificate** (``certify=True``): when the k values have converged, a run from fresh Gaussian
+    vectors in the complement of the returned (and any other locked) vectors computes the most
+    extreme eigenvalue of that deflated operator. A Ritz value beyond the k-th value (by more than
+    the tolerance) proves that a value was missed (a copy of a repeated eigenvalue, or one the first
+    start vectors were blind to): the run adds it, doubles the block and certifies again. It passes
+    when the extreme Ritz value converges without going beyond, or, after as many block steps as the
+    search for the values took, lies with its whole residual interval inside the k-th value.
+
+    Guaranteed: every returned value is within its residual of an eigenvalue, and the returned
+    vectors are orthonormal, so a value returned m times is an eigenvalue of multiplicity >= m (up to
+    the residuals). Not guaranteed: that nothing remains beyond the k-th value. That fails only if
+    every fresh start vector nearly misses the missed eigenvector; for an eigenvalue beyond the k-th
+    by a fraction ``epsilon`` of the spectral spread, the probability is at most
+    :func:`~.krylov.miss_probability` (P, certificate_steps, block, epsilon) (Kuczynski and
+    Wozniakowski 1992: a worst case over spectra; real spectra do far better). The certificate
+    costs about one more convergence of the next value (benchmarks/curvature.py: 1.6-1.9x the
+    products of an uncertified run on digits MLPs); ``certify=False`` skips it (certificate nan).
 
     Memory: ``block`` and basis from :func:`~.memory.krylov_workspace`: basis ``max_basis`` vectors
     (default ``max(2k + 2 block, 160)``, shrunk, and the block with it, to keep basis and block within
@@ -208,14 +224,17 @@ def eigsh(
     locked = Locked.empty(like, deflate)
     out = block_krylov(matvec, size, Goal(which, k=k), block=block, basis=basis, tol=tol, floor=floor,
                        max_hvps=max_hvps, like=like, seed=seed, locked=locked, certify=certify,
-                       start_block=START_BLOCK)
+                       start_block=start_block(block, like.device))
     if out.candidates is not None:
         values, vectors, residuals = out.candidates
     else:
         order = torch.argsort(out.locked.values, descending=(which == "largest"), stable=True)[:k]
         values, residuals = out.locked.values[order], out.locked.residuals[order]
         vectors = out.locked.vectors(order) if len(order) else like.new_zeros(0, size)
-    sizes = cluster_sizes(values, residuals, tol, floor * out.norm_estimate)
+    # Values found after others were locked are eigenvalues of the deflated operator, which is off by
+    # up to the locked residuals: widen each residual by the largest of them before comparing.
+    spread = float(out.locked.residuals.max()) if out.locked.size else 0.0
+    sizes = cluster_sizes(values, residuals + spread, tol, floor * out.norm_estimate)
     return EigenResult(values, vectors, residuals, out.hvps, out.converged and len(values) == k, out.certificate,
                        out.certificate_residual, out.certificate_hvps, out.certificate_steps, out.block, sizes)
 
@@ -239,18 +258,18 @@ def extreme_eigenvalues(
 ) -> EigenResult:
     """The ``k`` largest or smallest Hessian eigenvalues of ``loss_fn`` at ``theta`` [P], certified.
 
-    Block thick-restart Lanczos (:func:`eigsh`, ``block`` Hessian-vector products per step, batched)
-    with full reorthogonalization and locking, at most ``max_steps`` products in all. Eigenvalues
-    come sorted from the requested end; repeated ones are returned with every copy (up to ``block``
-    copies from the first start block, more through the certificate), and
-    ``result.summary()`` shows them as ``"5 (x3), 4"``. Each is accepted when its Ritz residual is
-    below ``tol`` times its magnitude (floored at 1e-6 of the largest magnitude seen). The
-    completion certificate, its guarantee and failure probability, and the memory rule are those of
-    :func:`eigsh`. Computed in float64 (a float32 ``theta`` is upcast with a warning).
+    Block thick-restart Lanczos (:func:`eigsh`) with full reorthogonalization and locking, at most
+    ``max_steps`` Hessian-vector products in all (certificate included). Eigenvalues come sorted from
+    the requested end; repeated ones are returned with every copy, and ``result.summary()`` shows
+    them as ``"5 (x3), 4"`` (``"(x3+)"`` when more copies lie beyond the k returned). Each is
+    accepted when its Ritz residual is below ``tol`` times its magnitude (floored at 1e-6 of the
+    largest magnitude seen). The block, the completion certificate, its guarantee and failure
+    probability, and the memory rule are those of :func:`eigsh`. Computed in float64 (a float32
+    ``theta`` is upcast with a :class:`~.errors.PrecisionWarning`; a float32 model is refused).
 
     If the values or the certificate are not done within ``max_steps``, ``on_fail="raise"`` raises
     :class:`NotConvergedError` and ``"warn"`` emits a :class:`ConvergenceWarning` and returns
-    ``converged=False``; both state the residuals.
+    ``converged=False``; both state the residuals and which of the two did not finish.
 
     Raises:
         NotConvergedError: not converged (with ``on_fail="raise"``).
