@@ -182,7 +182,7 @@ def _generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
 
 
-def _orthogonalize(w: Tensor, basis: Tensor, locked: Locked) -> Tensor:
+def orthogonalize(w: Tensor, basis: Tensor, locked: Locked) -> Tensor:
     """Block classical Gram-Schmidt, twice: remove from the rows of ``w`` [b, P] the locked vectors
     and the rows of ``basis`` [n, P] (in place). Returns the coefficients on ``basis`` [b, n].
 
@@ -222,7 +222,7 @@ def _orthonormalize(w: Tensor, basis: Tensor, locked: Locked, max_rows: int, ran
                 r[:kept, i] += c
         norm = float(row.norm())
         if 0 < norm < 0.1 * before:  # heavy cancellation: restore orthogonality to the basis
-            _orthogonalize(row[None], basis, locked)
+            orthogonalize(row[None], basis, locked)
             if kept:
                 row -= (w[:kept] @ row) @ w[:kept]
             norm = float(row.norm())
@@ -243,7 +243,7 @@ def _random_direction(block: Tensor, basis: Tensor, locked: Locked, gen: torch.G
     """A unit Gaussian direction orthogonal to ``block``, ``basis`` and the locked vectors."""
     v = torch.randn(1, basis.shape[1], generator=gen, dtype=basis.dtype).to(basis.device)
     for _ in range(2):
-        _orthogonalize(v, basis, locked)
+        orthogonalize(v, basis, locked)
         if len(block):
             v -= (v @ block.T) @ block
     return (v / v.norm())[0]
@@ -253,7 +253,7 @@ def _fresh_block(state: _Basis, rows: int, locked: Locked, gen: torch.Generator,
     """Start the basis again from ``rows`` Gaussian vectors orthonormal to the locked vectors."""
     size = state.v.shape[1]
     block = torch.randn(rows, size, generator=gen, dtype=state.v.dtype).to(state.v.device)
-    _orthogonalize(block, state.v[:0], locked)
+    orthogonalize(block, state.v[:0], locked)
     q, _ = _orthonormalize(block, state.v[:0], locked, rows, 0.0, gen)
     state.v[: len(q)] = q
     state.t.zero_()
@@ -346,7 +346,7 @@ def block_krylov(
             w = w.clone()  # an operator that hands back its input (the identity) must not alias the basis
         hvps += nb
         norm_est = max(norm_est, float(w.norm(dim=1).max()))  # ||H x|| <= ||H|| for unit x
-        coef = _orthogonalize(w, state.v[: n + nb], locked)
+        coef = orthogonalize(w, state.v[: n + nb], locked)
         state.t[: n + nb, n : n + nb] = coef.T
         state.t[n : n + nb, : n + nb] = coef
         n = state.n = n + nb

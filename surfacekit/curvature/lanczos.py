@@ -19,7 +19,7 @@ from torch import Tensor
 from .clusters import cluster_sizes, describe, same_value
 from .errors import ConvergenceWarning, NotConvergedError, PrecisionWarning, require_finite
 from .hvp import DEFAULT_BACKEND, Backend, LossFn, hessian_operator
-from .krylov import Goal, Locked, block_krylov
+from .krylov import Goal, Locked, block_krylov, orthogonalize
 from .memory import krylov_workspace
 
 MatVec = Callable[[Tensor], Tensor]
@@ -92,21 +92,6 @@ class EigenResult(NamedTuple):
         return describe(self.eigenvalues, sizes, more)
 
 
-def _orthogonalize(w: Tensor, basis: Tensor, deflate: Tensor | None) -> Tensor:
-    """Remove from ``w`` [P] its components along ``basis`` [j, P] (and ``deflate`` [q, P]), twice.
-
-    Returns the coefficients of ``w`` on ``basis`` [j]; ``w`` is updated in place.
-    """
-    coef = torch.zeros(basis.shape[0], dtype=w.dtype, device=w.device)
-    for _ in range(2):
-        if deflate is not None and deflate.shape[0] > 0:
-            w -= deflate.T @ (deflate @ w)
-        c = basis @ w
-        w -= basis.T @ c
-        coef += c
-    return coef
-
-
 def lanczos(matvec: MatVec, v0: Tensor, num_steps: int, deflate: Tensor | None = None) -> LanczosResult:
     """Run ``num_steps`` Lanczos steps on a symmetric ``matvec`` from ``v0`` [P], fully reorthogonalized.
 
@@ -119,15 +104,17 @@ def lanczos(matvec: MatVec, v0: Tensor, num_steps: int, deflate: Tensor | None =
     basis = torch.zeros(num_steps, p, dtype=v0.dtype, device=v0.device)
     alpha = torch.zeros(num_steps, dtype=v0.dtype, device=v0.device)
     beta = torch.zeros(num_steps, dtype=v0.dtype, device=v0.device)
-    q = v0.clone()
-    if deflate is not None:
-        _orthogonalize(q, basis[:0], deflate)
-    basis[0] = q / q.norm()
+    removed = Locked.empty(v0, deflate)
+    q = v0.clone()[None]
+    orthogonalize(q, basis[:0], removed)
+    basis[0] = q[0] / q.norm()
     scale = 0.0
     for j in range(num_steps):
         w = matvec(basis[j])
         require_finite(w, f"Lanczos product {j + 1}")
-        coef = _orthogonalize(w, basis[: j + 1], deflate)
+        w = w.clone()[None]
+        coef = orthogonalize(w, basis[: j + 1], removed)[0]
+        w = w[0]
         alpha[j] = coef[j]
         beta[j] = w.norm()
         scale = max(scale, float(alpha[j].abs() + beta[j]))
