@@ -29,8 +29,8 @@ eigenvalue below a threshold). Algorithm:
   reach its goal, when the Ritz value's whole residual interval lies on the inner side of the k-th
   value (or the threshold). The second rule ends certificates whose next eigenvalue sits in a
   continuum (converging it to the tolerance could take thousands of products) while still giving
-  the fresh vectors the Krylov depth that found the answer. Its value,
-  residual, products and block steps are returned.
+  the fresh vectors the Krylov depth that found the answer. Its value, residual, products and
+  block steps are returned.
 
 What the certificate guarantees, and with what failure probability: see :func:`miss_probability`.
 """
