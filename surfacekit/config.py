@@ -230,14 +230,16 @@ TRAINER = {
 }
 SPECTRUM = {"members": int_list(0), "top_k": integer(1), "bottom_k": integer(1), "tol": number(0, lo_open=True),
             "max_steps": integer(1), "threshold": number(hi=0, hi_open=True, null=True),
-            "relative_threshold": number(0, lo_open=True), "index_method": choice(("auto", "dense", "lanczos")),
-            "dense_limit": integer(1), "index_cap": integer(1), "trace_probes": integer(2), "density_probes": integer(1),
-            "density_steps": integer(2)}
+            "relative_threshold": number(0, lo_open=True),
+            "index_method": choice(("auto", "dense", "inertia", "lanczos", "estimate")),
+            "dense_limit": integer(1, null=True), "index_cap": integer(1), "trace_probes": integer(2),
+            "density_probes": integer(1), "density_steps": integer(2), "batch_size": integer(1)}
 CRITICAL = {"members": int_list(0), "starts": integer(1), "seed": integer(0), "cutoff": number(0, lo_open=True),
             "criterion": choice(("scale_free", "absolute")), "rtol": number(0, lo_open=True), "htol": number(0),
             "flat_threshold": number(0, 1, lo_open=True), "compute_index": boolean, "store_theta": boolean,
             "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
-            "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
+            "index.method": choice(("auto", "dense", "inertia", "lanczos")), "index.dense_limit": integer(1, null=True),
+            "index.cap": integer(1),
             "finders": lambda v: None if isinstance(v, (list, ListConfig)) and v and all(f in FINDERS for f in v)
             else f"a non-empty list from {list(FINDERS)}"}
 LANDSCAPE = {"members": int_list(0), "batch_points": integer(1, null=True),
@@ -325,6 +327,9 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     task = cfg.task
     if task in TASK_RULES:
         _check(cfg, TASK_RULES[task], f"{task}.")
+    if task == "spectrum" and get(cfg, "spectrum.index_method") == "estimate" and get(cfg, "spectrum.density_probes") < 2:
+        _fail("spectrum.density_probes", get(cfg, "spectrum.density_probes"),
+              "at least 2 with spectrum.index_method=estimate (its interval needs a sampling error)")
     if task in POSTHOC_TASKS and not get(cfg, "source"):
         raise ConfigError(f"source is required for task={task}: source=RESULTS_FILE, RUN_DIR or SWEEP_DIR")
     if task != "train":

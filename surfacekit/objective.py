@@ -32,11 +32,13 @@ told otherwise (its ``objective`` and ``bn_mode`` arguments).
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any, Callable, Mapping
 
 import torch
 
-from surfacekit.models import MLPSpec, buffer_shapes
+from surfacekit.curvature.affine import AffineInput
+from surfacekit.models import MLPSpec, buffer_shapes, example_losses, layer, param_name, param_shapes
 from surfacekit.population import full_loss, unflatten
 
 OBJECTIVES = ("trained", "data")
@@ -153,19 +155,99 @@ def objective_fn(
         ValueError: an invalid objective or bn_mode; ``objective="trained"`` without the configs or for
             a method that does not state its regularizer; ``bn_mode="eval"`` without statistics.
     """
-    check_choices(objective, bn_mode)
-    if objective == "trained":
-        if optimizer_cfg is None or trainer_cfg is None:
-            raise ValueError("objective=trained needs the job's optimizer and trainer configs (or use objective=data)")
-        l2 = l2_coefficients(spec, trainer_cfg["method"], optimizer_cfg, trainer_cfg)
-    else:
-        l2 = {}
-    stats = mode_statistics(spec, bn_mode, statistics)
-    if stats is not None:
-        stats = {n: v.reshape(1, -1) for n, v in stats.items()}
+    if statistics is not None:
+        statistics = {n: v.reshape(1, -1) for n, v in statistics.items()}
+    losses_fn = population_objective_fn(spec, x, y, loss, optimizer_cfg=optimizer_cfg, trainer_cfg=trainer_cfg,
+                                        objective=objective, bn_mode=bn_mode, statistics=statistics,
+                                        chunk_size=chunk_size)
 
     def loss_fn(theta: torch.Tensor) -> torch.Tensor:
-        return objective_values(spec, unflatten(theta, spec), x, y, loss, l2=l2, statistics=stats,
-                                chunk_size=chunk_size)[0]
+        return losses_fn(theta.unsqueeze(0))[0]
 
     return loss_fn
+
+
+def population_objective_fn(
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str,
+    *,
+    optimizer_cfg: Mapping[str, Any] | None = None,
+    trainer_cfg: Mapping[str, Any] | None = None,
+    objective: str = "trained",
+    bn_mode: str = "batch",
+    statistics: Mapping[str, torch.Tensor] | None = None,
+    chunk_size: int | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The objective of B networks at once: ``losses_fn(thetas) -> F`` [B] for flat points ``thetas``
+    [B, P], row b's value a function of ``thetas[b]`` alone (what ``surfacekit.curvature.population``
+    batches Hessian products over). Arguments and errors as :func:`objective_fn`, except
+    ``statistics``: for ``bn_mode="eval"``, ``layers.{i}.bn_mean`` / ``bn_var`` [B, width], row b the
+    statistics of the member at ``thetas[b]``; ``losses_fn`` must then be called with those B rows.
+    Cost per call: one chunked population forward pass.
+    """
+    check_choices(objective, bn_mode)
+    l2 = _objective_l2(spec, optimizer_cfg, trainer_cfg, objective)
+    stats = mode_statistics(spec, bn_mode, statistics)
+
+    def losses_fn(thetas: torch.Tensor) -> torch.Tensor:
+        return objective_values(spec, unflatten(thetas, spec), x, y, loss, l2=l2, statistics=stats,
+                                chunk_size=chunk_size)
+
+    return losses_fn
+
+
+def affine_input(
+    spec: MLPSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str,
+    *,
+    optimizer_cfg: Mapping[str, Any] | None = None,
+    trainer_cfg: Mapping[str, Any] | None = None,
+    objective: str = "trained",
+    bn_mode: str = "batch",
+    statistics: Mapping[str, torch.Tensor] | None = None,
+    chunk_size: int | None = None,
+) -> AffineInput | None:
+    """The structure of :func:`population_objective_fn` (same arguments) that makes its dense Hessians
+    cheap: the first layer is affine in ``layers.0.weight`` on the inputs x shared by every member
+    (``surfacekit.curvature.affine.AffineInput``: the network from the first pre-activations on,
+    per example, and the L2 coefficients per parameter). None where batch norm in batch mode couples
+    the examples through their statistics, and for models other than :class:`MLPSpec` (the generic
+    assembly is used there).
+
+    Raises:
+        ValueError: as :func:`objective_fn`.
+    """
+    check_choices(objective, bn_mode)
+    if not isinstance(spec, MLPSpec) or (spec.batch_norm and bn_mode == "batch"):
+        return None
+    l2 = _objective_l2(spec, optimizer_cfg, trainer_cfg, objective)
+    stats = mode_statistics(spec, bn_mode, statistics)
+    shapes = param_shapes(spec)
+    first = param_name(0, "weight")
+    offset = sum(math.prod(shape) for shape in list(shapes.values())[: list(shapes).index(first)])
+    coefficients = torch.cat([torch.full((math.prod(shape),), float(l2.get(name, 0.0)), dtype=x.dtype, device=x.device)
+                              for name, shape in shapes.items()])
+    count = x.shape[0]
+
+    def head(thetas: torch.Tensor, u: torch.Tensor, examples: slice) -> torch.Tensor:
+        params = unflatten(thetas, spec)
+        params[first] = torch.zeros_like(params[first])  # x W^T arrives as u
+        h = layer(spec, params, 0, x[examples], stats, perturbation=u)
+        for i in range(1, spec.num_layers):
+            h = layer(spec, params, i, h, stats)
+        return example_losses(h, y[examples], loss) / count
+
+    return AffineInput(x, offset, shapes[first][0], head, coefficients, chunk_size)
+
+
+def _objective_l2(spec: MLPSpec, optimizer_cfg, trainer_cfg, objective: str) -> dict[str, float]:
+    """The L2 coefficients of ``objective`` (``l2_coefficients``; {} for the data loss)."""
+    if objective != "trained":
+        return {}
+    if optimizer_cfg is None or trainer_cfg is None:
+        raise ValueError("objective=trained needs the job's optimizer and trainer configs (or use objective=data)")
+    return l2_coefficients(spec, trainer_cfg["method"], optimizer_cfg, trainer_cfg)

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import h5py
 import numpy as np
@@ -732,18 +732,10 @@ def job_objective(job: Job, member: int, objective: str = "trained", bn_mode: st
 
     Raises ResultsError for an unknown member or ``bn_mode="eval"`` without stored statistics.
     """
-    from omegaconf import OmegaConf
+    from surfacekit.objective import objective_fn
 
-    from surfacekit.objective import l2_coefficients, objective_fn
-    from surfacekit.population import flatten
-
-    ids = [int(m) for m in job.members["member"]]
-    if int(member) not in ids:
-        raise ResultsError(f"{job.path}: job {job.name!r} has no member {member}; its members are {ids}")
-    k = ids.index(int(member))
-    optimizer = OmegaConf.to_container(job.cfg.optimizer, resolve=True)
-    trainer = OmegaConf.to_container(job.cfg.trainer, resolve=True)
-    statistics = {n: v[k] for n, v in job.buffers.items()} if job.buffers else None
+    k, optimizer, trainer, info = _objective_parts(job, [member], objective, bn_mode, chunk_size)
+    statistics = {n: v[k[0]] for n, v in job.buffers.items()} if job.buffers else None
     d = job.data
     try:
         loss_fn = objective_fn(job.spec, d.x_train, d.y_train, job.cfg.model.loss, optimizer_cfg=optimizer,
@@ -751,12 +743,77 @@ def job_objective(job: Job, member: int, objective: str = "trained", bn_mode: st
                                chunk_size=chunk_size)
     except ValueError as exc:
         raise ResultsError(f"{job.path}: {exc}") from None
-    l2 = l2_coefficients(job.spec, trainer["method"], optimizer, trainer, objective)
+    return loss_fn, _flat_params(job, k)[0], info
+
+
+class PopulationObjective(NamedTuple):
+    """Several members' objective, for batched curvature (:func:`job_population_objective`)."""
+
+    losses_fn: Any
+    thetas: Any
+    info: dict
+    affine_input: Any
+
+
+def job_population_objective(job: Job, members: list[int], objective: str = "trained", bn_mode: str = "batch",
+                             chunk_size: int | None = None) -> PopulationObjective:
+    """The objective of several members at once, for ``surfacekit.curvature.population``.
+
+    ``losses_fn(thetas) -> [B]`` is ``surfacekit.objective.population_objective_fn`` over the job's
+    full training set (float64), row b the objective of member ``members[b]`` as :func:`job_objective`
+    builds it (with ``bn_mode="eval"`` row b uses that member's stored statistics: call it with
+    these B rows in this order); ``thetas`` [B, P] their final parameters; ``info`` as for
+    :func:`job_objective`; ``affine_input`` its structure for cheap dense Hessians
+    (``surfacekit.objective.affine_input``; None with batch norm in batch mode).
+
+    Raises ResultsError for an unknown member or ``bn_mode="eval"`` without stored statistics.
+    """
+    from surfacekit.objective import affine_input, population_objective_fn
+
+    k, optimizer, trainer, info = _objective_parts(job, members, objective, bn_mode, chunk_size)
+    statistics = {n: v[k] for n, v in job.buffers.items()} if job.buffers else None
+    d = job.data
+    kwargs = dict(optimizer_cfg=optimizer, trainer_cfg=trainer, objective=objective, bn_mode=bn_mode,
+                  statistics=statistics, chunk_size=chunk_size)
+    try:
+        losses_fn = population_objective_fn(job.spec, d.x_train, d.y_train, job.cfg.model.loss, **kwargs)
+        structure = affine_input(job.spec, d.x_train, d.y_train, job.cfg.model.loss, **kwargs)
+    except ValueError as exc:
+        raise ResultsError(f"{job.path}: {exc}") from None
+    return PopulationObjective(losses_fn, _flat_params(job, k), info, structure)
+
+
+def _objective_parts(job: Job, members: list[int], objective: str, bn_mode: str, chunk_size: int | None):
+    """Positions of ``members`` on the population axis, the job's optimizer and trainer configs, and the
+    ``info`` of :func:`job_objective`. Raises ResultsError for an unknown member."""
+    from omegaconf import OmegaConf
+
+    from surfacekit.objective import l2_coefficients
+
+    ids = [int(m) for m in job.members["member"]]
+    unknown = [int(m) for m in members if int(m) not in ids]
+    if unknown:
+        raise ResultsError(f"{job.path}: job {job.name!r} has no member {unknown[0]}; its members are {ids}")
+    positions = [ids.index(int(m)) for m in members]
+    optimizer = OmegaConf.to_container(job.cfg.optimizer, resolve=True)
+    trainer = OmegaConf.to_container(job.cfg.trainer, resolve=True)
+    try:
+        l2 = l2_coefficients(job.spec, trainer["method"], optimizer, trainer, objective)
+    except ValueError as exc:
+        raise ResultsError(f"{job.path}: {exc}") from None
+    d = job.data
     info = {"objective": objective, "weight_decay": max(l2.values(), default=0.0), "l2_coefficients": l2,
             "bn_mode": bn_mode, "batch_norm": bool(job.spec.batch_norm), "dtype": "float64",
             "data": str(job.cfg.data.name), "split": "train", "num_examples": int(d.x_train.shape[0]),
             "chunk_size": chunk_size}
-    return loss_fn, flatten(job.params)[k], info
+    return positions, optimizer, trainer, info
+
+
+def _flat_params(job: Job, positions: list[int]):
+    """The flat final parameters [B, P] of the members at ``positions``."""
+    from surfacekit.population import flatten
+
+    return flatten({n: v[positions] for n, v in job.params.items()})
 
 
 def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "cpu") -> Job:

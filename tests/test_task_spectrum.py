@@ -63,7 +63,8 @@ def test_member_selection_and_bad_ids(run_cli, job_copy):
 def test_interrupted_spectrum_resumes_to_the_same_numbers(run_cli, job_copy, monkeypatch):
     from surfacekit.tasks import spectrum
 
-    reference = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.relative_threshold=2e-5")
+    one = ["spectrum.relative_threshold=2e-5", "spectrum.batch_size=1"]  # one member per unit
+    reference = run_cli("task=spectrum", f"source={job_copy}", *FAST, *one)
     assert reference.returncode == 0
     expected = store.load_group(job_copy, "spectrum")
     for path in job_copy.parent.glob("analyses/*"):
@@ -80,11 +81,11 @@ def test_interrupted_spectrum_resumes_to_the_same_numbers(run_cli, job_copy, mon
         return original(*args)
 
     monkeypatch.setattr(spectrum.TASK, "compute", stop_after_one)
-    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.relative_threshold=2e-5")
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, *one)
     assert out.returncode == 130
     assert len(list(job_copy.parent.glob("analyses/spectrum-*/parts/*/*.npz"))) == 1
     monkeypatch.setattr(spectrum.TASK, "compute", original)
-    resumed = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.relative_threshold=2e-5")
+    resumed = run_cli("task=spectrum", f"source={job_copy}", *FAST, *one)
     assert resumed.returncode == 0 and "1 finished earlier" in resumed.stdout
     got = store.load_group(job_copy, "spectrum")
     for key in ("top", "bottom", "index_count", "trace", "density_nodes"):
@@ -166,7 +167,8 @@ def test_sigkill_keeps_finished_members_and_resumes_to_the_same_numbers(run_cli,
 
     from support import ROOT
 
-    args = ["task=spectrum", f"source={job_copy}", *FAST, "spectrum.trace_probes=200", "spectrum.density_probes=40"]
+    args = ["task=spectrum", f"source={job_copy}", *FAST, "spectrum.trace_probes=200", "spectrum.density_probes=40",
+            "spectrum.index_method=lanczos"]
     assert run_cli(*args).returncode == 0
     expected = store.load_group(job_copy, "spectrum")
     shutil.rmtree(job_copy.parent / "analyses")
@@ -184,3 +186,67 @@ def test_sigkill_keeps_finished_members_and_resumes_to_the_same_numbers(run_cli,
     got = store.load_group(job_copy, "spectrum")
     for key in ("top", "bottom", "index_count", "trace", "density_nodes"):
         np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_batched_dense_spectra_equal_the_per_member_path(run_cli, job_copy):
+    """The dense path (both members' Hessians in one pass) against the per-member Lanczos path at a
+    tight tolerance and against each member's own dense Hessian: equal to 1e-10."""
+    assert run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.batch_size=2").returncode == 0
+    batched = store.load_group(job_copy, "spectrum")
+    for path in job_copy.parent.glob("analyses/*"):
+        import shutil
+
+        shutil.rmtree(path)
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.index_method=lanczos", "spectrum.tol=1e-13",
+                  "spectrum.max_steps=5000")
+    assert out.returncode == 0, out.stderr
+    member = store.load_group(job_copy, "spectrum")
+    job = store.load_job(job_copy)
+    for k in range(2):
+        loss_fn, theta, _ = store.job_objective(job, k)
+        hessian = dense_hessian(loss_fn, theta)
+        eig = torch.linalg.eigvalsh(hessian).numpy()
+        scale = np.abs(eig).max()
+        for got in (batched, member):
+            np.testing.assert_allclose(got["top"][k], eig[::-1][:3], rtol=0, atol=1e-10 * scale)
+            np.testing.assert_allclose(got["bottom"][k], eig[:3], rtol=0, atol=1e-10 * scale)
+            assert got["index_count"][k] == int((eig < -1e-5 * scale).sum())
+        np.testing.assert_allclose(batched["density_nodes"][k, 0], eig, rtol=0, atol=1e-10 * scale)
+        assert batched["trace"][k] == pytest.approx(float(hessian.trace()), rel=1e-10)
+        assert batched["top_certificate"][k] == pytest.approx(eig[::-1][3], abs=1e-10 * scale)
+        assert batched["index_certificate"][k] == pytest.approx(eig[int((eig < -1e-5 * scale).sum())], abs=1e-10 * scale)
+    assert batched["density_nodes"].shape == (2, 1, theta.numel()) and (batched["trace_stderr"] == 0).all()
+    assert set(batched["top_method"]) == set(batched["index_method"]) == set(batched["trace_method"]) == {"dense"}
+    assert set(batched["dense_assembly"]) == {"affine_input"}
+    assert set(member["top_method"]) == {"lanczos"} and set(member["trace_method"]) == {"hutchinson"}
+    assert set(member["density_method"]) == {"slq"} and set(member["index_method"]) == {"lanczos"}
+
+
+def test_estimate_is_stored_as_an_estimate(run_cli, job_copy):
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.index_method=estimate",
+                  "spectrum.density_probes=8", "spectrum.density_steps=30")
+    assert out.returncode == 0, out.stderr
+    got = store.load_group(job_copy, "spectrum")
+    assert (got["index_count"] == -1).all() and np.isnan(got["index_fraction"]).all()  # never an index
+    assert set(got["index_method"]) == {"estimate"} and (got["index_estimate_confidence"] == 0.95).all()
+    job = store.load_job(job_copy)
+    for k in range(2):
+        eig = torch.linalg.eigvalsh(dense_hessian(*store.job_objective(job, k)[:2])).numpy()
+        exact = int((eig < got["index_threshold"][k]).sum())
+        assert got["index_estimate_low"][k] <= exact <= got["index_estimate_high"][k]
+        assert got["index_estimate_resolution"][k] > 0
+    bad = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.index_method=estimate",
+                  "spectrum.density_probes=1")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == ("surfacekit: error: spectrum.density_probes=1 is invalid: expected at "
+                                                   "least 2 with spectrum.index_method=estimate (its interval needs a "
+                                                   "sampling error)")
+
+
+def test_dense_spectra_that_do_not_fit_are_refused(run_cli, job_copy):
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.index_method=dense", "memory_limit_gb=1e-6")
+    assert out.returncode == 2
+    line = out.stderr.strip().splitlines()[-1]
+    assert "spectrum.index_method=dense is invalid here: P = " in line and "needs about" in line
+    auto = run_cli("task=spectrum", f"source={job_copy}", *FAST, "memory_limit_gb=1e-6", "spectrum.index_cap=50")
+    assert auto.returncode == 2 and "needs about" in auto.stderr  # lanczos too big for 1 KiB: refused, one line

@@ -39,11 +39,18 @@ def assemble_hessian(op: HessianOperator, chunk_size: int = DEFAULT_CHUNK, memor
         unit = torch.zeros(rows, p, dtype=op.dtype, device=op.device)
         unit[range(rows), range(start, start + rows)] = 1.0
         hess[start : start + rows] = op(unit)
-    for i in range(0, p, chunk_size):
-        for j in range(i, p, chunk_size):
-            mean = 0.5 * (hess[i : i + chunk_size, j : j + chunk_size] + hess[j : j + chunk_size, i : i + chunk_size].T)
-            hess[i : i + chunk_size, j : j + chunk_size] = mean
-            hess[j : j + chunk_size, i : i + chunk_size] = mean.T
+    return symmetrize_(hess, chunk_size)
+
+
+def symmetrize_(hess: Tensor, block: int = DEFAULT_CHUNK) -> Tensor:
+    """Replace the square matrix ``hess`` [P, P] by (H + H^T) / 2 in place, ``block`` x ``block`` tiles
+    at a time (workspace: one tile). Returns ``hess``."""
+    p = hess.shape[-1]
+    for i in range(0, p, block):
+        for j in range(i, p, block):
+            mean = 0.5 * (hess[i : i + block, j : j + block] + hess[j : j + block, i : i + block].T)
+            hess[i : i + block, j : j + block] = mean
+            hess[j : j + block, i : i + block] = mean.T
     return hess
 
 

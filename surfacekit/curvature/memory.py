@@ -3,7 +3,8 @@
 Every vector of P float64 numbers takes 8 P bytes. A Krylov eigensolver holds ``basis`` vectors,
 one block of ``block`` products and the locked eigenvectors: 8 x (locked + basis + block) x P
 bytes beyond what the Hessian-vector product itself needs. A dense Hessian takes 8 P^2 bytes and
-``eigvalsh`` about as much again.
+``eigvalsh`` (or an LDL^T factorization) as much again for its working copy: the dense path is
+possible while 16 P^2 bytes fit (:func:`dense_bytes`, :func:`dense_members`).
 """
 
 from __future__ import annotations
@@ -114,3 +115,22 @@ def krylov_workspace(
     require_memory(need, f"{what}: {locked_max} locked + {basis} basis + {block} block vectors of P = {size:,} "
                          f"float64 numbers (8 x vectors x P bytes)", device, memory_limit)
     return block, basis
+
+
+def dense_bytes(size: int, members: int = 1) -> int:
+    """Bytes that ``members`` dense float64 Hessians of order ``size`` take while one of them is
+    decomposed: 8 x (members + 1) x P^2 (the matrices, plus the working copy that ``eigvalsh`` or
+    ``ldl_factor`` makes of one; their O(P) workspaces are negligible)."""
+    return FLOAT64_BYTES * (int(members) + 1) * int(size) ** 2
+
+
+def dense_members(size: int, device: torch.device | str = "cpu", memory_limit: int | None = None,
+                  fraction: float = 0.5, wanted: int | None = None) -> int:
+    """How many dense Hessians of order ``size`` to hold at once: the most (up to ``wanted``) whose
+    :func:`dense_bytes` stay within ``fraction`` of ``memory_limit`` (default: the free memory of
+    ``device``), at least 1 while one fits the whole limit, 0 when not even one fits."""
+    limit = available_bytes(device) if memory_limit is None else int(memory_limit)
+    if dense_bytes(size) > limit:
+        return 0
+    most = max(int(fraction * limit) // (FLOAT64_BYTES * int(size) ** 2) - 1, 1)
+    return most if wanted is None else max(min(most, int(wanted)), 1)

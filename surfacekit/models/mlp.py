@@ -167,9 +167,12 @@ def affine(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.T
 
 
 def _layer(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.Tensor,
-           statistics: Statistics | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+           statistics: Statistics | None, perturbation: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Layer i and the batch moments it normalized with (None unless batch norm used the batch's own)."""
     z = affine(spec, params, i, h)
+    if perturbation is not None:
+        z = z + perturbation
     if i == spec.num_layers - 1:
         return z, None
     moments = None
@@ -185,14 +188,16 @@ def _layer(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.T
 
 
 def layer(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.Tensor,
-          statistics: Statistics | None = None) -> torch.Tensor:
+          statistics: Statistics | None = None, perturbation: torch.Tensor | None = None) -> torch.Tensor:
     """Layer i of the network applied to h [K, B, in] or [B, in]: [K, B, out] (see the module docstring).
 
     With batch norm, ``statistics=None`` normalizes with the moments of this batch (training mode);
     a dict of ``layers.{j}.bn_mean`` / ``bn_var`` [K, width] normalizes with those (evaluation mode).
+    ``perturbation`` [K, B, pre-activations] is added to the pre-activations z = h W^T + b (the
+    structured dense Hessians of ``surfacekit.curvature.affine`` feed x W^T through it).
     The one layer implementation that every trainer and evaluation uses.
     """
-    return _layer(spec, params, i, h, statistics)[0]
+    return _layer(spec, params, i, h, statistics, perturbation)[0]
 
 
 def forward(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, statistics: Statistics | None = None,

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from surfacekit.config import ConfigError, resolve_device
+from surfacekit.curvature.errors import MemoryLimitError
 from surfacekit.data import DataError
 from surfacekit.jobs import JobError, job_attributes
 from surfacekit.progress import bar
@@ -34,7 +35,7 @@ from surfacekit.store import (
     set_attrs, write_atomic, _write_groups,
 )
 
-SOURCE_ERRORS = (ConfigError, DataError, ResultsError)
+SOURCE_ERRORS = (ConfigError, DataError, ResultsError, MemoryLimitError)  # a job that cannot be analysed
 
 
 @dataclass
@@ -80,6 +81,17 @@ def select_members(members: pd.DataFrame, wanted: Any, key: str, skip_diverged: 
         diverged = set(members.loc[members["diverged"].astype(bool), "member"].astype(int))
         chosen = [m for m in chosen if m not in diverged]
     return chosen
+
+
+def parameter_count(ref: JobRef) -> int:
+    """P, the parameters of one member of the job ``ref`` (read from the shapes of its ``/params``).
+
+    Raises ResultsError when the job has no parameters."""
+    f, g = _open(ref)
+    with f:
+        if "params" not in g:
+            raise ResultsError(f"{ref.file}: job {ref.name!r} has no /params (not a trained population)")
+        return int(sum(np.prod(d.shape[1:], dtype=np.int64) for d in g["params"].values()))
 
 
 def member_positions(members: pd.DataFrame) -> dict[int, int]:

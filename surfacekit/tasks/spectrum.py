@@ -3,18 +3,35 @@
     surfacekit task=spectrum source=SWEEP_DIR [spectrum.members=[0,1] spectrum.top_k=10 ...]
 
 Per member, in float64 on the full training set and the job's trained objective (``objective``,
-``bn_mode``): top-k and bottom-k eigenvalues (block Lanczos, with residuals, multiplicities and a
-completion certificate: the extreme eigenvalue of H without the returned vectors), the index
-(exact, with method, threshold and certificate), Hutchinson's trace and the SLQ density. Written to
+``bn_mode``): top-k and bottom-k eigenvalues (with residuals, multiplicities and a completion
+certificate: the extreme eigenvalue of H without the returned ones), the index (exact, with method,
+threshold and certificate), the trace and the spectral density. Two paths, chosen per job:
+
+* **dense** (``index_method`` auto while the dense Hessian fits and P <= 4,000, or ``dense``): the
+  Hessians of ``batch_size`` members at once (``surfacekit.curvature.population``: assembled through
+  the structure of the affine first layer, or from batched products), one ``eigvalsh`` each; every
+  number is exact and read off the eigenvalues: top-k, bottom-k, the index, the trace (the sum of
+  the eigenvalues) and the density (every eigenvalue, weight 1/P). No Lanczos at all.
+* **per member** (larger P, or ``index_method`` inertia, lanczos or estimate): certified block
+  Lanczos for the extreme eigenvalues, Hutchinson's trace, the SLQ density, and the index by the
+  inertia of the dense Hessian (while it fits), by the certified Lanczos count, or, with
+  ``index_method=estimate`` or where the Lanczos count stopped at ``index_cap``, an estimate with its
+  interval (``index_estimate*``, never stored as ``index_count``).
+
+The method behind every number is stored beside it (``top_method``, ``bottom_method``,
+``index_method``, ``trace_method``, ``density_method``, ``dense_assembly``). Written to
 ``SOURCE/analyses/spectrum-HASH/spectrum.h5`` as ``/jobs/<job>/spectrum/...`` [K, ...] (members in
-the source's order; members not analysed hold NaN, -1 or False and ``analysed`` False) and
+the source's order; members not analysed hold NaN, -1, "" or False and ``analysed`` False) and
 ``/jobs/<job>/members`` columns (``spectrum_loss`` and ``spectrum_grad_norm`` of the analysed
 objective, ``index_count``, ``index_fraction``, ``lambda_max``, ``lambda_min``, ``trace``) that
-``store.load_members`` joins. Every member is saved as it finishes: a rerun resumes.
+``store.load_members`` joins. Every unit (a batch of members on the dense path, one member
+otherwise) is saved as it finishes: a rerun resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,17 +42,122 @@ import torch
 from omegaconf import DictConfig
 
 from surfacekit import curvature
+from surfacekit.config import ConfigError
+from surfacekit.curvature.estimate import count_estimate
+from surfacekit.curvature.memory import available_bytes, dense_bytes, dense_members, gib
+from surfacekit.curvature.population import population_spectrum
+from surfacekit.store import job_population_objective
 from surfacekit.tasks import _analysis
 
 GROUP = "spectrum"
 FIELDS = ["loss", "grad_norm", "top", "top_residual", "top_converged", "top_multiplicity", "top_certificate",
           "bottom", "bottom_residual", "bottom_converged", "bottom_multiplicity", "bottom_certificate", "index_count",
-          "index_fraction", "index_at_least", "index_threshold", "index_certificate", "index_certificate_hvps", "trace",
+          "index_fraction", "index_at_least", "index_threshold", "index_certificate", "index_certificate_hvps",
+          "index_estimate", "index_estimate_low", "index_estimate_high", "index_estimate_resolution", "trace",
           "trace_stderr", "density_nodes", "density_weights", "hvps"]
+METHODS = ["top_method", "bottom_method", "index_method", "trace_method", "density_method", "dense_assembly"]
+ESTIMATE_CONFIDENCE = 0.95
 
 
-def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Loss, gradient norm, extreme eigenvalues, index, trace and density of one network at ``theta`` [P]."""
+def memory_limit(cfg: Mapping[str, Any]) -> int | None:
+    """The job's ``memory_limit_gb`` in bytes (None: the free memory decides)."""
+    value = cfg.get("memory_limit_gb")
+    return None if value is None else int(float(value) * 2**30)
+
+
+def job_path(size: int, s: Mapping[str, Any], device: str, limit: int | None) -> str:
+    """How a job of P = ``size`` is analysed: "dense" (batched exact spectra) or "member" (one member at a
+    time; the index by ``index_method``). Raises ConfigError when ``index_method`` is dense or inertia
+    and the dense Hessian does not fit (with the estimate)."""
+    method = s["index_method"]
+    if method in ("dense", "inertia"):
+        free = available_bytes(device) if limit is None else limit
+        if dense_bytes(size) > free:
+            raise ConfigError(f"spectrum.index_method={method} is invalid here: P = {size:,} needs about "
+                              f"{gib(dense_bytes(size))} for the dense Hessian and its working copy (16 P^2 bytes), "
+                              f"more than the {gib(free)} {'free' if limit is None else 'of memory_limit_gb'}; use "
+                              "index_method=auto or lanczos")
+        return "dense" if method == "dense" else "member"
+    if method == "auto":
+        return "dense" if curvature.index_method(size, device, s.get("dense_limit"), limit) == "dense" else "member"
+    return "member"
+
+
+def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict]:
+    """Units of a job: batches of ``batch_size`` members on the dense path, single members otherwise
+    (the path is part of the unit's key, so a rerun that decides otherwise recomputes)."""
+    ids = _analysis.select_members(members, s.get("members"), "spectrum.members")
+    path = job_path(_analysis.parameter_count(ref), s, str(cfg.device), memory_limit(cfg))
+    size = int(s["batch_size"]) if path == "dense" else 1
+    batches = [ids[i : i + size] for i in range(0, len(ids), size)]
+    return {f"{path}-{b[0]:06d}-{b[-1]:06d}": {"path": path, "members": b} for b in batches}
+
+
+def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
+    """The rows of the unit's members, stacked on a leading member axis (``member`` holds their ids)."""
+    if unit["path"] == "dense":
+        rows = dense_rows(job, unit["members"], s, ctx)
+    else:
+        rows = []
+        for member in unit["members"]:
+            loss_fn, theta = _analysis.member_objective(job, member, ctx)
+            structure = None
+            if s["index_method"] in ("auto", "inertia"):
+                structure = _population(job, [member], ctx).affine_input
+            rows.append(member_spectrum(loss_fn, theta, s, structure, memory_limit(ctx["cfg"])))
+    out = {name: np.stack([_analysis.to_numpy(r[name]) for r in rows]) for name in FIELDS + METHODS}
+    out["member"] = np.asarray(unit["members"], dtype=np.int64)
+    return out
+
+
+def _population(job, members: list[int], ctx: dict):
+    cfg = ctx["cfg"]
+    return job_population_objective(job, members, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))
+
+
+def dense_rows(job, members: list[int], s: Mapping[str, Any], ctx: dict) -> list[dict[str, Any]]:
+    """Exact spectra of ``members`` from their dense Hessians, as many at once as the memory allows."""
+    limit = memory_limit(ctx["cfg"])
+    size = sum(v[0].numel() for v in job.params.values())
+    rows: list[dict[str, Any]] = []
+    start = 0
+    while start < len(members):
+        step = max(dense_members(size, ctx["cfg"].device, limit, wanted=len(members) - start), 1)
+        pop = _population(job, members[start : start + step], ctx)
+        res = population_spectrum(pop.losses_fn, pop.thetas, int(s["top_k"]), int(s["bottom_k"]), s.get("threshold"),
+                                  float(s["relative_threshold"]), structure=pop.affine_input, memory_limit=limit)
+        rows += [_dense_row(res, b) for b in range(len(pop.thetas))]
+        start += step
+    return rows
+
+
+def _dense_row(res, b: int) -> dict[str, Any]:
+    sp, idx = res.spectrum, res.spectrum.index
+    p = sp.eigenvalues.shape[1]
+    k_top, k_bottom = sp.top.shape[1], sp.bottom.shape[1]
+    count = int(idx.count[b])
+    nan = float("nan")
+    return {
+        "loss": float(res.loss[b]), "grad_norm": float(res.grad_norm[b]),
+        "top": sp.top[b], "top_residual": np.zeros(k_top), "top_converged": True,
+        "top_multiplicity": sp.top_multiplicity[b], "top_certificate": float(sp.top_certificate[b]),
+        "bottom": sp.bottom[b], "bottom_residual": np.zeros(k_bottom), "bottom_converged": True,
+        "bottom_multiplicity": sp.bottom_multiplicity[b], "bottom_certificate": float(sp.bottom_certificate[b]),
+        "index_count": count, "index_fraction": count / p, "index_at_least": False,
+        "index_threshold": float(idx.threshold[b]), "index_certificate": float(idx.certificate[b]),
+        "index_certificate_hvps": 0, "index_estimate": nan, "index_estimate_low": nan, "index_estimate_high": nan,
+        "index_estimate_resolution": nan, "trace": float(sp.trace[b]), "trace_stderr": 0.0,
+        "density_nodes": sp.eigenvalues[b][None], "density_weights": torch.full((1, p), 1.0 / p, dtype=torch.float64),
+        "hvps": res.passes, "top_method": "dense", "bottom_method": "dense", "index_method": "dense",
+        "trace_method": "dense", "density_method": "dense", "dense_assembly": res.assembly,
+    }
+
+
+def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any], structure=None,
+                    memory_limit: int | None = None) -> dict[str, Any]:
+    """Loss, gradient norm, extreme eigenvalues, index (or its estimate), trace and density of one
+    network at ``theta`` [P] by Lanczos, Hutchinson and SLQ (the index as ``index_method`` says;
+    ``structure``: the loss's AffineInput, for a cheaper dense Hessian on the inertia path)."""
     point = theta.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         value = loss_fn(point)
@@ -45,39 +167,58 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any]) -> dic
         warnings.simplefilter("ignore", curvature.ConvergenceWarning)
         top = curvature.extreme_eigenvalues(loss_fn, theta, int(cfg["top_k"]), "largest", **kw)
         bottom = curvature.extreme_eigenvalues(loss_fn, theta, int(cfg["bottom_k"]), "smallest", **kw)
-    idx = curvature.index(loss_fn, theta, cfg.get("threshold"), relative_threshold=float(cfg["relative_threshold"]),
-                          method=cfg["index_method"], dense_limit=int(cfg["dense_limit"]), cap=int(cfg["index_cap"]))
     trace = curvature.hutchinson_trace(loss_fn, theta, num_probes=int(cfg["trace_probes"]))
     density = curvature.spectral_density(loss_fn, theta, int(cfg["density_probes"]), int(cfg["density_steps"]))
+    p = theta.numel()
+    nan = float("nan")
+    row = {"index_count": -1, "index_fraction": nan, "index_at_least": False, "index_certificate": nan,
+           "index_certificate_hvps": 0, "dense_assembly": "", "index_method": "estimate"}
+    hvps = top.num_hvps + bottom.num_hvps + trace.num_hvps + density.num_hvps
+    if cfg["index_method"] == "estimate":
+        scale = max(abs(float(top.eigenvalues[0])), abs(float(bottom.eigenvalues[0])))
+        tau = float(cfg["threshold"]) if cfg.get("threshold") is not None else -float(cfg["relative_threshold"]) * scale
+    else:
+        method = "auto" if cfg["index_method"] == "auto" else cfg["index_method"]
+        idx = curvature.index(loss_fn, theta, cfg.get("threshold"), relative_threshold=float(cfg["relative_threshold"]),
+                              method=method, dense_limit=cfg.get("dense_limit"), cap=int(cfg["index_cap"]),
+                              structure=structure, memory_limit=memory_limit)
+        tau = idx.threshold
+        hvps += idx.num_hvps
+        row.update(index_count=idx.count, index_fraction=idx.fraction, index_at_least=idx.at_least,
+                   index_certificate=idx.certificate, index_certificate_hvps=idx.certificate_hvps,
+                   index_method=idx.method,
+                   dense_assembly=("affine_input" if structure is not None else "hvp") if idx.method != "lanczos" else "")
+    estimate = None
+    if cfg["index_method"] == "estimate" or row["index_at_least"]:
+        estimate = count_estimate(density, p, tau, ESTIMATE_CONFIDENCE) if density.nodes.shape[0] >= 2 else None
+    row.update(
+        index_threshold=tau,
+        index_estimate=nan if estimate is None else estimate.estimate,
+        index_estimate_low=nan if estimate is None else estimate.low,
+        index_estimate_high=nan if estimate is None else estimate.high,
+        index_estimate_resolution=nan if estimate is None else estimate.resolution,
+    )
     return {
         "loss": float(value.detach()), "grad_norm": float(grad.norm()),
         "top": top.eigenvalues, "top_residual": top.residuals, "top_converged": top.converged,
         "top_multiplicity": top.multiplicity, "top_certificate": top.certificate,
         "bottom": bottom.eigenvalues, "bottom_residual": bottom.residuals, "bottom_converged": bottom.converged,
         "bottom_multiplicity": bottom.multiplicity, "bottom_certificate": bottom.certificate,
-        "index_count": idx.count, "index_fraction": idx.fraction, "index_at_least": idx.at_least,
-        "index_threshold": idx.threshold, "index_method": idx.method, "index_certificate": idx.certificate,
-        "index_certificate_hvps": idx.certificate_hvps,
+        **row,
         "trace": trace.estimate, "trace_stderr": trace.stderr,
         "density_nodes": density.nodes, "density_weights": density.weights,
-        "hvps": top.num_hvps + bottom.num_hvps + idx.num_hvps + trace.num_hvps + density.num_hvps,
+        "hvps": hvps, "top_method": "lanczos", "bottom_method": "lanczos", "trace_method": "hutchinson",
+        "density_method": "slq",
     }
-
-
-def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, int]:
-    return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "spectrum.members")}
-
-
-def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
-    loss_fn, theta = _analysis.member_objective(job, member, ctx)
-    row = member_spectrum(loss_fn, theta, s)
-    return {k: _analysis.to_numpy(v) for k, v in row.items()}
 
 
 def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
     k = len(members)
     positions = _analysis.member_positions(members)
-    by_pos = {positions[int(key.split("-")[1])]: row for key, row in rows.items()}
+    by_pos: dict[int, dict[str, np.ndarray]] = {}
+    for unit in rows.values():
+        for i, member in enumerate(unit["member"]):
+            by_pos[positions[int(member)]] = {name: unit[name][i] for name in FIELDS + METHODS}
     arrays: dict[str, np.ndarray] = {}
     for name in FIELDS:
         first = np.asarray(next(iter(by_pos.values()))[name]) if by_pos else np.zeros(0)
@@ -91,7 +232,9 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
             out[p] = row[name]
         arrays[name] = out
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
-    arrays["index_method"] = np.array([str(by_pos[p]["index_method"]) if p in by_pos else "" for p in range(k)])
+    for name in METHODS:
+        arrays[name] = np.array([str(by_pos[p][name]) if p in by_pos else "" for p in range(k)])
+    arrays["index_estimate_confidence"] = np.full(k, ESTIMATE_CONFIDENCE)
     columns = {"member": members["member"].to_numpy(), "spectrum_loss": arrays["loss"],
                "spectrum_grad_norm": arrays["grad_norm"], "index_count": arrays["index_count"],
                "index_fraction": arrays["index_fraction"], "lambda_max": arrays["top"][:, 0],
@@ -106,8 +249,11 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
 def summary(groups: dict) -> str:
     a = groups[GROUP]
     ok = a["analysed"]
+    methods = ", ".join(f"{m}: {int(n)}" for m, n in zip(*np.unique(a["index_method"][ok], return_counts=True)))
+    exact = ok & (a["index_count"] >= 0)
+    fraction = f"{np.nanmean(a['index_fraction'][exact]):.4g}" if exact.any() else "n/a"
     return (f"  {int(ok.sum())} members; lambda_max mean {np.nanmean(a['top'][ok, 0]):.4g}, lambda_min mean "
-            f"{np.nanmean(a['bottom'][ok, 0]):.4g}, index fraction mean {np.nanmean(a['index_fraction'][ok]):.4g}")
+            f"{np.nanmean(a['bottom'][ok, 0]):.4g}, index fraction mean {fraction} (index by {methods})")
 
 
 TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
@@ -115,4 +261,4 @@ TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
     """Write the spectra of every member of ``source`` to ``out_dir/spectrum.h5``."""
-    return _analysis.run(TASK, cfg, out_dir)
+    return _analysis.run(dataclasses.replace(TASK, plan=functools.partial(TASK.plan, cfg=cfg)), cfg, out_dir)

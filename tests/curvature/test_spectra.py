@@ -83,6 +83,19 @@ def test_index_dense_and_lanczos(case):
         torch.testing.assert_close(lanc.eigenvalues, eig[:expected], rtol=0, atol=1e-8 * dense.max_abs_eigenvalue)
 
 
+def test_index_inertia(case):
+    """LDL^T inertia of H - threshold I: the same counts; its certificate is the first eigenvalue not counted."""
+    c, eig = case
+    for threshold, relative in thresholds(eig):
+        res = index(c.loss_fn, c.theta, threshold, relative_threshold=relative, method="inertia")
+        expected = int((eig < res.threshold).sum())
+        scale = float(eig.abs().max())
+        assert res.method == "inertia" and res.count == expected, (threshold, relative, res.count, expected)
+        assert math.isclose(res.max_abs_eigenvalue, scale, rel_tol=1e-10)
+        assert abs(res.certificate - float(eig[expected])) <= 1e-8 * scale
+        assert abs(float(res.eigenvalues[-1]) - float(eig[expected - 1])) <= 1e-8 * scale
+
+
 def test_spectral_density(case):
     c, eig = case
     d = spectral_density(c.loss_fn, c.theta, num_probes=10, num_steps=40)
@@ -102,7 +115,8 @@ def test_symmetric_networks_dense_and_lanczos_agree(network):
     for relative in (1e-6, 1e-5, 1e-3):
         dense = index(c.loss_fn, c.theta, relative_threshold=relative, method="dense")
         lanc = index(c.loss_fn, c.theta, relative_threshold=relative, method="lanczos")
-        assert dense.count == lanc.count == int((eig < dense.threshold).sum()) > 0
+        inertia = index(c.loss_fn, c.theta, relative_threshold=relative, method="inertia")
+        assert dense.count == lanc.count == inertia.count == int((eig < dense.threshold).sum()) > 0
     for which in ("largest", "smallest"):
         check_extreme(c, eig, which)
 
