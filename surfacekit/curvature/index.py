@@ -39,7 +39,9 @@ DEFAULT_INDEX_BASIS = 300
 # eigenvalues), the LDL^T inertia beyond (measured with torch's LAPACK on one thread: 0.35 s against 1.49 s
 # at P = 3,000, 2.3 s against 10.6 s at 6,000).
 DENSE_EIG_LIMIT = 4000
-NEAREST_MAX_SOLVES = 120  # shift-invert products for the eigenvalues next to the threshold (inertia path)
+# Shift-invert products for the eigenvalues next to the threshold (inertia path), in blocks of 8 right-hand
+# sides: a solve with the stored factors reads them once per block (2.5 GB at P = 17,560).
+NEAREST_MAX_SOLVES = 160
 
 
 class IndexResult(NamedTuple):
@@ -185,11 +187,12 @@ def index(
     negative pivots of the LDL^T factorization (Bunch-Kaufman, ``torch.linalg.ldl_factor``) of
     H - threshold I, which by Sylvester's law of inertia is the number of eigenvalues below the
     threshold (4.6x faster than eigvalsh at P = 6,000, one thread). The scale max|lambda| comes from
-    the two extreme eigenvalues of the dense H (block Lanczos on matrix products, tol 1e-12), the
-    certificate (the first eigenvalue not counted) and the last counted eigenvalue from shift-invert
-    Lanczos with the factorization (the eigenvalues of (H - threshold I)^-1 of largest magnitude),
-    at most :data:`NEAREST_MAX_SOLVES` solves each; it warns when an eigenvalue lies within 1e-10
-    max|lambda| of the threshold. ``eigenvalues`` holds only that last counted one.
+    the two extreme eigenvalues (Lanczos on Hessian-vector products, tol 1e-10, uncertified: an
+    error of 1e-10 in the scale moves the threshold by 1e-15 max|lambda|), the certificate (the first
+    eigenvalue not counted) and the last counted eigenvalue from shift-invert block Lanczos with the
+    factorization (the eigenvalues of (H - threshold I)^-1 of largest magnitude), at most
+    :data:`NEAREST_MAX_SOLVES` solves each (nan if not converged); it warns when an eigenvalue lies
+    within 1e-10 max|lambda| of the threshold. ``eigenvalues`` holds only that last counted one.
 
     **Lanczos** (P beyond the dense limit): the largest eigenvalue first (the scale, uncertified;
     its converged top pairs stay locked), then the block thick-restart Lanczos loop of :mod:`.krylov`
@@ -253,7 +256,7 @@ def index(
         hess, products = affine_input_hessians(structure, op.point[None], memory_limit)
         hess, chunk = hess[0], 0
     if method == "inertia":
-        return _inertia_count(hess, threshold, relative_threshold, products, chunk, seed)
+        return _inertia_count(op, hess, threshold, relative_threshold, products, chunk, seed)
     eig = torch.linalg.eigvalsh(hess)
     del hess
     c = count_below(eig, threshold, relative_threshold)
@@ -296,15 +299,15 @@ def inertia_below(hess: Tensor, tau: float) -> tuple[int, Tensor, Tensor]:
     return count, ld, pivots
 
 
-def _inertia_count(hess: Tensor, threshold: float | None, relative: float, products: int, chunk: int,
+def _inertia_count(op, hess: Tensor, threshold: float | None, relative: float, products: int, chunk: int,
                    seed: int | None) -> IndexResult:
-    """The inertia path of :func:`index` on the assembled ``hess`` (see there)."""
+    """The inertia path of :func:`index` on the assembled ``hess`` (overwritten; see there)."""
     p = len(hess)
-    ends = [eigsh(lambda v: v @ hess, p, 1, which, tol=1e-12, max_hvps=2000, like=hess, seed=seed, certify=False)
+    ends = [eigsh(op, p, 1, which, tol=1e-10, max_hvps=3000, like=op.point, seed=seed, certify=False)
             for which in ("largest", "smallest")]
     if not all(e.converged for e in ends):
-        raise NotConvergedError("index (inertia): the extreme eigenvalues of the dense Hessian did not converge in "
-                                "2000 products; use method='dense'")
+        raise NotConvergedError("index (inertia): the extreme eigenvalues (the scale of the threshold) did not "
+                                "converge in 3000 products; use method='dense'")
     scale = max(abs(float(e.eigenvalues[0])) for e in ends)
     tau = -relative * scale if threshold is None else float(threshold)
     count, ld, pivots = inertia_below(hess, tau)
@@ -312,14 +315,13 @@ def _inertia_count(hess: Tensor, threshold: float | None, relative: float, produ
     nearest = [_nearest(ld, pivots, which, seed) for which in ("largest", "smallest")]
     above = tau + 1.0 / nearest[0] if nearest[0] > 0 else float("nan")  # the first eigenvalue not counted
     below = tau + 1.0 / nearest[1] if nearest[1] < 0 else float("nan")  # the last one counted
-    gap = min(abs(v - tau) for v in (above, below) if math.isfinite(v)) if any(map(math.isfinite, (above, below))) \
-        else math.inf
-    if gap <= 1e-10 * scale:
-        warnings.warn(f"index (inertia): an eigenvalue lies within {gap:.3g} of the threshold {tau:g}; the count "
+    gaps = [abs(v - tau) for v in (above, below) if math.isfinite(v)]
+    if gaps and min(gaps) <= 1e-10 * scale:
+        warnings.warn(f"index (inertia): an eigenvalue lies within {min(gaps):.3g} of the threshold {tau:g}; the count "
                       "may be off by one there", ConvergenceWarning, stacklevel=3)
     counted = torch.tensor([below] if count and math.isfinite(below) else [], dtype=ld.dtype)
-    return IndexResult(count, count / p, "inertia", tau, _relative(tau, scale), False, scale, products, above, 0.0, 0, 0,
-                       chunk, counted)
+    return IndexResult(count, count / p, "inertia", tau, _relative(tau, scale), False, scale,
+                       products + op.num_hvps, above, 0.0, 0, 0, chunk, counted)
 
 
 def _nearest(ld: Tensor, pivots: Tensor, which: str, seed: int | None) -> float:
@@ -327,7 +329,7 @@ def _nearest(ld: Tensor, pivots: Tensor, which: str, seed: int | None) -> float:
     solves; nan if it did not converge in NEAREST_MAX_SOLVES solves."""
     p = len(ld)
     res = eigsh(lambda v: torch.linalg.ldl_solve(ld, pivots, v.reshape(-1, p).T).T.reshape(v.shape), p, 1, which,
-                tol=1e-8, max_hvps=NEAREST_MAX_SOLVES, like=ld, seed=seed, certify=False)
+                tol=1e-8, max_hvps=NEAREST_MAX_SOLVES, like=ld, seed=seed, certify=False, first_block=DEFAULT_BLOCK)
     return float(res.eigenvalues[0]) if res.converged else float("nan")
 
 

@@ -154,15 +154,17 @@ def eigsh(
     block: int = DEFAULT_BLOCK,
     certify: bool = True,
     memory_limit: int | None = None,
+    first_block: int | None = None,
 ) -> EigenResult:
     """``k`` extreme eigenpairs of a symmetric operator of order ``size`` by block thick-restart Lanczos.
 
     ``matvec`` maps [b, P] to [b, P] in float64 (a :class:`~.hvp.HessianOperator` does). The
     iteration is :func:`~.krylov.block_krylov`: full reorthogonalization, thick restarts, converged
     pairs locked. A block of b random vectors finds every copy of an eigenvalue repeated up to b
-    times. The run starts with :func:`start_block` vectors (1 on the CPU, ``block`` on accelerators)
-    and doubles the block, up to ``block`` (default 8), whenever its certificate finds a missed
-    eigenvalue. Convergence of a Ritz pair (theta, y): ``||H y - theta y|| <= tol * max(|theta|,
+    times. The run starts with ``first_block`` vectors (default :func:`start_block`: 1 on the CPU,
+    ``block`` on accelerators; a whole block pays where a block of products costs about one, e.g.
+    solves with a stored factorization) and doubles the block, up to ``block`` (default 8), whenever
+    its certificate finds a missed eigenvalue. Convergence of a Ritz pair (theta, y): ``||H y - theta y|| <= tol * max(|theta|,
     floor ||H||)`` (the residual bounds the eigenvalue error; ||H|| is estimated by the largest
     |Ritz value| seen).
 
@@ -211,7 +213,7 @@ def eigsh(
     locked = Locked.empty(like, deflate)
     out = block_krylov(matvec, size, Goal(which, k=k), block=block, basis=basis, tol=tol, floor=floor,
                        max_hvps=max_hvps, like=like, seed=seed, locked=locked, certify=certify,
-                       start_block=start_block(block, like.device))
+                       start_block=min(first_block, block) if first_block else start_block(block, like.device))
     if out.candidates is not None:
         values, vectors, residuals = out.candidates
     else:
