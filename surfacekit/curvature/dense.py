@@ -39,10 +39,10 @@ def assemble_hessian(op: HessianOperator, chunk_size: int = DEFAULT_CHUNK, memor
         unit = torch.zeros(rows, p, dtype=op.dtype, device=op.device)
         unit[range(rows), range(start, start + rows)] = 1.0
         hess[start : start + rows] = op(unit)
-    return symmetrize_(hess, chunk_size)
+    return symmetrize_(hess)
 
 
-def symmetrize_(hess: Tensor, block: int = DEFAULT_CHUNK) -> Tensor:
+def symmetrize_(hess: Tensor, block: int = 512) -> Tensor:
     """Replace the square matrix ``hess`` [P, P] by (H + H^T) / 2 in place, ``block`` x ``block`` tiles
     at a time (workspace: one tile). Returns ``hess``."""
     p = hess.shape[-1]

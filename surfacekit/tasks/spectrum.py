@@ -178,9 +178,8 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any], struct
         scale = max(abs(float(top.eigenvalues[0])), abs(float(bottom.eigenvalues[0])))
         tau = float(cfg["threshold"]) if cfg.get("threshold") is not None else -float(cfg["relative_threshold"]) * scale
     else:
-        method = "auto" if cfg["index_method"] == "auto" else cfg["index_method"]
         idx = curvature.index(loss_fn, theta, cfg.get("threshold"), relative_threshold=float(cfg["relative_threshold"]),
-                              method=method, dense_limit=cfg.get("dense_limit"), cap=int(cfg["index_cap"]),
+                              method=cfg["index_method"], dense_limit=cfg.get("dense_limit"), cap=int(cfg["index_cap"]),
                               structure=structure, memory_limit=memory_limit)
         tau = idx.threshold
         hvps += idx.num_hvps
