@@ -24,18 +24,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import h5py
 import matplotlib.pyplot as plt
+import h5py
 import numpy as np
 import pandas as pd
 import torch
 from scipy.optimize import curve_fit
 
 from surfacekit import store
+from surfacekit.critical import METHODS
 from surfacekit.curvature import dense_hessian
 from surfacekit.plots import (AnalysisError, histogram_edges, log_axis, loss_label, one_line_errors, output_dir, results_path,
                               save_figure, save_table)
-from surfacekit.population import member_loss_fn
 from surfacekit.stats import spearman_permutation
 from surfacekit.store import load_job
 
@@ -62,17 +62,23 @@ def fit_bray_dean(loss: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
 
 
 def load_critical(path: Path, finders: list[str] | None) -> dict[str, pd.DataFrame]:
-    """One frame per finder from ``/critical/<finder>`` (theta kept as a column of arrays)."""
-    with h5py.File(path, "r") as f:
-        if "critical" not in f:
-            raise AnalysisError(f"{path}: no /critical group; run surfacekit task=critical source={path} first")
-        names = finders or list(f["critical"])
-        unknown = sorted(set(names) - set(f["critical"]))
-        if unknown:
-            raise AnalysisError(f"{path}: no finder(s) {unknown} in /critical (stored: {sorted(f['critical'])})")
+    """One frame per finder from ``/critical/<finder>`` of the job's newest critical analysis (or of
+    the training file itself, schema 1), theta kept as a column of arrays."""
+    stored = {}
+    for name in METHODS:
+        try:
+            stored[name] = store.load_group(path, f"critical/{name}")
+        except store.ResultsError:
+            continue
+    if not stored:
+        raise AnalysisError(f"{path}: no /critical group; run surfacekit task=critical source={path} first")
+    names = finders or sorted(stored)
+    unknown = sorted(set(names) - set(stored))
+    if unknown:
+        raise AnalysisError(f"{path}: no finder(s) {unknown} in /critical (stored: {sorted(stored)})")
     frames = {}
     for name in names:
-        g = store.load_group(path, f"critical/{name}")
+        g = dict(stored[name])
         theta = g.pop("theta", None)
         frame = pd.DataFrame({k: v.astype(str) if v.dtype.kind in "OS" else v for k, v in g.items()})
         if theta is not None:
@@ -113,6 +119,18 @@ def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, 
     return fig
 
 
+def analysed_objective(path: Path) -> tuple[str, str]:
+    """(objective, bn_mode) the newest critical analysis of the job used (its root attributes); the
+    task's defaults (trained, batch) for a schema-1 file whose critical group sits in the training file."""
+    col = store.collect(path)
+    found = store.analyses_of(col, next(iter(col.jobs.values())), "critical") if col.jobs else []
+    if not found:
+        return "trained", "batch"
+    with h5py.File(found[0].file, "r") as f:
+        attrs = (f[found[0].group] if found[0].group else f).attrs
+        return str(attrs.get("objective", "trained")), str(attrs.get("bn_mode", "batch"))
+
+
 def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
     accepted = pd.concat([f[f.accepted] for f in frames.values()], ignore_index=True) if frames else pd.DataFrame()
     if len(accepted) == 0 or "theta" not in accepted:
@@ -125,10 +143,12 @@ def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
         print(f"eigenvalue histograms: P = {p} > --dense-limit {dense_limit}; skipped", file=sys.stderr)
         return None
     job = load_job(path)
-    loss_fn = member_loss_fn(job.spec, job.data.x_train, job.data.y_train, job.cfg.model.loss, job.cfg.get("chunk_size"))
+    objective, bn_mode = analysed_objective(path)
     fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharey=True)
     for ax, i in zip(axes[0], picks):
         theta = torch.from_numpy(np.asarray(accepted.theta[i], dtype=np.float64))
+        member = int(accepted.member[i]) if "member" in accepted else int(job.members["member"][0])
+        loss_fn = store.job_objective(job, member, objective, bn_mode)[0]
         eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, theta)).numpy()
         counts, edges = np.histogram(eig, bins=histogram_edges(eig))
         ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8)
