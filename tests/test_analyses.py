@@ -141,26 +141,42 @@ def test_index_vs_loss_table_and_figure(tmp_path, capsys):
     assert "no finder(s) ['newton']" in one_error_line(capsys, "index_vs_loss")
 
 
+def analysis_file(source, task, groups, settings=None):
+    """The analysis file a post-hoc task writes beside a job (SOURCE_DIR/analyses/TASK-HASH/TASK.h5), joined by run_id."""
+    import json
+
+    import h5py
+
+    path = source.parent / "analyses" / f"{task}-0123abcd" / f"{task}.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({**store.provenance(), "kind": "analysis", "task": task, "end_time": store.now_iso(),
+                        "settings": json.dumps(settings or {}), "objective": "trained", "bn_mode": "batch"})
+        g = f.create_group(f"jobs/{source.parent.name}")
+        g.attrs.update({"source_run_id": str(plots.h5_attr(source, "run_id")), "source_path": str(source)})
+        for name, arrays in groups.items():
+            for key, value in arrays.items():
+                g[f"{name}/{key}"] = value
+    return path
+
+
 def test_index_vs_loss_reads_the_critical_analysis_beside_the_job(tmp_path):
     """The layout task=critical writes: /critical lives in SOURCE/analyses/critical-HASH/critical.h5, joined to
     the job by its run_id (the training file has no /critical)."""
-    import h5py
-
     rng = np.random.default_rng(3)
     path = job(tmp_path / "run" / "results.h5", train_members(8, 2, rng))
     group = critical_group(12, rng, 0.4)
-    analysis = tmp_path / "run" / "analyses" / "critical-0123abcd" / "critical.h5"
-    analysis.parent.mkdir(parents=True)
-    with h5py.File(analysis, "w") as f:
-        f.attrs.update({**store.provenance(), "kind": "analysis", "task": "critical", "end_time": store.now_iso(), "settings": "{}",
-                        "objective": "trained", "bn_mode": "batch"})
-        g = f.create_group("jobs/run")
-        g.attrs.update({"source_run_id": str(plots.h5_attr(path, "run_id")), "source_path": str(path)})
-        for key, value in group.items():
-            g[f"critical/levenberg_marquardt/{key}"] = value
+    analysis_file(path, "critical", {"critical/levenberg_marquardt": group})
     assert script("index_vs_loss").main([str(path), "--permutations", "200"]) == 0
     table = pd.read_csv(tmp_path / "run" / "analysis" / "index_vs_loss" / "index_vs_loss.csv")
     assert table.finder.tolist() == ["levenberg_marquardt"] and table.accepted[0] == group["accepted"].sum()
+
+
+def test_landscape_direction_label_comes_from_the_landscape_analysis(tmp_path):
+    path = job(tmp_path / "run" / "results.h5", train_members(8, 2, np.random.default_rng(4)))
+    assert script("landscape_2d").direction_label(path) == ""
+    analysis_file(path, "landscape", {}, {"slice": {"normalization": "layer"}})
+    assert script("landscape_2d").direction_label(path) == "layer-normalized"
 
 
 def landscape_groups(k, rng):
