@@ -97,6 +97,19 @@ def summary_row(name: str, frame: pd.DataFrame, n_perm: int, fit: bool) -> dict:
             "spearman_rho_accepted": rho, "permutation_p": p, "bray_dean_eps_c": eps_c, "bray_dean_w": w}
 
 
+def distinct_levels(loss: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
+    """An integer label per loss value, equal for values within ``rtol`` (relative to the largest |loss|) of
+    each other: critical points reached from several starts share one label."""
+    loss = np.asarray(loss, dtype=float)
+    if not len(loss):
+        return np.zeros(0, dtype=int)
+    scale = rtol * max(np.abs(loss).max(), np.finfo(float).tiny)
+    order = np.argsort(loss)
+    labels = np.empty(len(loss), dtype=int)
+    labels[order] = np.concatenate([[0], np.cumsum(np.diff(loss[order]) > scale)])
+    return labels
+
+
 def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, loss_axis: str):
     fig, axes = plt.subplots(1, len(frames), figsize=(4.4 * len(frames), 3.8), squeeze=False, sharey=True)
     for ax, (name, frame) in zip(axes[0], frames.items()):
@@ -108,6 +121,10 @@ def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, 
         ax.scatter(flat.loss, flat.index_fraction, s=16, marker="x", color="0.55", label=f"gradient-flat, rejected ({len(flat)})")
         ax.scatter(acc.loss, acc.index_fraction, s=22, color="tab:blue", edgecolors="k", linewidths=0.4,
                    label=f"critical, accepted ({len(acc)})")
+        for (_, index), group in acc.groupby([distinct_levels(acc.loss.to_numpy()), acc.index_fraction]):
+            if len(group) > 1:  # coinciding critical points: say how many
+                ax.annotate(f"x{len(group)}", (group.loss.iloc[0], index), xytext=(5, -9), textcoords="offset points",
+                            fontsize=7, color="tab:blue")
         row = table.set_index("finder").loc[name]
         if fit and np.isfinite(row.bray_dean_w) and len(acc):
             grid = np.linspace(acc.loss.min(), acc.loss.max(), 200)
@@ -136,7 +153,10 @@ def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
     if len(accepted) == 0 or "theta" not in accepted:
         print("eigenvalue histograms: no accepted critical point with a stored endpoint; skipped", file=sys.stderr)
         return None
-    accepted = accepted.sort_values("loss").reset_index(drop=True)
+    # one point per distinct critical value (many starts often end at the same point), then the lowest,
+    # median and highest of those
+    accepted = accepted.assign(level=distinct_levels(accepted.loss.to_numpy()))
+    accepted = accepted.drop_duplicates("level").sort_values("loss").reset_index(drop=True)
     picks = sorted(set([0, len(accepted) // 2, len(accepted) - 1]))
     p = len(accepted.theta[0])
     if p > dense_limit:
@@ -144,7 +164,7 @@ def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
         return None
     job = load_job(path)
     objective, bn_mode = analysed_objective(path)
-    fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharex=True, sharey=True)
     for ax, i in zip(axes[0], picks):
         theta = torch.from_numpy(np.asarray(accepted.theta[i], dtype=np.float64))
         member = int(accepted.member[i]) if "member" in accepted else int(job.members["member"][0])
