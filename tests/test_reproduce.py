@@ -139,6 +139,13 @@ def test_a_tiny_reproduction_end_to_end(in_process, tmp_path, capsys):
     assert "deliberately impossible" in md and "**FAIL**" in md and "**ERROR**" in md
     assert (out / "tiny" / "log.txt").read_text().count("$ ") == 3  # two commands and the checks
 
+    # --resume reuses the finished jobs (same run ids), reruns the analysis and the checks
+    run_ids = {job: store.load_attrs(out / "tiny" / "runs" / "widths", job)["run_id"] for job in ("0", "1")}
+    assert cli.main(["--only", "tiny", "--out", str(out), "--resume"]) == 1
+    assert {job: store.load_attrs(out / "tiny" / "runs" / "widths", job)["run_id"] for job in ("0", "1")} == run_ids
+    log = (out / "tiny" / "log.txt").read_text()
+    assert log.count("$ checks") == 2 and "resume=true" in log.split("$ checks")[1]
+
 
 def test_command_line_refusals(in_process, tmp_path, capsys):
     def refused(*argv):
