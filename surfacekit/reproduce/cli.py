@@ -43,14 +43,14 @@ def _parser(names: list[str]) -> argparse.ArgumentParser:
                     "PASS/FAIL, wall time and the exact commands.",
         epilog=f"reproductions:\n{listing}\n\nkey=value arguments are Hydra overrides added to every surfacekit command, "
                "e.g. launcher=joblib hydra.launcher.n_jobs=2, or launcher=slurm hydra.launcher.partition=... with "
-               "--scale full. --scale small takes about 10-20 minutes on 2 CPU cores.")
+               "--scale full. --scale small needs about 5 minutes of CPU time, one process at a time (docs/reproduce.md).")
     parser.add_argument("--scale", choices=SCALES, default="small",
                         help="small: minutes on a laptop, sized to finish within 20 minutes on 2 cores (default); "
                              "full: the papers' sizes where the data exist locally (hours; a cluster with launcher=slurm)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these reproductions (names below)")
-    parser.add_argument("--out", type=Path, help="report folder (default outputs/reproduce/DATE/TIME-SCALE); must be new "
+    parser.add_argument("--out", type=Path, metavar="DIR", help="report folder (default outputs/reproduce/DATE/TIME-SCALE); must be new "
                                                  "or empty unless --resume")
-    parser.add_argument("--mnist", type=Path, help="folder with the MNIST files (IDX or .npz): --scale full then uses the "
+    parser.add_argument("--mnist", type=Path, metavar="DIR", help="folder with the MNIST files (IDX or .npz): --scale full then uses the "
                                                    "papers' MNIST settings where they exist (e.g. Choromanska's 10x10 MNIST)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse an existing --out: finished jobs are skipped (resume=true), analyses and checks rerun")

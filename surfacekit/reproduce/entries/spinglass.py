@@ -71,7 +71,7 @@ def checks(ctx: Context) -> list[Check]:
 REPRODUCTION = Reproduction(
     name="spinglass",
     title="Spherical spin glass: energies of the minima against N",
-    reference="Choromanska et al. 2015 (AISTATS), Sec. 5; Auffinger, Ben Arous, Cerny 2013",
+    reference="Choromanska et al. 2015 (AISTATS); Auffinger, Ben Arous, Cerny 2013",
     summary="Riemannian gradient descent on the spherical 3-spin glass H(w) = N^(-1) sum X_ijk w_i w_j w_k, |w|^2 = N, "
             "from many random starts and several disorder samples per N: histograms of H/N at the endpoints beside the "
             "theory's -E_0 and -E_inf, the mean's finite-size law -E_inf + c N^(-2/3), and exact Hessian indices.",
