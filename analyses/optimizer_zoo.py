@@ -8,8 +8,8 @@ chosen per panel and method inside the population: the grid value with the lowes
 training loss over its seeds (a value with a diverged member is never chosen). The curves are the
 mean over the chosen value's seeds with a band from the lowest to the highest seed; the table
 (``choices.md`` / ``choices.csv``) states the grid, the chosen learning rate, the final training
-loss (mean, std), the final test error, diverged members and, for the full-batch second-order
-methods, their curvature products. Full-batch methods (rprop, hessian_free, scg) count one
+loss (mean, std), the final test error, diverged members, for the full-batch second-order
+methods their curvature products, and the job's wall time per member. Full-batch methods (rprop, hessian_free, scg) count one
 iteration as one epoch (one full-batch gradient; Hessian-free and SCG also spend curvature products
 per iteration, listed in the table).
 
@@ -31,13 +31,14 @@ import seaborn as sns
 
 from surfacekit.plots import (AnalysisError, log_axis, loss_label, one_line_errors, output_dir, results_path,
                               save_figure, save_table)
-from surfacekit.store import list_jobs, load_config, load_curves, load_members
+from surfacekit.store import list_jobs, load_attrs, load_config, load_curves, load_members
 
 PROG = "optimizer_zoo"
 METHODS = ("sgd", "momentum", "nesterov", "rprop", "adagrad", "rmsprop", "adadelta", "adam", "adamax",
            "prong", "kfac", "hessian_free", "scg")
 SECOND_ORDER = ("prong", "kfac", "hessian_free", "scg")
-PALETTE = dict(zip(METHODS, sns.color_palette("tab20", len(METHODS))))
+# First-order methods solid in tab10 colours, the natural-gradient and second-order ones dashed in Dark2.
+PALETTE = {**dict(zip(METHODS[:9], sns.color_palette("tab10", 9))), **dict(zip(SECOND_ORDER, sns.color_palette("Dark2", 4)))}
 COST_CURVES = {"hessian_free": "curvature_products", "scg": "hvps"}
 
 
@@ -83,7 +84,9 @@ def collect(path) -> tuple[pd.DataFrame, dict]:
         has_lr = config.get("trainer", {}).get("method") in ("backprop", "prong", "kfac")
         base = float(config.get("optimizer", {}).get("lr", np.nan)) if has_lr else np.nan
         scale, chosen = choose(frame)
-        chosen = chosen.assign(lr=base * scale, lr_grid=", ".join(f"{base * s:.3g}" for s in sorted(set(frame["lr_scale"])))
+        seconds = (pd.Timestamp(load_attrs(path, job or None)["end_time"])
+                   - pd.Timestamp(load_attrs(path, job or None)["start_time"])).total_seconds()
+        chosen = chosen.assign(lr=base * scale, seconds_per_member=seconds / len(frame), lr_grid=", ".join(f"{base * s:.3g}" for s in sorted(set(frame["lr_scale"])))
                                if has_lr else "", grid_size=frame["lr_scale"].nunique(),
                                diverged_in_grid=int(frame["diverged"].astype(bool).sum()))
         c = load_curves(path, job or None)
@@ -110,7 +113,8 @@ def table(chosen: pd.DataFrame, curves: dict) -> pd.DataFrame:
                     "final train loss": group["final_train_loss"].mean(), "std": group["final_train_loss"].std(),
                     "test error": group["test_error"].mean(),
                     "diverged (whole grid)": group["diverged_in_grid"].iloc[0],
-                    "curvature products": float(cost[:, -1].mean()) if cost is not None else np.nan})
+                    "curvature products": float(cost[:, -1].mean()) if cost is not None else np.nan,
+                    "job seconds per member": group["seconds_per_member"].iloc[0]})
     frame = pd.DataFrame(out)
     order = {m: i for i, m in enumerate(METHODS)}
     return frame.sort_values(["panel", "method"], key=lambda s: s.map(order) if s.name == "method" else s)
@@ -120,7 +124,7 @@ def plot(chosen: pd.DataFrame, curves: dict, out, ylabel: str) -> None:
     panels = sorted(set(chosen["panel"]), key=lambda p: (p.split(",")[0], "MLP" in p))
     data_sets = sorted({p.split(",")[0] for p in panels})
     models = sorted({p.split(", ", 1)[1] for p in panels}, key=lambda m: "MLP" in m)
-    fig, axes = plt.subplots(len(data_sets), len(models), figsize=(5.2 * len(models), 3.9 * len(data_sets)),
+    fig, axes = plt.subplots(len(data_sets), len(models), figsize=(6.6 * len(models), 3.9 * len(data_sets)),
                              squeeze=False)
     for r, data in enumerate(data_sets):
         for c, model in enumerate(models):
@@ -146,7 +150,7 @@ def plot(chosen: pd.DataFrame, curves: dict, out, ylabel: str) -> None:
             ax.set_title(panel)
             ax.set_xlabel("epoch (full-batch methods: iteration)")
             ax.set_ylabel(ylabel)
-            ax.legend(fontsize=6, ncol=2, loc="upper right")
+            ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="chosen lr", title_fontsize=7)
     fig.suptitle("optimizer comparison: mean over seeds at the chosen learning rate, band min to max over seeds",
                  y=1.0)
     save_figure(fig, out, "optimizer_zoo")
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = table(chosen, curves)
     save_table(summary, out, "choices")
     text = ("# Optimizer comparison\n\nLearning rate chosen per panel and method: the grid value with the lowest mean "
-            "final training loss over its seeds (none diverged). Full-batch methods count iterations as epochs.\n\n"
+            "final training loss over its seeds (none diverged). Full-batch methods count iterations as epochs. Job "
+            "seconds per member: the job's wall time (training and evaluations) over its members, load-dependent.\n\n"
             + summary.astype(object).where(summary.notna(), None).to_markdown(index=False, floatfmt=".4g",
                                                                                missingval="")
             + "\n\nFigure: optimizer_zoo (PNG and PDF)\n")

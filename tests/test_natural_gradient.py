@@ -247,3 +247,20 @@ def test_kfac_trainer_trains(digits64):
                         "cross_entropy", progress=False)
     assert (result.curves["train_loss"][:, -1] < 0.6 * result.curves["train_loss"][:, 0]).all()  # 2.9-3.1 -> 1.5
     assert param_name(0, "weight") in result.params
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer=prong", "optimizer=adam"], "optimizer=adam is invalid: expected sgd, momentum or nesterov with trainer=prong"),
+    (["trainer=prong", "optimizer.weight_decay=0.1"], "optimizer.weight_decay=0.1 is invalid: expected 0 with trainer=prong"),
+    (["trainer=prong", "model.bias=false"], "model.bias=false is invalid: expected true with trainer=prong"),
+    (["trainer=prong", "trainer.epsilon=0"], "trainer.epsilon=0 is invalid: expected a finite number > 0"),
+    (["trainer=kfac", "model.loss=hinge"], "model.loss=hinge is invalid: expected cross_entropy or mse with trainer=kfac"),
+    (["trainer=kfac", "model.batch_norm=true"], "model.batch_norm=true is invalid: expected false with trainer=kfac"),
+    (["trainer=kfac", "trainer.targets=fisher"], "trainer.targets=fisher is invalid"),
+])
+def test_refused_settings_are_one_line(overrides, message):
+    from support import compose_config
+    from surfacekit.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(overrides), overrides)

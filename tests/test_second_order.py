@@ -9,10 +9,12 @@ import torch
 
 from surfacekit.config import group_defaults
 from surfacekit.models import MLPSpec
-from surfacekit.population import init_population, member_seed
+from surfacekit.population import flatten, init_population, member_seed
 from surfacekit.train import hessian_free, scg
 from surfacekit.train.conjugate_gradient import conjugate_gradient, save_steps
-from surfacekit.train.full_batch import Problem, values_and_gradients
+from surfacekit.train.full_batch import (
+    Problem, curvature_operator, network_problem, objective_values, values_and_gradients,
+)
 
 F64 = torch.float64
 
@@ -136,7 +138,8 @@ TRAINER_SETTINGS = {"hessian_free": {"epochs": 4, "cg_max_iter": 30}, "scg": {"e
 def test_population_equals_separate_runs_and_loss_never_rises(method, digits64):
     spec = MLPSpec(64, (4,), 10, "tanh")
     module = {"hessian_free": hessian_free, "scg": scg}[method]
-    cfg = {**group_defaults("trainer", method), **TRAINER_SETTINGS[method], "eval_every": 1, "weight_decay": 1e-3}
+    cfg = {**group_defaults("trainer", method), **TRAINER_SETTINGS[method], "eval_every": 1, "weight_decay": 1e-3,
+           "snapshots": True}
     seeds = [member_seed(4, k) for k in range(3)]
 
     def run(members):
@@ -148,13 +151,29 @@ def test_population_equals_separate_runs_and_loss_never_rises(method, digits64):
         alone = run([s])
         for name, value in together.params.items():
             np.testing.assert_allclose(value[k].numpy(), alone.params[name][0].numpy(), rtol=0, atol=1e-10)
-    objective = together.curves["train_loss"]  # data loss; with the L2 term the objective never rises
-    l2 = {n: 1e-3 for n in together.params}
+    # the objective they minimize, data loss + (1e-3 / 2)|theta|^2, never rises along the stored trajectory
+    problem = network_problem(spec, digits64.x_train, digits64.y_train, "cross_entropy", l2=1e-3)
+    objective = np.stack([objective_values(problem, torch.as_tensor(t)).numpy() for t in together.trajectory], axis=1)
     assert objective.shape == (3, cfg["epochs"] + 1)
-    assert (objective[:, -1] < 0.6 * objective[:, 0]).all()
+    assert (np.diff(objective, axis=1) <= 1e-12).all() and (objective[:, -1] < 0.6 * objective[:, 0]).all()
     counts = together.extra_curves["curvature_products" if method == "hessian_free" else "hvps"]
     assert (np.diff(counts, axis=1) >= 0).all() and (counts[:, -1] > 0).all()
-    assert set(l2) == set(module.l2_coefficients(spec, {}, cfg))
+    assert module.l2_coefficients(spec, {}, cfg) == {n: 1e-3 for n in together.params}
+
+
+@pytest.mark.parametrize("curvature", ["gauss_newton", "hessian"])
+def test_l2_term_enters_values_gradients_and_curvature(curvature, digits64):
+    spec = MLPSpec(64, (3,), 10, "tanh")
+    theta = flatten(init_population(spec, [1, 2]))
+    plain = network_problem(spec, digits64.x_train, digits64.y_train, "cross_entropy")
+    decayed = network_problem(spec, digits64.x_train, digits64.y_train, "cross_entropy", l2=0.1)
+    f0, g0 = values_and_gradients(plain, theta)
+    f1, g1 = values_and_gradients(decayed, theta)
+    torch.testing.assert_close(f1 - f0, 0.05 * theta.pow(2).sum(dim=1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(g1 - g0, 0.1 * theta, rtol=1e-10, atol=1e-14)
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    difference = curvature_operator(decayed, theta, curvature)(v) - curvature_operator(plain, theta, curvature)(v)
+    torch.testing.assert_close(difference, 0.1 * v, rtol=1e-10, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- scaled conjugate gradient
@@ -198,7 +217,6 @@ def test_hessian_free_beats_levenberg_marquardt_in_products_on_a_digits_autoenco
     from surfacekit.critical import levenberg_marquardt
     from surfacekit.data import Dataset, load_data
     from surfacekit.objective import objective_fn
-    from surfacekit.population import flatten
 
     d = load_data({"name": "digits", "train_size": 100}).to("cpu", F64)
     autoencoder = Dataset("digits_autoencoder", d.x_train, d.x_train, d.x_test, d.x_test, 64, False)
@@ -214,3 +232,19 @@ def test_hessian_free_beats_levenberg_marquardt_in_products_on_a_digits_autoenco
     reached = np.flatnonzero(losses <= lm.losses[-1])
     assert reached.size, (losses, lm.losses)
     assert products[reached[0]] < lm.num_hvps / 10, (products, lm.num_hvps)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer=hessian_free", "trainer.batch_size=50"], "trainer.batch_size=50 is invalid: expected null with trainer=hessian_free"),
+    (["trainer=scg", "population.size=2", "population.lr_scale=[1,2]"], "population.lr_scale=[1, 2] is invalid: expected null with trainer=scg"),
+    (["trainer=scg", "model.batch_norm=true"], "model.batch_norm=true is invalid: expected false with trainer=scg"),
+    (["trainer=hessian_free", "model.loss=hinge"], "model.loss=hinge is invalid: expected cross_entropy or mse with trainer.curvature=gauss_newton"),
+    (["trainer=hessian_free", "trainer.warm_start=1.5"], "trainer.warm_start=1.5 is invalid"),
+    (["trainer=scg", "trainer.restart_every=0"], "trainer.restart_every=0 is invalid"),
+])
+def test_refused_settings_are_one_line(overrides, message):
+    from support import compose_config
+    from surfacekit.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate(compose_config(overrides), overrides)

@@ -163,9 +163,9 @@ def hessian_free_iteration(problem: Problem, state: State, settings: Settings, a
     f0, g = values_and_gradients(problem, theta)
     curvature = curvature_operator(problem, theta, settings.curvature)
     lam = state.damping
-    cg = conjugate_gradient(partial(_damped, curvature, lam), -g, settings.warm_start * state.previous, max_iter=settings.cg_max_iter,
-                            tol=CG_RESIDUAL_TOL, progress_tol=settings.cg_tol, save_growth=settings.backtrack_growth,
-                            active=active)
+    cg = conjugate_gradient(partial(_damped, curvature, lam), -g, settings.warm_start * state.previous,
+                            max_iter=settings.cg_max_iter, tol=CG_RESIDUAL_TOL, progress_tol=settings.cg_tol,
+                            save_growth=settings.backtrack_growth, active=active)
     state.products += cg.products
     p, f1, phi = backtrack(problem, theta, cg, active)
     rho = torch.where(phi < 0, (f1 - f0) / torch.where(phi < 0, phi, -torch.ones_like(phi)),

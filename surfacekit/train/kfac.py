@@ -201,7 +201,7 @@ def train(
     optimizer_cfg = optimizer_config(optimizer_cfg)
     if optimizer_cfg["name"] not in OPTIMIZERS:
         raise ValueError(f"trainer=kfac takes optimizer {' / '.join(OPTIMIZERS)}, got {optimizer_cfg['name']}")
-    device, dtype = data.x_train.device, data.x_train.dtype
+    device = data.x_train.device
     n, k = data.x_train.shape[0], len(seeds)
     epochs, batch_size = int(trainer_cfg["epochs"]), trainer_cfg["batch_size"]
     eval_every = max(1, int(trainer_cfg["eval_every"]))
