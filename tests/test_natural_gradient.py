@@ -38,7 +38,9 @@ def test_reparametrisation_preserves_the_function_and_whitens(activation, teache
     for _ in range(3):  # reparametrise, move (V, d) as training would, reparametrise again
         x_stats = prong.statistics_sample(teacher.x_train, 40, gens)  # each member its own 40 examples
         before = forward(spec, prong.canonical(spec, whitened, whitening), teacher.x_train)
-        whitened, whitening, change, inputs = prong.reparametrize(spec, whitened, whitening, x_stats, epsilon=0.0)
+        whitened, whitening, valid, change, inputs = prong.reparametrize(spec, whitened, whitening, x_stats,
+                                                                          epsilon=0.0)
+        assert bool(valid.all())
         after = forward(spec, prong.canonical(spec, whitened, whitening), teacher.x_train)
         assert float((after - before).abs().max()) < 1e-10  # on all data, not only the statistics sample
         assert float(change.max()) < 1e-10
@@ -48,16 +50,24 @@ def test_reparametrisation_preserves_the_function_and_whitens(activation, teache
             torch.testing.assert_close(cov, torch.eye(h.shape[2], dtype=F64).expand_as(cov), rtol=0, atol=1e-8)
             torch.testing.assert_close(u.mean(dim=1), torch.zeros_like(u[:, 0]), rtol=0, atol=1e-12)
         whitened = {n: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=F64) for n, v in whitened.items()}
-    with pytest.raises(ValueError, match="eigenvalue"):  # 3 examples cannot whiten 5 inputs without epsilon
-        prong.reparametrize(spec, whitened, whitening, teacher.x_train[:3], epsilon=0.0)
+    # 3 examples cannot whiten 5 inputs without epsilon; a member with non-finite activations cannot either:
+    # both keep their old parametrisation, flagged invalid
+    poisoned = {n: v.clone() for n, v in whitened.items()}
+    poisoned["layers.0.weight"][1] = float("inf")
+    for x_bad, member in ((teacher.x_train[:3], [0, 1]), (teacher.x_train, [1])):
+        new, new_whitening, valid, change, _ = prong.reparametrize(spec, poisoned, whitening, x_bad, epsilon=0.0)
+        assert torch.nonzero(~valid).flatten().tolist() == member and torch.isnan(change[member]).all()
+        for m in member:
+            assert torch.equal(new["layers.0.weight"][m], poisoned["layers.0.weight"][m])
+            assert torch.equal(new_whitening.matrices[1][m], whitening.matrices[1][m])
 
 
 def test_momentum_buffer_keeps_its_canonical_displacement(teacher):
     spec = MLPSpec(5, (4,), 3, "tanh")
     whitened = init_population(spec, [3])
     old = prong.Whitening.identity(spec, 1, F64, "cpu")
-    _, middle, _, _ = prong.reparametrize(spec, whitened, old, teacher.x_train, 1e-3)
-    _, new, _, _ = prong.reparametrize(spec, whitened, middle, teacher.x_train[:30], 1e-3)
+    _, middle, _, _, _ = prong.reparametrize(spec, whitened, old, teacher.x_train, 1e-3)
+    _, new, _, _, _ = prong.reparametrize(spec, whitened, middle, teacher.x_train[:30], 1e-3)
     gen = torch.Generator().manual_seed(5)
     buffers = {n: torch.randn(v.shape, generator=gen, dtype=F64) for n, v in whitened.items()}
 
@@ -264,3 +274,21 @@ def test_refused_settings_are_one_line(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         validate(compose_config(overrides), overrides)
+
+
+def test_a_member_with_a_huge_learning_rate_diverges_alone(digits64):
+    """Its activations blow up: the loss or the whitening (non-finite, or not positive definite in float64)
+    fails, the member is frozen and flagged; the others equal their separate runs."""
+    spec = MLPSpec(64, (6,), 10, "relu")
+    seeds = [member_seed(6, k) for k in range(3)]
+    cfg = {**group_defaults("trainer", "prong"), "epochs": 3, "batch_size": 40, "reparam_every": 2,
+           "stats_samples": 100}
+    opt = {"name": "sgd", "lr": 0.05, "schedule": "constant"}
+    scale = torch.tensor([1.0, 1e5, 1.0], dtype=F64)
+    result = prong.train(spec, digits64, init_population(spec, seeds), seeds, opt, cfg, "cross_entropy",
+                         progress=False, lr_scale=scale)
+    assert result.diverged.tolist() == [False, True, False]
+    reference = prong.train(spec, digits64, init_population(spec, [seeds[0], seeds[2]]), [seeds[0], seeds[2]], opt,
+                            cfg, "cross_entropy", progress=False)
+    for name, value in result.params.items():
+        np.testing.assert_allclose(value[[0, 2]].numpy(), reference.params[name].numpy(), rtol=0, atol=1e-10)

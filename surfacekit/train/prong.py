@@ -107,54 +107,66 @@ def layer_inputs(spec: MLPSpec, params: Mapping[str, Tensor], x: Tensor) -> tupl
     return inputs, h
 
 
-def whiten(h: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Centre and ZCA-whitening of samples h [K, N, d]: (c [K, d], U [K, d, d], U^{-1}) with
-    ``U = (Sigma + epsilon I)^{-1/2}`` (Sigma with divisor N) from one eigendecomposition.
+def whiten(h: Tensor, epsilon: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Centre and ZCA-whitening of samples h [K, N, d]: (c [K, d], U [K, d, d], U^{-1}, valid [K]) with
+    ``U = (Sigma + epsilon I)^{-1/2}`` (Sigma with divisor N) from one eigendecomposition, computed in
+    float64 whatever h's dtype (a float32 covariance of large activations has eigenvalues off by
+    ~1e-7 of the largest) and returned in h's dtype.
 
-    Raises:
-        ValueError: Sigma + epsilon I is not positive definite (an eigenvalue <= 0: use epsilon > 0).
+    ``valid[k]`` is False where member k's samples are not finite or ``Sigma + epsilon I`` is not
+    positive definite in float64 (epsilon = 0 with fewer samples than dimensions, or activations so
+    large that rounding exceeds epsilon); those members get c = 0 and U = I, to be discarded.
     """
-    center = h.mean(dim=1)
-    centred = h - center.unsqueeze(1)
+    h64 = h.to(torch.float64)
+    finite = torch.isfinite(h64).flatten(1).all(dim=1)
+    h64 = torch.where(finite[:, None, None], h64, torch.zeros_like(h64))
+    center = h64.mean(dim=1)
+    centred = h64 - center.unsqueeze(1)
     sigma = torch.bmm(centred.transpose(1, 2), centred) / h.shape[1]
-    sigma = 0.5 * (sigma + sigma.transpose(1, 2))
-    values, vectors = torch.linalg.eigh(sigma + epsilon * torch.eye(h.shape[2], dtype=h.dtype, device=h.device))
-    if not bool((values > 0).all()):
-        raise ValueError(f"whitening: Sigma + epsilon I has eigenvalue {float(values.min()):.3g} <= 0 "
-                         f"(epsilon={epsilon}); use trainer.epsilon > 0")
+    eye = torch.eye(h.shape[2], dtype=torch.float64, device=h.device)
+    values, vectors = torch.linalg.eigh(0.5 * (sigma + sigma.transpose(1, 2)) + epsilon * eye)
+    valid = finite & (values > 0).all(dim=1)
+    values = torch.where(valid[:, None], values, torch.ones_like(values))
+    vectors = torch.where(valid[:, None, None], vectors, eye)
+    center = torch.where(valid[:, None], center, torch.zeros_like(center))
     matrix = (vectors * values.rsqrt().unsqueeze(1)) @ vectors.transpose(1, 2)
     inverse = (vectors * values.sqrt().unsqueeze(1)) @ vectors.transpose(1, 2)
-    return center, matrix, inverse
+    return center.to(h.dtype), matrix.to(h.dtype), inverse.to(h.dtype), valid
 
 
 @torch.no_grad()
 def reparametrize(spec: MLPSpec, whitened: Mapping[str, Tensor], whitening: Whitening, x: Tensor,
-                  epsilon: float) -> tuple[Params, Whitening, Tensor, list[Tensor]]:
+                  epsilon: float) -> tuple[Params, Whitening, Tensor, Tensor, list[Tensor]]:
     """The projection of Algorithm 1 (lines 6-9): new (V, d) and whitening with the same canonical
     parameters, the whitening estimated on x [N_s, in] or [K, N_s, in] under the current network.
 
-    Returns (whitened params, whitening, the largest output change on x per member [K], the layer
-    inputs [K, N_s, in_i] the statistics came from). Cost: two forward passes over x and one
-    eigendecomposition per layer and member.
-
-    Raises:
-        ValueError: a covariance + epsilon I that is not positive definite (see :func:`whiten`).
+    Returns (whitened params, whitening, valid [K], the largest output change on x per member [K],
+    the layer inputs [K, N_s, in_i] the statistics came from). A member whose statistics cannot be
+    whitened in some layer (``valid`` False, see :func:`whiten`) keeps its old (V, d) and whitening,
+    and its change is NaN. Cost: two forward passes over x and one float64 eigendecomposition per
+    layer and member.
     """
     params = canonical(spec, whitened, whitening)
     inputs, before = layer_inputs(spec, params, x)
     new, centers, matrices, inverses = {}, [], [], []
+    valid = torch.ones(before.shape[0], dtype=torch.bool, device=before.device)
     for i, h in enumerate(inputs):
-        center, matrix, inverse = whiten(h, epsilon)
+        center, matrix, inverse, ok = whiten(h, epsilon)
+        valid &= ok
         weight = params[param_name(i, "weight")]
         new[param_name(i, "weight")] = torch.bmm(weight, inverse)
         new[param_name(i, "bias")] = params[param_name(i, "bias")] + torch.bmm(weight, center.unsqueeze(-1)).squeeze(-1)
         centers.append(center)
         matrices.append(matrix)
         inverses.append(inverse)
-    whitening_new = Whitening(centers, matrices, inverses)
+    keep = lambda fresh, old: torch.where(valid.reshape(-1, *[1] * (old.dim() - 1)), fresh, old)  # noqa: E731
+    new = {name: keep(value, whitened[name].detach()) for name, value in new.items()}
+    whitening_new = Whitening([keep(c, o) for c, o in zip(centers, whitening.centers)],
+                              [keep(u, o) for u, o in zip(matrices, whitening.matrices)],
+                              [keep(u, o) for u, o in zip(inverses, whitening.inverses)])
     after = forward(spec, canonical(spec, new, whitening_new), x)
     change = (after - before).abs().flatten(1).amax(dim=1)
-    return new, whitening_new, change, inputs
+    return new, whitening_new, valid, torch.where(valid, change, torch.full_like(change, float("nan"))), inputs
 
 
 @torch.no_grad()
@@ -209,9 +221,13 @@ def train(
     whitening under ``aux_params`` (``whitening.{i}.center`` [K, in_i], ``whitening.{i}.matrix``
     [K, in_i, in_i]; initial: 0 and I), the curve ``reparam_change``.
 
+    A member whose layer inputs cannot be whitened at a reparametrisation (non-finite, or not positive
+    definite within float64 rounding: activations blown up by too large a learning rate) is marked
+    diverged and frozen, like one whose loss is non-finite.
+
     Raises:
         ValueError: another optimizer, weight decay, batch norm or no biases, an invalid objective or
-            bn_mode, or a whitening covariance that is not positive definite (epsilon = 0).
+            bn_mode.
     """
     check_choices(objective, bn_mode)
     check_spec(spec)
@@ -260,7 +276,11 @@ def train(
         for i, idx in enumerate(minibatches(n, batch_size, gens, device)):
             if step % period == 0:
                 x_stats = statistics_sample(data.x_train, samples, stats_gens)
-                new, whitening_new, moved, _ = reparametrize(spec, leaves, whitening, x_stats, epsilon)
+                new, whitening_new, valid, moved, _ = reparametrize(spec, leaves, whitening, x_stats, epsilon)
+                failed = ~valid & freezer.active
+                if bool(failed.any()):  # activations no float64 whitening can handle: the member diverged
+                    diverged.logical_or_(failed)
+                    freezer.freeze(failed, {**leaves, **whitening.tensors()})
                 buffers = {name: optimizer.state[leaf].get("momentum_buffer") for name, leaf in leaves.items()
                            if leaf in optimizer.state}
                 map_momentum(spec, {n_: b for n_, b in buffers.items() if b is not None}, whitening, whitening_new)
@@ -269,7 +289,7 @@ def train(
                         leaf.copy_(new[name])
                 whitening = whitening_new
                 freezer.restore({**leaves, **whitening.tensors()})
-                change = torch.fmax(change, moved.to(torch.float64))
+                change = torch.fmax(change, moved.to(torch.float64))  # fmax: NaN (invalid) does not count
             lr = learning_rate(optimizer_cfg, epoch + i / steps_per_epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
