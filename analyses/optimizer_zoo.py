@@ -7,7 +7,8 @@ learning rate (member k trains with optimizer.lr x population.lr_scale[k]). The 
 chosen per panel and method inside the population: the grid value with the lowest mean final
 training loss over its seeds (a value with a diverged member is never chosen). The curves are the
 mean over the chosen value's seeds with a band from the lowest to the highest seed; the table
-(``choices.md`` / ``choices.csv``) states the grid, the chosen learning rate, the final training
+(``choices.md`` / ``choices.csv``) states the grid, the chosen learning rate (and whether it lies at
+an end of the grid, where a wider grid might choose beyond it), the final training
 loss (mean, std), the final test error, diverged members, for the full-batch second-order
 methods their curvature products, and the job's wall time per member. Full-batch methods (rprop, hessian_free, scg) count one
 iteration as one epoch (one full-batch gradient; Hessian-free and SCG also spend curvature products
@@ -86,7 +87,9 @@ def collect(path) -> tuple[pd.DataFrame, dict]:
         scale, chosen = choose(frame)
         seconds = (pd.Timestamp(load_attrs(path, job or None)["end_time"])
                    - pd.Timestamp(load_attrs(path, job or None)["start_time"])).total_seconds()
-        chosen = chosen.assign(lr=base * scale, seconds_per_member=seconds / len(frame), lr_grid=", ".join(f"{base * s:.3g}" for s in sorted(set(frame["lr_scale"])))
+        scales = sorted(set(frame["lr_scale"]))
+        edge = has_lr and len(scales) > 1 and scale in (scales[0], scales[-1])
+        chosen = chosen.assign(lr=base * scale, seconds_per_member=seconds / len(frame), at_edge=edge, lr_grid=", ".join(f"{base * s:.3g}" for s in scales)
                                if has_lr else "", grid_size=frame["lr_scale"].nunique(),
                                diverged_in_grid=int(frame["diverged"].astype(bool).sum()))
         c = load_curves(path, job or None)
@@ -109,7 +112,8 @@ def table(chosen: pd.DataFrame, curves: dict) -> pd.DataFrame:
     for (panel, method), group in chosen.groupby(["panel", "method"], sort=False):
         cost = curves[(panel, method)].get("cost")
         out.append({"panel": panel, "method": method, "learning rates tried": group["lr_grid"].iloc[0],
-                    "chosen lr": group["lr"].iloc[0], "seeds": len(group),
+                    "chosen lr": group["lr"].iloc[0], "at grid edge": "yes" if group["at_edge"].iloc[0] else "",
+                    "seeds": len(group),
                     "final train loss": group["final_train_loss"].mean(), "std": group["final_train_loss"].std(),
                     "test error": group["test_error"].mean(),
                     "diverged (whole grid)": group["diverged_in_grid"].iloc[0],
