@@ -248,3 +248,29 @@ def test_refused_settings_are_one_line(overrides, message):
 
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate(compose_config(overrides), overrides)
+
+
+def test_curvature_of_selected_members_in_float64_whatever_the_training_dtype(digits64):
+    """Products are float64 (surfacekit.curvature's policy) and returned in theta's dtype; unselected
+    members get 0 and may hold a non-finite point; a float32 population trains."""
+    spec = MLPSpec(64, (3,), 10, "tanh")
+    theta = flatten(init_population(spec, [1, 2, 3]))
+    problem = network_problem(spec, digits64.x_train, digits64.y_train, "cross_entropy")
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    full = curvature_operator(problem, theta, "gauss_newton")(v)
+    broken = theta.clone()
+    broken[1] = float("nan")
+    some = curvature_operator(problem, broken, "gauss_newton", members=torch.tensor([True, False, True]))(v)
+    torch.testing.assert_close(some[[0, 2]], full[[0, 2]], rtol=1e-12, atol=1e-14)
+    assert torch.equal(some[1], torch.zeros_like(some[1]))
+    data32 = digits64.to("cpu", torch.float32)
+    problem32 = network_problem(spec, data32.x_train, data32.y_train, "cross_entropy")
+    product = curvature_operator(problem32, theta.float(), "hessian")(v.float())
+    assert product.dtype == torch.float32
+    reference = curvature_operator(problem, theta.float().double(), "hessian")(v.float().double())
+    torch.testing.assert_close(product.double(), reference, rtol=1e-5, atol=1e-6)
+    cfg = {**group_defaults("trainer", "scg"), "epochs": 5}
+    result = scg.train(spec, data32, init_population(spec, [1, 2], torch.float32), [1, 2], {"name": "sgd"}, cfg,
+                       "cross_entropy", progress=False)
+    assert result.params["layers.0.weight"].dtype == torch.float32
+    assert (result.curves["train_loss"][:, -1] < result.curves["train_loss"][:, 0]).all()

@@ -14,6 +14,10 @@ cotangent) is built once per point; then ``J v`` is one backward pass through th
 8 members of 64-25-10 tanh on 1000 digits, float64, one thread): 0.87x a gradient per product,
 against 1.47x for an exact Hessian-vector product and 3.6x for a forward-mode (``torch.func.jvp``)
 GGN product.
+
+The precision policy is that of :mod:`.hvp`: products are computed in float64 (a ``theta`` of
+another dtype is upcast with a PrecisionWarning; outputs of lower precision at a float64 point are
+refused), and a non-finite product raises :class:`~surfacekit.curvature.errors.NonFiniteError`.
 """
 
 from __future__ import annotations
@@ -23,28 +27,35 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .hvp import check_theta
+from .errors import NonFiniteError, require_finite
+from .hvp import as_float64
 
 
 class GaussNewtonOperator:
     """The symmetric PSD map ``v -> J^T H_z J v`` at a fixed ``theta`` [P], counting products.
 
     ``output_fn(theta) -> z`` (any shape) and ``output_loss(z) -> scalar``; the loss whose GGN this
-    is equals ``output_loss(output_fn(theta))``. Call with v [P]; ``num_products`` counts calls;
-    ``size`` is P. The graphs are kept until the operator is freed (memory: about two backward
-    graphs of ``output_fn``).
+    is equals ``output_loss(output_fn(theta))``. Call with v [P]; the product is float64;
+    ``num_products`` counts calls; ``size`` is P. The graphs are kept until the operator is freed
+    (memory: about two backward graphs of ``output_fn``).
 
     Raises:
-        ValueError: ``theta`` is not a 1-D floating tensor, or ``v`` has the wrong shape.
+        ValueError: ``theta`` is not a 1-D floating tensor, ``output_fn`` does not return float64 at a
+            float64 point, or ``v`` has the wrong shape.
+        NonFiniteError: the outputs at ``theta`` (at construction) or a product (at its call) are not finite.
     """
 
     def __init__(self, output_fn: Callable[[Tensor], Tensor], output_loss: Callable[[Tensor], Tensor], theta: Tensor):
-        check_theta(theta)
+        theta = as_float64(theta)
         self.size = theta.numel()
         self.num_products = 0
-        self._theta = theta.detach().clone().requires_grad_(True)
+        self._theta = theta.clone().requires_grad_(True)
         with torch.enable_grad():
             self._outputs = output_fn(self._theta)
+            if self._outputs.dtype != torch.float64:
+                raise ValueError(f"output_fn returned {self._outputs.dtype} at a float64 theta: convert the model and "
+                                 "its data to float64")
+            require_finite(self._outputs.detach(), "the outputs at theta")
             self._cotangent = torch.zeros_like(self._outputs, requires_grad=True)
             (self._transposed,) = torch.autograd.grad(self._outputs, self._theta, self._cotangent, create_graph=True,
                                                       allow_unused=True)
@@ -73,7 +84,11 @@ class GaussNewtonOperator:
         if hjv is None:
             return torch.zeros_like(v)
         (out,) = torch.autograd.grad(self._outputs, self._theta, hjv, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(v) if out is None else out.detach()
+        out = torch.zeros_like(v) if out is None else out.detach()
+        if not bool(out.isfinite().all()):
+            raise NonFiniteError(f"Gauss-Newton product {self.num_products} is not finite for a vector of norm "
+                                 f"{float(v.norm()):.3g}")
+        return out
 
 
 def gauss_newton_operator(output_fn: Callable[[Tensor], Tensor], output_loss: Callable[[Tensor], Tensor],

@@ -48,7 +48,7 @@ class Problem:
 
 
 def _network_outputs(spec: MLPSpec, x: Tensor, theta: Tensor) -> Tensor:
-    return forward(spec, unflatten(theta, spec), x)
+    return forward(spec, unflatten(theta, spec), x.to(theta.dtype))  # float64 for curvature products
 
 
 def network_problem(spec: MLPSpec, x: Tensor, y: Tensor, loss: str, l2: float = 0.0) -> Problem:
@@ -83,26 +83,46 @@ def values_and_gradients(problem: Problem, theta: Tensor) -> tuple[Tensor, Tenso
     return f.detach(), grad.detach()
 
 
-def curvature_operator(problem: Problem, theta: Tensor, curvature: str) -> Callable[[Tensor], Tensor]:
-    """``v [K, P] -> (B_k + l2 I) v_k`` row by row at theta [K, P], B the exact Hessian (``"hessian"``)
-    or the generalized Gauss-Newton matrix (``"gauss_newton"``) of the output loss.
+def curvature_operator(problem: Problem, theta: Tensor, curvature: str,
+                       members: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """``v [K, P] -> (B_k + l2 I) v_k`` row by row at theta [K, P], B the exact Hessian (``"hessian"``,
+    ``curvature.hessian_operator``) or the generalized Gauss-Newton matrix (``"gauss_newton"``,
+    ``curvature.gauss_newton_operator``) of the output loss; for the rows in ``members`` [K] bool
+    (default all), 0 for the others (e.g. diverged or converged members, whose point need not be
+    finite).
 
-    Building it costs a forward and a backward pass with a retained graph; each product then about
-    one gradient, for all K members at once.
+    Products follow :mod:`surfacekit.curvature`'s precision policy: computed in float64 (theta and the
+    problem's data upcast; ``output_fn`` must follow theta's dtype, as :func:`network_problem`'s does)
+    and returned in theta's dtype. Building it costs a forward and a backward pass with a retained
+    graph; each product then about one gradient, for all selected members at once.
 
     Raises:
         ValueError: an unknown curvature.
+        surfacekit.curvature.NonFiniteError: a selected member's loss, gradient or product is not finite.
     """
     if curvature not in CURVATURES:
         raise ValueError(f"curvature={curvature!r} is invalid: expected one of {list(CURVATURES)}")
+    rows = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device) if members is None else members
+    return partial(_apply, _operator(problem, theta.detach()[rows].to(torch.float64), curvature), problem.l2, rows)
+
+
+def _operator(problem: Problem, theta: Tensor, curvature: str) -> Callable[[Tensor], Tensor]:
+    """The curvature of the selected rows theta [k, P] (float64) as a map of flat [k * P] vectors."""
     k, p = theta.shape
-    flat = theta.detach().reshape(-1)
+    if k == 0:
+        return lambda v: torch.zeros_like(v)
     if curvature == "hessian":
-        operator = hessian_operator(lambda t: _values(problem, t.view(k, p)).sum(), flat)
-        return lambda v: operator(v.reshape(-1)).view(k, p)
-    operator = gauss_newton_operator(lambda t: problem.output_fn(t.view(k, p)),
-                                     lambda z: problem.output_loss(z).sum(), flat)
-    return lambda v: operator(v.reshape(-1)).view(k, p) + problem.l2 * v
+        return hessian_operator(lambda t: problem.output_loss(problem.output_fn(t.view(k, p))).sum(), theta.reshape(-1))
+    return gauss_newton_operator(lambda t: problem.output_fn(t.view(k, p)), lambda z: problem.output_loss(z).sum(),
+                                 theta.reshape(-1))
+
+
+def _apply(operator: Callable[[Tensor], Tensor], l2: float, rows: Tensor, v: Tensor) -> Tensor:
+    out = torch.zeros_like(v)
+    selected = v[rows]
+    product = operator(selected.to(torch.float64).reshape(-1)).view(selected.shape).to(v.dtype)
+    out[rows] = product + l2 * selected
+    return out
 
 
 def train_loop(spec: MLPSpec, data: Dataset, params: Params, optimizer_cfg: Mapping[str, Any],

@@ -161,7 +161,7 @@ def hessian_free_iteration(problem: Problem, state: State, settings: Settings, a
     theta = state.theta
     active = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device) if active is None else active
     f0, g = values_and_gradients(problem, theta)
-    curvature = curvature_operator(problem, theta, settings.curvature)
+    curvature = curvature_operator(problem, theta, settings.curvature, members=active)
     lam = state.damping
     cg = conjugate_gradient(partial(_damped, curvature, lam), -g, settings.warm_start * state.previous,
                             max_iter=settings.cg_max_iter, tol=CG_RESIDUAL_TOL, progress_tol=settings.cg_tol,

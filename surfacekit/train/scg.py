@@ -92,7 +92,7 @@ def scg_iteration(problem: Problem, state: State, active: Tensor | None = None, 
     if bool(fresh.any()):
         uphill = fresh & (_dot(s.p, s.r) <= 0)
         s.p = torch.where(uphill[:, None], s.r, s.p)
-        hp = curvature_operator(problem, s.theta, "hessian")(s.p)
+        hp = curvature_operator(problem, s.theta, "hessian", members=fresh)(s.p)
         s.hvps += fresh
         s.delta = torch.where(fresh, _dot(s.p, hp), s.delta)
     pp = _dot(s.p, s.p)

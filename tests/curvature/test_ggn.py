@@ -63,3 +63,17 @@ def test_loss_linear_in_outputs_has_zero_ggn():
     assert torch.equal(op(torch.ones(4, dtype=F64)), torch.zeros(4, dtype=F64))
     with pytest.raises(ValueError, match="shape"):
         op(torch.ones(3, dtype=F64))
+
+
+def test_float64_policy_and_non_finite_products():
+    from surfacekit.curvature import NonFiniteError, PrecisionWarning
+
+    theta = torch.randn(4, dtype=F64)
+    with pytest.warns(PrecisionWarning):
+        op = gauss_newton_operator(lambda t: t * t, lambda z: z.pow(2).sum(), theta.float())
+    assert op(torch.ones(4)).dtype == F64
+    with pytest.raises(ValueError, match="float64"):
+        gauss_newton_operator(lambda t: t.float(), lambda z: z.pow(2).sum(), theta)
+    op = gauss_newton_operator(lambda t: t * t, lambda z: z.pow(2).sum(), theta)
+    with pytest.raises(NonFiniteError, match="Gauss-Newton product 1"):
+        op(torch.tensor([1.0, float("inf"), 0.0, 0.0], dtype=F64))
