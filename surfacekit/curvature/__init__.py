@@ -1,11 +1,11 @@
 """Hessian tools for any ``loss_fn(theta) -> scalar`` over a flat float64 vector ``theta`` [P].
 
-Hessian-vector products, the dense Hessian, certified extreme eigenvalues by block Lanczos, the
-spectral density by stochastic Lanczos quadrature, Hutchinson's trace, the (exact, certified)
-index and, where no exact count is within reach, a labelled estimate with its interval. Populations:
-the exact spectra of many members at once from their dense Hessians (``population``), assembled
-through the structure of an affine first layer where the loss offers it (``affine``). See
-docs/curvature.md.
+Hessian-vector products, generalized Gauss-Newton products, the dense Hessian, certified extreme
+eigenvalues by block Lanczos, the spectral density by stochastic Lanczos quadrature, Hutchinson's
+trace, the (exact, certified) index and, where no exact count is within reach, a labelled estimate
+with its interval. Populations: the exact spectra of many members at once from their dense Hessians
+(``population``), assembled through the structure of an affine first layer where the loss offers
+it (``affine``). See docs/curvature.md.
 """
 
 from .affine import AffineInput, affine_input_hessians
@@ -13,6 +13,7 @@ from .dense import assemble_hessian, dense_hessian
 from .density import SpectralDensity, density_on_grid, spectral_density
 from .errors import ConvergenceWarning, MemoryLimitError, NonFiniteError, NotConvergedError, PrecisionWarning
 from .estimate import CountEstimate, count_estimate
+from .ggn import GaussNewtonOperator, gauss_newton_operator
 from .hvp import HessianOperator, hessian_operator, hessian_vector_product
 from .index import IndexResult, ThresholdCount, check_threshold, count_below, index, index_method, inertia_below
 from .krylov import miss_probability
@@ -30,6 +31,7 @@ __all__ = [
     "CountEstimate",
     "DenseSpectrum",
     "EigenResult",
+    "GaussNewtonOperator",
     "HessianOperator",
     "IndexResult",
     "LanczosResult",
@@ -55,6 +57,7 @@ __all__ = [
     "eigsh",
     "extreme_eigenvalues",
     "first_order",
+    "gauss_newton_operator",
     "hessian_operator",
     "hessian_vector_product",
     "hutchinson_trace",
