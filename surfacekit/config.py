@@ -216,7 +216,10 @@ OPTIMIZER = {
 TRAINER_COMMON = {"method": choice(TRAINERS), "epochs": integer(0), "batch_size": integer(1, null=True),
                   "eval_every": integer(1), "divergence_loss": number(0, lo_open=True), "snapshots": boolean}
 TRAINER = {
-    "backprop": {"grad_tol": number(0)},
+    "backprop": {"grad_tol": number(0), "coupling": choice(("none", "easgd", "eamsgd", "averaging")), "tau": integer(1),
+                 "beta": number(0), "delta": number(0, 1, hi_open=True),
+                 "communication": choice(("synchronous", "round_robin")), "track_sharpness": integer(0),
+                 "sharpness_tol": number(0, lo_open=True), "sharpness_max_hvps": integer(1)},
     "dtp": {"difference_correction": boolean, "target_step": number(0, lo_open=True),
             "target_reduction": choice(("sum", "mean")), "noise_std": number(0), "forward_lr": number(0, lo_open=True),
             "inverse_lr": number(0, lo_open=True), "schedule": choice(("passes", "interleaved")),
@@ -374,10 +377,30 @@ def validate_training(cfg: DictConfig) -> list[str]:
                 _fail(key, True, "false with trainer=penalty (the penalty method supports plain MLPs only)")
         if get(cfg, "trainer.batch_size") is not None:
             _fail("trainer.batch_size", get(cfg, "trainer.batch_size"), "null with trainer=penalty (full batch only)")
+    if method == "backprop":
+        warnings += _coupling_checks(cfg)
     if name == "rprop" and method == "backprop" and get(cfg, "trainer.batch_size") is not None:
         warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
                         "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
     return warnings
+
+
+def _coupling_checks(cfg: DictConfig) -> list[str]:
+    """trainer.coupling with the optimizer, model and population; a warning beyond the stability bound."""
+    coupling = get(cfg, "trainer.coupling", "none")
+    if coupling in (None, "none"):
+        return []
+    if get(cfg, "model.batch_norm"):
+        _fail("model.batch_norm", True, f"false with trainer.coupling={coupling} (the centre has no batch statistics)")
+    if coupling == "eamsgd" and get(cfg, "optimizer.name") != "sgd":
+        _fail("optimizer", get(cfg, "optimizer.name"), "sgd with trainer.coupling=eamsgd (its momentum is trainer.delta)")
+    if coupling == "averaging" and get(cfg, "trainer.communication") != "synchronous":
+        _fail("trainer.communication", get(cfg, "trainer.communication"), "synchronous with trainer.coupling=averaging")
+    p, beta = get(cfg, "population.size"), get(cfg, "trainer.beta")
+    if coupling != "averaging" and get(cfg, "trainer.communication") == "synchronous" and beta >= 2 * p / (p + 1):
+        return [f"trainer.beta={beta} with population.size={p}: synchronous elastic averaging is unstable for "
+                f"beta >= 2p/(p+1) = {2 * p / (p + 1):.4g} (tau = 1, small steps); the centre will oscillate"]
+    return []
 
 
 def validate_with_data(cfg: DictConfig, num_train: int) -> None:

@@ -83,6 +83,14 @@ def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: Trai
     if result.trajectory is not None:
         groups["trajectory"] = {"theta": result.trajectory, "step": result.curve_steps}
         dims.update({"trajectory/theta": "eval,member,param", "trajectory/step": "eval"})
+    centre = result.groups.get("centre/members")
+    if centre is not None:  # trainer.coupling: the centre's own row, with the next member id
+        members["is_centre"] = np.zeros(len(seeds), dtype=bool)
+        centre.arrays = {**{c: v[:1] for c, v in members.items()}, "member": np.array([first + len(seeds)]),
+                         "seed": np.array([-1]), "lr_scale": np.array([np.nan]), **centre.arrays}
+    for name, group in result.groups.items():
+        groups[name] = group.arrays
+        dims.update(group.dims)
     return groups, dims
 
 
@@ -114,7 +122,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
                            chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale,
                            objective=str(cfg.objective), bn_mode=str(cfg.bn_mode))
     groups, dims = result_groups(cfg, spec, seeds, result)
-    path = write_results(path, groups, job_attributes(cfg, started), dims)
+    path = write_results(path, groups, job_attributes(cfg, started), dims,
+                         group_attrs={name: g.attrs for name, g in result.groups.items() if g.attrs})
     print(summary(groups["members"]))
     print(f"[surfacekit] {len(seeds)} networks, P={num_params(spec)} each -> {path}")
     diverged = groups["members"]["diverged"]
