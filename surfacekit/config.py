@@ -26,8 +26,8 @@ from surfacekit.models import ACTIVATIONS, INITS, LOSSES
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-TASKS = ("train", "spectrum", "critical", "landscape", "spinglass")
-POSTHOC_TASKS = ("spectrum", "critical", "landscape")
+TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "sharpness")
+POSTHOC_TASKS = ("spectrum", "critical", "landscape", "sharpness")
 DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist")
 TRAINERS = ("backprop", "dtp", "penalty")
 FINDERS = ("newton_mr", "gradnorm", "newton", "saddle_free", "levenberg_marquardt")
@@ -263,7 +263,12 @@ SPINGLASS = {"N": integer(2), "p": integer(3), "starts": integer(1), "disorder_s
              "tol": number(0, lo_open=True), "max_steps": integer(1), "sgd.tensors": integer(1), "sgd.steps": integer(0),
              "sgd.lr": number(0, lo_open=True), "sgd.lr_decay": number(0), "index_max_n": integer(0),
              "index_rel_threshold": number(0, lo_open=True), "chunk_starts": integer(1)}
-TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS}
+SHARPNESS = {"members": int_list(0), "tol": number(0, lo_open=True), "max_steps": integer(1), "trace_probes": integer(2),
+             "keskar_epsilon": number(0, lo_open=True), "keskar_iterations": integer(1), "adaptive_eta": number(0),
+             "pac_bayes_drop": number(0, 1, lo_open=True), "pac_bayes_epsilon": number(0), "pac_bayes_draws": integer(1),
+             "pac_bayes_iterations": integer(1), "seed": integer(0)}
+TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
+              "sharpness": SHARPNESS}
 GROUPS = ("data", "model", "optimizer", "trainer", "population")
 
 
