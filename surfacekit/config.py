@@ -187,7 +187,7 @@ TOP = {
     "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()))
     else "cpu, cuda or cuda:N",
 }
-POPULATION = {"size": integer(1), "first_member": integer(0)}
+POPULATION = {"size": integer(1), "first_member": integer(0), "shared_init": boolean}
 DATA_COMMON = {"name": choice(DATA_SOURCES), "standardize": boolean, "split_seed": integer(0),
                "train_size": integer(1, null=True), "test_size": integer(1, null=True)}
 DATA = {

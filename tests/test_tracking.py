@@ -120,3 +120,17 @@ def test_diverged_member_is_nan_and_the_rest_tracked(digits64):
     assert result.diverged.tolist() == [False, True]
     assert np.isfinite(tracked["lambda_max"][0]).all() and np.isnan(tracked["lambda_max"][1, -1])
     assert tracked["hvps"][1, -1] == 0
+
+
+def test_shared_init_starts_every_member_from_the_first(run_cli, tmp_path):
+    from support import TINY
+
+    from surfacekit import store
+
+    out = run_cli(*TINY, "population.size=3", "population.shared_init=true", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr
+    init = store.load_group(tmp_path / "run", "init_params")
+    final = store.load_group(tmp_path / "run", "params")
+    for name, value in init.items():
+        assert (value == value[:1]).all()
+        assert not np.allclose(final[name][0], final[name][1])  # their own minibatch orders

@@ -114,6 +114,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     started = now_iso()
     spec, data, seeds = build(cfg)
     params = init_population(spec, seeds, DTYPES[cfg.dtype], data.x_train.device)
+    if cfg.population.get("shared_init"):  # one start for every member; seeds still order the minibatches
+        params = {name: value[:1].expand_as(value).clone() for name, value in params.items()}
     trainer = trainer_module(cfg.trainer.method)
     lr_scale = cfg.population.get("lr_scale")
     if lr_scale is not None:
