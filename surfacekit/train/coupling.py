@@ -55,7 +55,7 @@ class Coupling:
     start: the workers' common starting point [1, ...]; velocity: EAMSGD's v [K, ...] (else empty);
     updates: exchanges that moved the centre; gradient_evaluations: active worker-steps so far;
     recorder: the centre's curves; rows: per evaluation, ``distance`` [K] (|x_i - c|, Euclidean over
-    all parameters), ``alpha`` (beta / p), ``active_workers`` (p) and ``gradient_evaluations``.
+    all parameters), ``alpha`` (beta / p; NaN for averaging), ``active_workers`` (p) and ``gradient_evaluations``.
     """
 
     kind: str
@@ -181,28 +181,26 @@ def record(c: Coupling, params: Params, step_count: int, epoch: float, active: t
     squared = sum((x[n] - c.centre[n]).reshape(x[n].shape[0], -1).pow(2).sum(dim=1) for n in x)
     p = int(active.sum())
     c.rows["distance"].append(torch.sqrt(squared).cpu().numpy())
-    c.rows["alpha"].append(c.beta / max(p, 1) if c.kind != "averaging" else 1.0)
+    c.rows["alpha"].append(c.beta / max(p, 1) if c.kind != "averaging" else float("nan"))
     c.rows["active_workers"].append(p)
     c.rows["gradient_evaluations"].append(c.gradient_evaluations)
 
 
 def finish(c: Coupling, result: TrainResult, divergence_loss: float) -> TrainResult:
     """``result`` with the centre added: the groups ``centre`` (attributes coupling, alpha (at the start,
-    beta / K), beta, tau, momentum (EAMSGD's delta, else 0), communication, start_member (position 0);
+    beta / K; NaN for averaging), beta, tau, momentum (EAMSGD's delta, else 0), communication, start_member (position 0);
     datasets alpha, active_workers, gradient_evaluations [T]), ``centre/params`` and
     ``centre/init_params`` [1, ...], ``centre/curves`` [1, T] (train and test loss and error,
     grad_norm, as the workers'), ``centre/members`` (the centre's row: is_centre, final losses and
     errors, diverged, steps = exchanges that moved it); the curve ``centre_distance`` [K, T]; and the
     workers' ``init_params`` set to their common start."""
-    centre_recorder = c.recorder
     centre = {n: v.detach() for n, v in c.centre.items()}
-    centre_recorder.finish(centre, {})
-    curves = centre_recorder.curves()
+    curves = c.recorder.curves()
     k = len(next(iter(result.params.values())))
     final_loss = curves["train_loss"][:, -1]
     diverged = ~np.isfinite(final_loss) | (final_loss > divergence_loss)
     as_np = lambda params: {n: v.cpu().numpy() for n, v in params.items()}  # noqa: E731
-    attrs = {"coupling": c.kind, "alpha": c.beta / k if c.kind != "averaging" else 1.0, "beta": c.beta,
+    attrs = {"coupling": c.kind, "alpha": c.beta / k if c.kind != "averaging" else float("nan"), "beta": c.beta,
              "tau": c.tau, "momentum": c.delta, "communication": c.communication, "start_member": 0}
     rows = {name: np.asarray(values) for name, values in c.rows.items() if name != "distance"}
     groups = {
