@@ -7,7 +7,8 @@ Kendall coefficient over the swept hyperparameters.
 
 Reads the members table with the ``task=sharpness`` columns of every source. The networks of one
 source are compared with each other: plain members of uncoupled jobs, and of coupled jobs
-(``trainer.coupling``) only the centre (the method's output). Their hyperparameters are the
+(``trainer.coupling``) only the centre (the method's output; with beta = 0 the workers, which are
+independent runs). Their hyperparameters are the
 learning rate (optimizer.lr x lr_scale), the batch size, the coupling and tau, the seed; the
 axes of a source are those that vary in it (seed excepted). The generalization gap is the test
 error minus the training error (and the same for the loss, in the table).
@@ -58,14 +59,16 @@ def networks(path: Path, source: str) -> pd.DataFrame:
         config = store.load_config(path, job or None)
         trainer, optimizer = config.get("trainer", {}), config.get("optimizer", {})
         coupling = trainer.get("coupling", "none")
+        # beta = 0 (not averaging): independent runs, whose centre never moved from the start
+        independent = coupling == "none" or (coupling != "averaging" and float(trainer.get("beta", 0.9)) == 0)
         frame = members[members["job"] == job].copy()
         centre = frame.get("is_centre", pd.Series(False, index=frame.index)).astype(bool)
-        frame = frame[centre] if coupling != "none" else frame[~centre]
+        frame = frame[~centre] if independent else frame[centre]
         frame["source"] = source
         frame["lr"] = float(optimizer.get("lr", np.nan)) * frame.get("lr_scale", pd.Series(1.0, index=frame.index)).fillna(1.0)
         frame["batch_size"] = trainer.get("batch_size") or 0  # 0: full batch
-        frame["coupling"] = coupling if float(trainer.get("beta", 1.0)) > 0 else f"{coupling} (beta 0)"
-        frame["tau"] = int(trainer.get("tau", 1)) if coupling != "none" else 0
+        frame["coupling"] = f"{coupling} (beta 0)" if independent and coupling != "none" else coupling
+        frame["tau"] = 0 if independent else int(trainer.get("tau", 1))
         frame["run_seed"] = int(config.get("seed", 0))
         frame["init_seed"] = frame["seed"] if "seed" in frame else 0
         rows.append(frame)
