@@ -57,20 +57,22 @@ def top_eigenvalue(loss_fn, theta: torch.Tensor, start: torch.Tensor | None, gen
     """The largest Hessian eigenvalue of ``loss_fn`` at ``theta`` [P] (float64) by restarted Lanczos.
 
     start: a warm start [P] (the previous top Ritz vector) or None (random). Returns (lambda_max,
-    residual norm, Hessian-vector products, converged, Ritz vector [P]); a non-finite product ends
-    the run with converged False (and NaN when it came first).
+    residual norm, Hessian-vector products, converged, Ritz vector [P]); a non-finite loss, gradient
+    or product (the curvature package's NonFiniteError) ends the run with converged False (and NaN
+    when it came first).
     """
-    operator = curvature.hessian_operator(loss_fn, theta)
     size = theta.numel()
     noise = torch.randn(size, generator=generator, dtype=theta.dtype).to(theta.device)
     v = noise if start is None else start + MIX * noise / noise.norm()
     steps, value, residual, vector = FIRST_STEPS, float("nan"), float("inf"), v
+    try:
+        operator = curvature.hessian_operator(loss_fn, theta)
+    except curvature.NonFiniteError:  # a non-finite loss or gradient at theta
+        return value, residual, 0, False, vector
     while operator.num_hvps < max_hvps:
         try:
             run = curvature.lanczos(operator, v, num_steps=min(steps, max_hvps - operator.num_hvps))
-        except ValueError:  # the curvature package refuses non-finite products
-            break
-        if not bool(torch.isfinite(run.alpha).all() and torch.isfinite(run.beta).all()):
+        except curvature.NonFiniteError:
             break
         ritz_values, ritz_vectors, residuals = curvature.ritz(run)
         value, residual, vector = float(ritz_values[-1]), float(residuals[-1]), ritz_vectors[-1]
