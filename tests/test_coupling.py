@@ -164,6 +164,7 @@ def test_coupled_job_file_has_the_centre_as_its_own_row(run_cli, tmp_path):
     out = run_cli(*TINY, "population.size=3", "trainer.coupling=easgd", "trainer.tau=2", "trainer.batch_size=25",
                   f"hydra.run.dir={tmp_path / 'job'}")
     assert out.returncode == 0, out.stderr
+    assert "centre (member 3, trainer.coupling=easgd): final train loss" in out.stdout
     path = tmp_path / "job" / "results.h5"
     members = store.load_members(path)
     assert members["is_centre"].tolist() == [False, False, False, True]

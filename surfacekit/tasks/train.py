@@ -127,6 +127,10 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     path = write_results(path, groups, job_attributes(cfg, started), dims,
                          group_attrs={name: g.attrs for name, g in result.groups.items() if g.attrs})
     print(summary(groups["members"]))
+    if "centre/members" in groups:
+        c = groups["centre/members"]
+        print(f"centre (member {int(c['member'][0])}, trainer.coupling={cfg.trainer.coupling}): final train loss "
+              f"{c['final_train_loss'][0]:.4g}, test loss {c['final_test_loss'][0]:.4g}, test error {c['test_error'][0]:.4g}")
     print(f"[surfacekit] {len(seeds)} networks, P={num_params(spec)} each -> {path}")
     diverged = groups["members"]["diverged"]
     if diverged.all():
