@@ -22,8 +22,9 @@ start") or never reaching 0.95 ("below the edge") are listed but not in the targ
 (default SOURCE/analysis/edge_of_stability): ``ratio_vs_step`` (r over time, one panel per
 optimizer), ``sharpness_vs_step`` (lambda_max with the thresholds dashed), ``loss_vs_step`` (the
 training loss, log scale, the first check at the edge marked) and the table ``edge_of_stability``
-(per member: threshold, regime, the late-phase mean, min and max of r, whether the mean lies in
-[0.95, 1.10], the loss's rises after reaching the edge and whether it fell overall, Lanczos cost).
+(per member: whether it diverged, threshold, regime, the late-phase mean, min and max of r, whether
+the mean lies in [0.95, 1.10], the loss's rises after reaching the edge and whether it fell overall,
+Lanczos cost).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def collect(path: Path) -> tuple[pd.DataFrame, dict]:
             ratio = tracked["lambda_max"][k] / threshold
             record = member_record(ratio, tracked["step"], curves["train_loss"][k], curves["step"])
             hvps = tracked["hvps"][k][tracked["hvps"][k] > 0]
-            rows.append({"job": job, "member": int(member["member"]), "optimizer": optimizer["name"],
+            rows.append({"job": job, "member": int(member["member"]), "diverged": bool(member.get("diverged", False)),
+                         "optimizer": optimizer["name"],
                          "momentum": float(optimizer.get("momentum", 0.0)), "eta": eta, "threshold": threshold,
                          "threshold_rule": f"{factor:.4g} / eta", **record,
                          "hvps_per_check": float(hvps.mean()) if len(hvps) else np.nan,
@@ -133,9 +135,12 @@ def series_figure(table: pd.DataFrame, series: dict, which: str) -> plt.Figure:
     fig, axes = plt.subplots(1, len(optimizers), figsize=(5 * len(optimizers), 3.6), squeeze=False)
     for ax, name in zip(axes[0], optimizers):
         rows = table[table["optimizer"] == name].sort_values("eta")
+        shown = []  # the values of members that did not diverge set the axis limits
         for color, (_, row) in zip(sequential_colors(len(rows)), rows.iterrows()):
             steps, ratio, lam, threshold, loss_steps, loss = series[(row["job"], row["member"])]
-            label = rf"$\eta$={row['eta']:.3g}"
+            label = rf"$\eta$={row['eta']:.3g}" + (" (diverged)" if row["diverged"] else "")
+            if not row["diverged"]:
+                shown.append({"ratio": ratio, "sharpness": np.append(lam, threshold), "loss": loss}[which])
             if which == "ratio":
                 ax.plot(steps, ratio, color=color, lw=1, label=label)
             elif which == "sharpness":
@@ -145,6 +150,10 @@ def series_figure(table: pd.DataFrame, series: dict, which: str) -> plt.Figure:
                 ax.plot(loss_steps, loss, color=color, lw=0.8, label=label)
                 if np.isfinite(row["edge_step"]):
                     ax.axvline(row["edge_step"], color=color, ls=":", lw=0.8)
+        values = np.concatenate(shown) if shown else np.array([np.nan])
+        values = values[np.isfinite(values)]
+        if len(values) and which != "loss":
+            ax.set_ylim(0.0, 1.08 * max(values.max(), TARGET[1] if which == "ratio" else 0.0))
         if which == "ratio":
             ax.axhline(1.0, color="k", lw=0.8)
             ax.axhspan(*TARGET, color="0.85", zorder=0, label="target band")
@@ -152,9 +161,10 @@ def series_figure(table: pd.DataFrame, series: dict, which: str) -> plt.Figure:
         elif which == "sharpness":
             ax.set_ylabel(r"$\lambda_{\max}$ of the training objective (dashed: threshold)")
         else:
-            finite = np.concatenate([series[(r["job"], r["member"])][5] for _, r in rows.iterrows()])
             ax.set_ylabel("training loss (squared error, no 1/2)")
-            log_axis(ax, finite[np.isfinite(finite)], "y", ticks="round")
+            log_axis(ax, values[values > 0], "y", ticks="round")
+            if len(values):
+                ax.set_ylim(values[values > 0].min() / 1.5, values.max() * 1.5)
         rule = rows["threshold_rule"].iloc[0]
         ax.set_title(f"{name} (threshold {rule})")
         ax.set_xlabel("step")

@@ -152,7 +152,7 @@ def test_pac_bayes_sigma_on_a_network_uses_the_population_evaluator(float64):
 
 
 def test_bad_inputs_are_refused():
-    theta32 = torch.tensor([1.0, 2.0])
+    theta32 = torch.tensor([1.0, 2.0], dtype=torch.float32)
     with pytest.raises(ValueError, match="float64"):
         keskar_sharpness(saddle_toy, theta32)
     with pytest.raises(ValueError, match="float64"):
