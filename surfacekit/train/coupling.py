@@ -122,7 +122,10 @@ def step(c: Coupling, params: Params, before: Params, active: torch.Tensor) -> N
 
     params: the workers after the local step [K, ...] (updated in place); before: the same before it
     (the pre-elastic points); active: [K] bool, the members that took part (frozen ones are restored
-    by the trainer afterwards and never touch the centre).
+    by the trainer afterwards and never touch the centre). Zhang et al. (2015), Algorithm 1 (EASGD)
+    and 2 (EAMSGD), the difference taken before the local step; eq. 5-6 for the synchronous form.
+    Cost: O(K P) element operations (P parameters per network), no gradient; memory: the centre
+    [1, P] and, for EAMSGD, the velocities [K, P].
     """
     k = len(active)
     talk = (communicating(c, k) & active.cpu()).tolist()
