@@ -100,6 +100,35 @@ def test_one_eamsgd_worker_follows_its_three_variable_linear_map():
         np.testing.assert_allclose([y_stored[0], c_stored], [x + delta * v, c], rtol=1e-12, atol=1e-15)
 
 
+def test_a_frozen_eamsgd_worker_keeps_its_point_and_velocity():
+    """After a worker is frozen (the trainer restores its parameters), its variable x = y - delta v and
+    hence its distance to the centre stay fixed while the other worker and the centre move on."""
+    params = {"w": torch.tensor([[1.5], [-0.5]], dtype=torch.float64, requires_grad=True)}
+    cfg = {"coupling": "eamsgd", "tau": 1, "beta": 0.5, "delta": 0.9, "communication": "synchronous"}
+    state = couplings.start(cfg, params, Recorder(None, None, "mse", None, False))
+    with torch.no_grad():
+        params["w"][1] = -0.5  # a different start, so that the frozen worker is away from the centre
+    optimizer = torch.optim.SGD(params.values(), lr=0.05)
+    active = torch.ones(2, dtype=torch.bool)
+    frozen = None
+    for t in range(12):
+        if t == 4:
+            active = torch.tensor([True, False])
+            frozen = params["w"].detach()[1].clone()
+        optimizer.zero_grad()
+        (params["w"].pow(2).sum(dim=1) * active).sum().backward()
+        before = {"w": params["w"].detach().clone()}
+        optimizer.step()
+        couplings.step(state, params, before, active)
+        if frozen is not None:
+            with torch.no_grad():
+                params["w"][1] = frozen  # the trainer's Freezer.restore
+            if t == 4:
+                point = couplings.worker_points(state, params)["w"][1].detach().clone()
+            np.testing.assert_array_equal(couplings.worker_points(state, params)["w"][1].detach(), point)
+    assert abs(float(state.centre["w"]) - float(point)) > 0.1  # the centre moved away from the frozen worker
+
+
 def test_round_robin_exchanges_one_worker_at_a_time():
     h, eta, beta = 1.0, 0.1, 0.8
     path = quadratic_run("easgd", beta, 6, h=h, eta=eta, k=2, tau=2, communication="round_robin", x0=1.0)

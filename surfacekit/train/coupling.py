@@ -122,7 +122,7 @@ def step(c: Coupling, params: Params, before: Params, active: torch.Tensor) -> N
 
     params: the workers after the local step [K, ...] (updated in place); before: the same before it
     (the pre-elastic points); active: [K] bool, the members that took part (frozen ones are restored
-    by the trainer afterwards and never touch the centre). Zhang et al. (2015), Algorithm 1 (EASGD)
+    by the trainer afterwards, keep their EAMSGD velocity and never touch the centre). Zhang et al. (2015), Algorithm 1 (EASGD)
     and 2 (EAMSGD), the difference taken before the local step; eq. 5-6 for the synchronous form.
     Cost: O(K P) element operations (P parameters per network), no gradient; memory: the centre
     [1, P] and, for EAMSGD, the velocities [K, P].
@@ -137,7 +137,8 @@ def step(c: Coupling, params: Params, before: Params, active: torch.Tensor) -> N
         for name, y in params.items():
             v = c.velocity[name]
             points[name] = before[name] - c.delta * v  # x, the worker variable (pre-elastic)
-            v.mul_(c.delta).add_(y - before[name])  # v <- delta v - eta g(x + delta v)
+            moving = active.reshape(-1, *([1] * (v.dim() - 1)))  # a frozen worker keeps its velocity
+            v.copy_(torch.where(moving, c.delta * v + (y - before[name]), v))  # v <- delta v - eta g(x + delta v)
             y.copy_(points[name] + v)  # x + v; the look-ahead shift is added below
     else:
         points = before
