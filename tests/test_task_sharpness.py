@@ -85,6 +85,19 @@ def test_centre_of_a_coupled_job_is_analysed(run_cli, tmp_path):
     assert centre["sharpness_loss"] == pytest.approx(centre["final_train_loss"], rel=1e-5)
 
 
+def test_regression_job_has_no_pac_bayes_sigma_but_every_other_measure(run_cli, tmp_path):
+    train = run_cli(*TINY, "data=teacher", "model.loss=mse", "trainer.batch_size=50", f"hydra.run.dir={tmp_path}/run")
+    assert train.returncode == 0, train.stderr
+    path = tmp_path / "run" / "results.h5"
+    out = run_cli("task=sharpness", f"source={path}", *FAST)
+    assert out.returncode == 0, out.stderr
+    assert "PAC-Bayes sigma none (regression targets)" in out.stdout
+    arrays = store.load_group(path, "sharpness")
+    assert np.isnan(arrays["pac_bayes_sigma"]).all() and (arrays["pac_bayes_evaluations"] == 0).all()
+    for name in ("lambda_max", "trace", "keskar", "adaptive"):
+        assert np.isfinite(arrays[name]).all() and (arrays[name] > 0).all(), name
+
+
 def test_bad_settings_are_one_line(run_cli, job_copy):
     out = run_cli("task=sharpness", f"source={job_copy}", "sharpness.keskar_epsilon=0")
     assert out.returncode == 2

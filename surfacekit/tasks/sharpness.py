@@ -48,7 +48,10 @@ COLUMNS = {"loss": "sharpness_loss", "grad_norm": "sharpness_grad_norm", "lambda
 
 def error_function(job, member: int, bn_mode: str):
     """Training error fractions [M] of parameter vectors [M, P] of ``job``'s network, with batch norm in
-    ``bn_mode`` (evaluation mode: the member's stored statistics); NaN for regression targets."""
+    ``bn_mode`` (evaluation mode: the member's stored statistics); None for regression targets (no
+    classification error to perturb)."""
+    if job.data.y_train.is_floating_point():
+        return None
     position = _analysis.member_positions(job.members)[member]
     stored = {n: v[position : position + 1] for n, v in job.buffers.items()} if job.buffers else None
     d = job.data
@@ -64,7 +67,8 @@ def error_function(job, member: int, bn_mode: str):
 
 
 def member_sharpness(loss_fn, theta: torch.Tensor, errors, s: dict, seed: int) -> dict[str, Any]:
-    """Every measure of one network at ``theta`` [P] (float64) with the task's settings ``s``."""
+    """Every measure of one network at ``theta`` [P] (float64) with the task's settings ``s``; ``errors``
+    (``error_function``) None gives NaN PAC-Bayes columns."""
     point = theta.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         value = loss_fn(point)
@@ -85,14 +89,14 @@ def member_sharpness(loss_fn, theta: torch.Tensor, errors, s: dict, seed: int) -
            "keskar_evaluations": keskar.evaluations, "keskar_at_boundary": keskar.at_boundary,
            "adaptive": adaptive.lambda_max, "adaptive_residual": adaptive.residual,
            "adaptive_converged": adaptive.converged, "hvps": top.num_hvps + adaptive.num_hvps + trace.num_hvps}
-    try:
+    if errors is not None:
         pac = flatness.pac_bayes_sigma(errors, theta, drop=float(s["pac_bayes_drop"]),
                                        epsilon=float(s["pac_bayes_epsilon"]), draws=int(s["pac_bayes_draws"]),
                                        iterations=int(s["pac_bayes_iterations"]), seed=seed)
         row.update(pac_bayes_sigma=pac.sigma, pac_bayes_sigma_above=pac.sigma_above, pac_bayes_flatness=pac.flatness,
                    pac_bayes_train_error=pac.error, pac_bayes_drop_at_sigma=pac.drop_at_sigma,
                    pac_bayes_evaluations=pac.evaluations)
-    except ValueError:  # regression targets: no accuracy to perturb
+    else:  # regression targets: no accuracy to perturb
         row.update(pac_bayes_sigma=np.nan, pac_bayes_sigma_above=np.nan, pac_bayes_flatness=np.nan,
                    pac_bayes_train_error=np.nan, pac_bayes_drop_at_sigma=np.nan, pac_bayes_evaluations=0)
     return row
@@ -129,9 +133,11 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
 def summary(groups: dict) -> str:
     a = groups[GROUP]
     ok = a["analysed"]
+    sigma = a["pac_bayes_sigma"][ok]
+    pac = f"{np.nanmean(sigma):.4g}" if np.isfinite(sigma).any() else "none (regression targets)"
     return (f"  {int(ok.sum())} members; means: lambda_max {np.nanmean(a['lambda_max'][ok]):.4g}, trace "
             f"{np.nanmean(a['trace'][ok]):.4g}, Keskar {np.nanmean(a['keskar'][ok]):.4g} %, adaptive "
-            f"{np.nanmean(a['adaptive'][ok]):.4g}, PAC-Bayes sigma {np.nanmean(a['pac_bayes_sigma'][ok]):.4g}")
+            f"{np.nanmean(a['adaptive'][ok]):.4g}, PAC-Bayes sigma {pac}")
 
 
 TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
