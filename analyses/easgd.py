@@ -40,12 +40,21 @@ PALETTE = dict(zip(METHODS, sns.color_palette("colorblind", len(METHODS))))
 BASELINES = ("SGD", "momentum SGD")
 
 
-def method_of(trainer: dict) -> str:
+def method_of(config: dict) -> str:
+    """The method of a job's resolved config: an uncoupled job (or beta = 0) is SGD or, with EAMSGD's
+    or the optimizer's momentum (momentum, nesterov), momentum SGD; a coupled job is averaging, EASGD
+    or EAMSGD with optimizer=sgd. Raises AnalysisError for any other optimizer."""
+    trainer, optimizer = config.get("trainer", {}), config.get("optimizer", {}).get("name", "sgd")
     coupling, beta = trainer.get("coupling", "none"), float(trainer.get("beta", 0.0))
+    if optimizer not in ("sgd", "momentum", "nesterov"):
+        raise AnalysisError(f"optimizer={optimizer}: the EASGD comparison takes sgd, momentum and nesterov jobs only")
+    if coupling == "none" or (beta == 0 and coupling != "averaging"):
+        return "momentum SGD" if coupling == "eamsgd" or optimizer != "sgd" else "SGD"
+    if optimizer != "sgd":
+        raise AnalysisError(f"optimizer={optimizer} with trainer.coupling={coupling}: the coupled methods of the "
+                            "comparison use optimizer=sgd (EAMSGD's momentum is trainer.delta)")
     if coupling == "averaging":
         return "averaging"
-    if coupling == "none" or beta == 0:
-        return "momentum SGD" if coupling == "eamsgd" else "SGD"
     return {"easgd": "EASGD", "eamsgd": "EAMSGD"}[coupling]
 
 
@@ -55,7 +64,7 @@ def runs(path: Path) -> pd.DataFrame:
     for job in store.list_jobs(path):
         config = store.load_config(path, job or None)
         trainer = config.get("trainer", {})
-        method = method_of(trainer)
+        method = method_of(config)
         curves = store.load_group(path, "curves", job or None)
         base = {"job": job, "source": str(path), "method": method, "seed": int(config.get("seed", 0)),
                 "tau": int(trainer.get("tau", 1)) if method not in BASELINES else 0, "step": curves["step"]}

@@ -87,6 +87,21 @@ def test_edge_of_stability_on_a_tiny_job(run_cli, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- easgd
 
+def test_method_of_a_job():
+    easgd = script("easgd")
+    case = lambda coupling, beta, optimizer="sgd": {"trainer": {"coupling": coupling, "beta": beta},  # noqa: E731
+                                                    "optimizer": {"name": optimizer}}
+    assert easgd.method_of(case("easgd", 0.9)) == "EASGD" and easgd.method_of(case("eamsgd", 0.9)) == "EAMSGD"
+    assert easgd.method_of(case("averaging", 0.0)) == "averaging"
+    assert easgd.method_of(case("easgd", 0.0)) == "SGD" and easgd.method_of(case("eamsgd", 0.0)) == "momentum SGD"
+    assert easgd.method_of(case("none", 0.9)) == "SGD"
+    assert easgd.method_of(case("none", 0.9, "nesterov")) == "momentum SGD"
+    assert easgd.method_of(case("none", 0.9, "momentum")) == "momentum SGD"
+    for coupling, optimizer in (("easgd", "adam"), ("easgd", "momentum"), ("averaging", "nesterov")):
+        with pytest.raises(easgd.AnalysisError, match=f"optimizer={optimizer}"):
+            easgd.method_of(case(coupling, 0.9, optimizer))
+
+
 def test_easgd_analysis_on_tiny_jobs(run_cli, tmp_path):
     common = (*TINY, "population.size=3", "trainer.batch_size=25", "trainer.epochs=3", "optimizer.schedule=constant")
     for name, extra in (("c", ["trainer.coupling=easgd", "trainer.tau=2"]), ("m", ["trainer.coupling=eamsgd", "trainer.tau=2"]),
