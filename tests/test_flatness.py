@@ -62,6 +62,20 @@ def test_adaptive_sharpness_is_the_top_eigenvalue_of_t_h_t():
     assert result.converged and result.lambda_max == pytest.approx(expected, rel=1e-10)
 
 
+def test_adaptive_sharpness_against_a_brute_force_maximum_over_the_ellipse():
+    """Kwon et al.'s definition, max over |T^-1 e| <= rho of f(w + e) - f(w), at the minimum of a quadratic
+    is exactly lambda_max(T A T) rho^2 / 2: a scan of the ellipse's boundary (2-D) finds the same value."""
+    minimum = torch.tensor([0.8, -2.5], dtype=torch.float64)
+    a = torch.tensor([[3.0, 1.2], [1.2, 0.7]], dtype=torch.float64)
+    quadratic = lambda w: 0.5 * (w - minimum) @ a @ (w - minimum)  # noqa: E731
+    rho = 0.01
+    angles = torch.linspace(0, 2 * math.pi, 20001, dtype=torch.float64)
+    e = rho * minimum.abs()[:, None] * torch.stack([angles.cos(), angles.sin()])  # T u with |u| = rho
+    brute = float((0.5 * (e * (a @ e)).sum(dim=0)).max())
+    result = adaptive_sharpness(quadratic, minimum, tol=1e-12)
+    assert result.converged and result.lambda_max * rho**2 / 2 == pytest.approx(brute, rel=1e-7)
+
+
 def toy_classifier_errors(thetas):
     """A two-parameter classifier on 1-D data: predict x > -w1 / w0 as 'x * w0 + w1 > 0'."""
     x = torch.linspace(-2, 2, 101, dtype=torch.float64)
