@@ -85,6 +85,21 @@ def test_edge_of_stability_on_a_tiny_job(run_cli, tmp_path, capsys):
     assert "no /tracked_sharpness" in one_error_line(capsys, "edge_of_stability")
 
 
+@pytest.mark.slow
+def test_the_preset_reaches_the_edge_of_stability(run_cli, tmp_path):
+    """The issue's target on one member of experiment=edge_of_stability (gradient descent, eta 0.13,
+    800 of the preset's 2500 steps): from below the edge, the late-phase mean of lambda_max eta / 2
+    lies in [0.95, 1.10], and the loss rises at least once after the edge while it falls overall."""
+    out = run_cli("experiment=edge_of_stability", "population.size=1", "population.lr_scale=[13]", "trainer.epochs=800",
+                  "progress=false", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr
+    assert script("edge_of_stability").main([str(tmp_path / "run")]) == 0
+    row = pd.read_csv(tmp_path / "run" / "analysis" / "edge_of_stability" / "edge_of_stability.csv").iloc[0]
+    assert row["eta"] == pytest.approx(0.13) and row["regime"] == "stable to edge"
+    assert 0.95 <= row["late_mean"] <= 1.10 and row["in_target"]
+    assert row["loss_rises"] >= 1 and row["falls_overall"] and row["checks_not_converged"] == 0
+
+
 # ------------------------------------------------------------------------------------- easgd
 
 def test_method_of_a_job():
