@@ -1,6 +1,6 @@
 """Costs of ``trainer.coupling`` and ``trainer.track_sharpness`` (run by hand).
 
-1. Coupling overhead: the same training job (K workers 64-100-10 ReLU on digits, minibatch SGD,
+1. Coupling overhead: the same training job (K workers 64-W-10 ReLU on digits, W = ``--width``, minibatch SGD,
    float32) with ``trainer.coupling`` none, easgd, eamsgd, averaging and round-robin easgd, tau = 1
    (an exchange at every step, the most expensive setting). Runs alternate; the best of
    ``--repeats`` is reported with its ratio to the uncoupled job.
@@ -11,7 +11,7 @@
    Prints the Hessian-vector products of both, their largest relative disagreement, and the
    tracking's share of the wall time (products against gradient steps).
 
-    python benchmarks/coupling.py [--members 8] [--epochs 20] [--repeats 3] [--steps 600] [--every 10] [--lr 0.12]
+    python benchmarks/coupling.py [--members 8] [--width 100] [--epochs 20] [--repeats 3] [--steps 600] [--every 10] [--lr 0.12]
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ COUPLINGS = [("none", "synchronous"), ("easgd", "synchronous"), ("eamsgd", "sync
              ("averaging", "synchronous"), ("easgd", "round_robin")]
 
 
-def coupling_table(members: int, epochs: int, repeats: int) -> None:
+def coupling_table(members: int, width: int, epochs: int, repeats: int) -> None:
     data = load_data({"name": "digits"}).to("cpu", torch.float32)
-    spec = MLPSpec(data.in_dim, (100,), 10, "relu")
+    spec = MLPSpec(data.in_dim, (width,), 10, "relu")
     seeds = [member_seed(0, k) for k in range(members)]
     base = {**group_defaults("trainer", "backprop"), "epochs": epochs, "batch_size": 128, "eval_every": epochs,
             "tau": 1, "beta": 0.9, "delta": 0.9}
@@ -49,7 +49,7 @@ def coupling_table(members: int, epochs: int, repeats: int) -> None:
             train(spec, data, params, seeds, {"name": "sgd", "lr": 0.05}, cfg, "cross_entropy", progress=False)
             best[(kind, communication)] = min(best[(kind, communication)], time.perf_counter() - start)
     steps = epochs * -(-len(data.x_train) // 128)
-    print(f"\n1. Coupling overhead: K = {members}, 64-100-10 ReLU, {steps} steps of batch 128, tau = 1, "
+    print(f"\n1. Coupling overhead: K = {members}, 64-{width}-10 ReLU, {steps} steps of batch 128, tau = 1, "
           f"best of {repeats}")
     print(f"{'coupling':<26}{'seconds':>10}{'ratio to none':>16}")
     for (kind, communication), seconds in best.items():
@@ -94,6 +94,7 @@ def tracking_table(steps: int, every: int, lr: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--width", type=int, default=100, help="hidden units of the coupling comparison's network")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each coupling; the best is reported")
     parser.add_argument("--steps", type=int, default=600, help="gradient-descent steps of the tracking comparison")
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    coupling_table(args.members, args.epochs, args.repeats)
+    coupling_table(args.members, args.width, args.epochs, args.repeats)
     tracking_table(args.steps, args.every, args.lr)
 
 

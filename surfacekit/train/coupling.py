@@ -129,6 +129,7 @@ def step(c: Coupling, params: Params, before: Params, active: torch.Tensor) -> N
     """
     k = len(active)
     talk = (communicating(c, k) & active.cpu()).tolist()
+    everyone = all(talk)  # no member selection needed (the usual synchronous exchange)
     p = int(active.sum())
     c.gradient_evaluations += p
     alpha = c.beta / max(p, 1)
@@ -136,37 +137,40 @@ def step(c: Coupling, params: Params, before: Params, active: torch.Tensor) -> N
         points = {}
         for name, y in params.items():
             v = c.velocity[name]
-            points[name] = before[name] - c.delta * v  # x, the worker variable (pre-elastic)
-            moving = active.reshape(-1, *([1] * (v.dim() - 1)))  # a frozen worker keeps its velocity
-            v.copy_(torch.where(moving, c.delta * v + (y - before[name]), v))  # v <- delta v - eta g(x + delta v)
-            y.copy_(points[name] + v)  # x + v; the look-ahead shift is added below
+            points[name] = torch.add(before[name], v, alpha=-c.delta)  # x, the worker variable (pre-elastic)
+            if p == k:  # v <- delta v - eta g(x + delta v), the local step being y - before
+                v.mul_(c.delta).add_(y).sub_(before[name])
+            else:  # a frozen worker keeps its velocity
+                moving = active.reshape(-1, *([1] * (v.dim() - 1)))
+                v.copy_(torch.where(moving, c.delta * v + (y - before[name]), v))
+            y.copy_(points[name]).add_(v)  # x + v; the look-ahead shift is added below
     else:
         points = before
     if c.kind == "averaging":
         if any(talk):
             chosen = torch.tensor(talk, device=active.device)
             for name, x in params.items():
-                c.centre[name].copy_(x[chosen].mean(dim=0, keepdim=True))
+                c.centre[name].copy_((x if everyone else x[chosen]).mean(dim=0, keepdim=True))
                 x.copy_(c.centre[name].expand_as(x))
             c.updates += 1
     elif c.communication == "synchronous":
         if any(talk):
             chosen = torch.tensor(talk, device=active.device)
             for name, x in params.items():
-                difference = alpha * (points[name] - c.centre[name])
+                difference = torch.sub(points[name], c.centre[name]).mul_(alpha)
                 x.sub_(difference)
-                c.centre[name].add_(difference[chosen].sum(dim=0, keepdim=True))
+                c.centre[name].add_((difference if everyone else difference[chosen]).sum(dim=0, keepdim=True))
             c.updates += 1
     else:
         for i in (i for i in range(k) if talk[i]):
             for name, x in params.items():
-                difference = alpha * (points[name][i] - c.centre[name][0])
+                difference = torch.sub(points[name][i], c.centre[name][0]).mul_(alpha)
                 x[i].sub_(difference)
                 c.centre[name][0].add_(difference)
             c.updates += 1
     if c.kind == "eamsgd":
         for name, y in params.items():
-            y.add_(c.delta * c.velocity[name])
+            y.add_(c.velocity[name], alpha=c.delta)
     c.step += 1
 
 
