@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from surfacekit.config import DTYPES, ConfigError, check_memory, resolve_device, validate_training, validate_with_data
 from surfacekit.data import Dataset, load_data
-from surfacekit.jobs import JobError, finished_results, job_attributes, warn
+from surfacekit.jobs import JobError, finished_results, job_attributes
 from surfacekit.models import MLPSpec, num_params, spec_from_config
 from surfacekit.population import init_population, member_seed
 from surfacekit.store import RESULTS_NAME, now_iso, write_results
@@ -24,8 +24,7 @@ SUMMARY_COLUMNS = ["member", "final_train_loss", "final_test_loss", "train_error
 
 def build(cfg: DictConfig) -> tuple[MLPSpec, Dataset, list[int]]:
     """Validated spec, data on the job's device and dtype, and member seeds."""
-    for message in validate_training(cfg):
-        warn(message)
+    validate_training(cfg)  # errors only: the command's validation already printed and stored the warnings
     device = resolve_device(cfg.device)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, DTYPES[cfg.dtype])
     validate_with_data(cfg, len(data.x_train))
@@ -95,10 +94,13 @@ def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: Trai
 
 
 def summary(members: dict[str, np.ndarray]) -> str:
-    """Per-member table (first 20 rows) with mean and std rows (``diverged``: the count, not a mean)."""
+    """Per-member table (first 20 rows) with mean and std rows over the members that did not diverge
+    (``diverged``: the count, not a mean; a diverged member's frozen values would dominate both)."""
     frame = pd.DataFrame({c: members[c] for c in SUMMARY_COLUMNS}).set_index("member")
     shown = frame.head(20)
-    stats = frame.drop(columns="diverged").astype(float).agg(["mean", "std"])
+    healthy = frame[~frame["diverged"].astype(bool)]
+    stats = healthy.drop(columns="diverged").astype(float).agg(["mean", "std"])
+    stats.index = ["mean (not diverged)", "std (not diverged)"]
     stats["diverged"] = [f"{int(frame['diverged'].sum())} of {len(frame)}", ""]
     more = f"\n... {len(frame) - 20} more members in the results file" if len(frame) > 20 else ""
     return shown.to_string(float_format="%.4g") + more + "\n" + stats.to_string(float_format="%.4g")
