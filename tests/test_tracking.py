@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from surfacekit import problems
 from surfacekit.config import group_defaults
 from surfacekit.curvature import dense_hessian
 from surfacekit.models import MLPSpec
@@ -89,6 +90,16 @@ def test_hard_spectra(eigenvalues, expected):
     value, residual, hvps, converged, vector = top_eigenvalue(loss_fn, torch.zeros(len(eigenvalues), dtype=torch.float64),
                                                               None, generator(), 1e-10, 400)
     assert converged and value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("problem", problems.multiplicity_cases() + problems.cluster_cases(), ids=lambda p: p.name)
+def test_shared_hard_spectra_against_their_dense_hessians(problem):
+    """The project's hard spectra (top, bottom and tail multiplicities up to 30, clusters split by 1e-10,
+    a zero block of P/2): the largest eigenvalue against eigvalsh of the Hessian assembled from products."""
+    value, residual, hvps, converged, _ = top_eigenvalue(problem.loss_fn, problem.theta, None, generator(), 1e-10, 600)
+    exact = problem.eigenvalues[-1].item()
+    assert converged and residual <= 1e-10 * abs(value)
+    assert value == pytest.approx(exact, rel=1e-9)
 
 
 def test_overtaking_eigenvalue_is_found_from_a_stale_warm_start():
