@@ -120,18 +120,15 @@ def spectra_table(args) -> None:
 
 
 def index_table(args) -> None:
-    from sklearn.datasets import load_digits
-
-    from curvature import digits_mlp
+    from surfacekit import problems
     from surfacekit.curvature import affine_input_hessians, index
     from surfacekit.curvature.index import inertia_below
     from surfacekit.models import MLPSpec
     from surfacekit.objective import affine_input, objective_fn
 
     print(f"\n2. exact index, digits 64-234-10 tanh (P = 17,560, all 1,797 digits), {args.threads} threads")
-    _, theta = digits_mlp(234, 300)
-    digits = load_digits()
-    x, y = torch.tensor(digits.data, dtype=torch.float64) / 16.0, torch.tensor(digits.target)
+    _, theta = problems.trained_digits_mlp(234, 300)
+    x, y = problems.digits()
     spec = MLPSpec(64, (234,), 10, activation="tanh")
     loss_fn = objective_fn(spec, x, y, "cross_entropy", objective="data")
     structure = affine_input(spec, x, y, "cross_entropy", objective="data")
@@ -200,7 +197,6 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/surfacekit_spectra")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).parent))
     print(f"surfacekit spectra benchmark, torch {torch.__version__}, {args.threads} threads, {load()}")
     if not args.skip_spectra:
         spectra_table(args)
