@@ -9,7 +9,7 @@ import numpy as np
 from surfacekit import store
 
 FAST = ["spectrum.top_k=2", "spectrum.bottom_k=2", "spectrum.trace_probes=2", "spectrum.density_probes=1",
-        "spectrum.density_steps=5", "progress=false"]
+        "spectrum.density_steps=5", "spectrum.batch_size=1", "progress=false"]  # one member per unit (part)
 
 
 def _retrain(path, run_id="retrained-run"):
