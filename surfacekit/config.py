@@ -28,11 +28,13 @@ from surfacekit.optim import OPTIMIZERS, SCHEDULES
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TASKS = ("train", "spectrum", "critical", "landscape", "spinglass")
 POSTHOC_TASKS = ("spectrum", "critical", "landscape")
-DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist")
+DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist", "cifar10", "cifar100")
 TRAINERS = ("backprop", "dtp", "penalty")
+# Trainers that take any module (``model._target_``: cnn, resnet, a user's class); the others are MLP-only.
+MODULE_TRAINERS = ("backprop",)
 FINDERS = ("newton_mr", "gradnorm", "newton", "saddle_free", "levenberg_marquardt")
 # Free-form mappings where ``+key=value`` may add entries (everything else exists in the YAML).
-FREE_FORM = ("hydra.", "critical.options.")
+FREE_FORM = ("hydra.", "critical.options.", "model.args.")
 _MISSING = object()
 
 
@@ -196,9 +198,16 @@ DATA = {
     "teacher": {"input_dim": integer(1), "teacher_width": integer(1), "outputs": integer(1), "noise": number(0),
                 "classification": boolean, "teacher_seed": integer(0)},
     "mnist": {"path": text_value, "downsample": integer(1, null=True)},
+    "cifar10": {"path": text_value, "downsample": integer(1, null=True), "grayscale": boolean},
+    "cifar100": {"path": text_value, "downsample": integer(1, null=True), "grayscale": boolean,
+                 "labels": choice(("fine", "coarse"))},
 }
 MODEL = {"activation": choice(ACTIVATIONS), "init": choice(INITS), "loss": choice(LOSSES), "bias": boolean,
-         "batch_norm": boolean, "residual": boolean, "init_std": number(0, lo_open=True)}
+         "batch_norm": boolean, "residual": boolean, "init_std": number(0, lo_open=True),
+         # the built-in modules (model=cnn, resnet) and model=module
+         "_target_": text_value, "kernel_size": lambda v: None if _is_int(v) and v >= 1 and v % 2 else "an odd integer >= 1",
+         "pool": choice(("max", "avg", "none")), "blocks": integer(1),
+         "args": lambda v: None if isinstance(v, (dict, DictConfig)) else "a mapping of constructor arguments"}
 OPTIMIZER_COMMON = {"name": choice(OPTIMIZERS), "lr": number(0, lo_open=True), "schedule": choice(SCHEDULES),
                     "decay_epochs": number(0, lo_open=True), "weight_decay": number(0)}
 OPTIMIZER = {
@@ -345,6 +354,14 @@ def validate_training(cfg: DictConfig) -> list[str]:
     elif not (isinstance(widths, ListConfig) and widths and all(_is_int(w) and w >= 1 for w in widths)):
         _fail("model.widths", widths, "null or a non-empty list of integers >= 1")
     _check(cfg, MODEL, "model.")
+    target = get(cfg, "model._target_")
+    if target is not None:
+        from surfacekit.models.module import import_class
+
+        try:
+            import_class(target)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}: expected the import path of a torch.nn.Module class") from None
     _check(cfg, OPTIMIZER_COMMON, "optimizer.")
     name = get(cfg, "optimizer.name")
     _check(cfg, OPTIMIZER.get(name, {}), "optimizer.")
@@ -360,6 +377,9 @@ def validate_training(cfg: DictConfig) -> list[str]:
             _fail("population.lr_scale", scale, "null with optimizer=rprop (its step is not proportional to lr)")
         if method == "penalty":
             _fail("population.lr_scale", scale, "null with trainer=penalty (its step sizes come from backtracking)")
+    if target is not None and method not in MODULE_TRAINERS:
+        _fail("trainer.method", method, f"one of {list(MODULE_TRAINERS)} with model._target_={target} (that trainer "
+              "supports the MLP only)")
     loss = get(cfg, "model.loss")
     regression = get(cfg, "data.name") == "teacher" and not get(cfg, "data.classification")
     if regression and loss != "mse":
@@ -416,13 +436,16 @@ def format_gib(gib: float) -> str:
     return f"{mib:.0f} MiB" if mib >= 10 else f"{mib:.2f} MiB"
 
 
-def check_memory(cfg: DictConfig, num_params: int, num_examples: int) -> None:
-    """Refuse a population whose parameters, gradients, optimizer state and activations cannot fit."""
+def check_memory(cfg: DictConfig, num_params: int, num_examples: int, activations: int | None = None) -> None:
+    """Refuse a population whose parameters, gradients, optimizer state and activations cannot fit.
+
+    ``activations``: values of every layer's output for one example (``models.activation_size``); None
+    estimates them from the MLP's widest layer."""
     itemsize = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
     k = int(cfg.population.size)
-    widest = max(get(cfg, "model.widths") or [get(cfg, "model.width")])
     bs = get(cfg, "trainer.batch_size") or num_examples
-    estimate = itemsize * k * (5 * num_params + 4 * min(bs, num_examples) * widest * 4) / 2**30
+    per_example = 4 * activations if activations is not None else 4 * 4 * max(get(cfg, "model.widths") or [get(cfg, "model.width")])
+    estimate = itemsize * k * (5 * num_params + min(bs, num_examples) * per_example) / 2**30
     limit = get(cfg, "memory_limit_gb") or machine_memory_gb()
     if estimate > limit:
         raise ConfigError(

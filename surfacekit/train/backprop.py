@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec, forward, init_statistics, member_losses, param_name, param_shapes, update_running
+from surfacekit.models import Spec, forward, init_statistics, member_losses, param_shapes, update_statistics
 from surfacekit.objective import check_choices, l2_coefficients as objective_l2
 from surfacekit.optim import build_optimizer, coupled_weight_decay, learning_rate, optimizer_config
 from surfacekit.population import Params
@@ -24,7 +24,7 @@ from surfacekit.train.common import (
 )
 
 
-def l2_coefficients(spec: MLPSpec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:
+def l2_coefficients(spec: Spec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:
     """The optimizer's coupled weight decay on every parameter (``optim.coupled_weight_decay``; 0 for rprop)."""
     wd = coupled_weight_decay(optimizer_config(optimizer_cfg))
     return {name: wd for name in param_shapes(spec)}
@@ -45,7 +45,7 @@ def _batch_sizes(n: int, batch_size: int | None) -> set[int]:
 
 
 def train(
-    spec: MLPSpec,
+    spec: Spec,
     data: Dataset,
     params: Params,
     seeds: list[int],
@@ -129,9 +129,7 @@ def train(
             optimizer.step()
             if before is not None:
                 scale_updates(leaves, before, lr_scale)
-            for i_layer in range(len(spec.widths) if spec.batch_norm else 0):
-                mean, var = param_name(i_layer, "bn_mean"), param_name(i_layer, "bn_var")
-                update_running(running[mean], running[var], moments[mean], moments[var], x.shape[-2])
+            update_statistics(spec, running, moments, x.shape[-2])
             freezer.restore({**leaves, **running})
             steps_taken += active
             step += 1
