@@ -103,12 +103,21 @@ class ExplicitBatchNorm(nn.Module):
 
 @contextlib.contextmanager
 def norm_call(template: nn.Module, call: NormCall) -> Iterator[NormCall]:
-    """Let the template's norm layers follow ``call`` for the passes inside the block."""
+    """Let the template's norm layers follow ``call`` for the passes inside the block.
+
+    Attention (``scaled_dot_product_attention``) runs with its math kernel inside the block: the fused
+    kernels have no second derivative (PyTorch 2.x raises "derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented" in a Hessian-vector
+    product), the math kernel has every derivative.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     norms = [m for m in template.modules() if isinstance(m, ExplicitBatchNorm)]
     for m in norms:
         m.call = call
     try:
-        yield call
+        with sdpa_kernel(SDPBackend.MATH):
+            yield call
     finally:
         for m in norms:
             m.call = None
@@ -145,10 +154,10 @@ def prepare(module: nn.Module) -> nn.Module:
     return template
 
 
-def trace(template: nn.Module, run: Callable[[], Any], batch: int) -> tuple[tuple[Norm, ...], int, Any]:
-    """One forward pass ``run()`` of ``template`` (in batch mode, without gradients) on ``batch``
-    examples: its norm layers in the order they are called, the values of every leaf module's
-    output per example (for memory estimates), and the pass's output.
+def trace(template: nn.Module, run: Callable[[NormCall], Any], batch: int) -> tuple[tuple[Norm, ...], int, Any]:
+    """One forward pass ``run(call)`` of ``template`` in batch mode (its norm layers following ``call``,
+    without gradients) on ``batch`` examples: its norm layers in the order they are called, the values
+    of every leaf module's output per example (for memory estimates), and the pass's output.
 
     Raises:
         ValueError: a norm layer called more than once in the pass (its statistics would be ambiguous).
@@ -157,8 +166,9 @@ def trace(template: nn.Module, run: Callable[[], Any], batch: int) -> tuple[tupl
     hooks = [m.register_forward_hook(lambda mod, args, out: sizes.append(out.numel() // batch if torch.is_tensor(out) else 0))
              for m in template.modules() if not list(m.children())]
     try:
-        with torch.no_grad(), norm_call(template, NormCall({})) as call:
-            out = run()
+        call = NormCall({})
+        with torch.no_grad():
+            out = run(call)
     finally:
         for h in hooks:
             h.remove()
@@ -246,9 +256,14 @@ def module_spec(target: str, kwargs: Mapping[str, Any], in_shape: tuple[int, ...
     except Exception as exc:  # noqa: BLE001 - a user's constructor: report it in one line
         raise ValueError(f"model._target_={target} cannot be built with {full} ({type(exc).__name__}: {exc})") from None
     template = prepare(module)
-    sample = torch.zeros(2, *in_shape, dtype=next(template.parameters()).dtype)
+    sample = torch.zeros(2, *in_shape, dtype=next(template.parameters(), torch.zeros(())).dtype)
+
+    def run(call: NormCall) -> Any:
+        with norm_call(template, call):
+            return template(sample)
+
     try:
-        norms, size, out = trace(template, lambda: template(sample), 2)
+        norms, size, out = trace(template, run, 2)
     except Exception as exc:  # noqa: BLE001 - a user's forward: report it in one line
         raise ValueError(f"model._target_={target} fails on inputs of shape {[2, *in_shape]} "
                          f"({type(exc).__name__}: {exc})") from None
