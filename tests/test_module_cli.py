@@ -24,7 +24,8 @@ def test_cnn_job_writes_the_usual_layout_and_the_posthoc_tasks_run(run_cli, tmp_
     assert (members["width"] == 3).all() and (members["depth"] == 2).all()
     for mode in ("eval", "batch"):
         spec = run_cli("task=spectrum", f"source={path}", "spectrum.members=[0]", "spectrum.index_method=dense",
-                       "spectrum.density_probes=1", "spectrum.trace_probes=4", f"bn_mode={mode}", "progress=false")
+                       "spectrum.top_k=1", "spectrum.bottom_k=1", "spectrum.density_probes=1",
+                       "spectrum.density_steps=5", "spectrum.trace_probes=2", f"bn_mode={mode}", "progress=false")
         assert spec.returncode == 0, spec.stderr
     table = store.load_members(path)
     assert table.loc[0, "spectrum_bn_mode"] in ("eval", "batch") and table.loc[0, "index_count"] >= 0
