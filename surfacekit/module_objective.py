@@ -37,11 +37,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from surfacekit.curvature.hvp import Backend, HessianOperator, check_theta
 from surfacekit.models.batchnorm import pooled_moments
 from surfacekit.models.losses import LOSSES, example_losses
 from surfacekit.models.module import ExplicitBatchNorm, Norm, NormCall, _Stop, norm_call, prepare, trace
 
 BN_MODES = ("eval", "batch")
+HVP_MODES = ("batches", "graph")
 Selection = str | Sequence[str] | Callable[[str, torch.Tensor], bool] | None
 Selector = int | str | Callable[[Any], Any]
 
@@ -134,6 +136,12 @@ class Problem:
     num_examples: int = 0
     num_batches: int = 0
     tensors_chunk: int | None = None
+    hvp: str = "batches"
+
+    @property
+    def separable(self) -> bool:
+        """Whether L is a sum over batches (no batch norm in batch mode couples them)."""
+        return self.bn_mode == "eval" or not self.norms
 
     def batches(self) -> Iterator[Any]:
         """The data's batches on the device, floats in the objective's dtype."""
@@ -258,6 +266,68 @@ class ModuleObjective:
         """The same problem with another parameter selection (nothing is copied or re-read)."""
         return _selection(self.problem, params, self.info)
 
+    def hessian_operator(self, theta: torch.Tensor, backend: Backend = "graph") -> HessianOperator:
+        """The Hessian at theta [P] as the curvature tools use it (``curvature.hessian_operator`` asks for it).
+
+        ``hvp="batches"`` (and a separable objective): :class:`BatchHessianOperator`, products a batch
+        at a time; otherwise (``hvp="graph"``, or batch norm in batch mode, which couples the batches)
+        the generic operator over the whole objective with ``backend``.
+        """
+        if self.problem.hvp == "batches" and self.problem.separable:
+            return BatchHessianOperator(self, theta)
+        return HessianOperator(self, theta, backend)
+
+
+class BatchHessianOperator(HessianOperator):
+    """H(theta) v = (1 / N) sum_b H_b(theta) v, H_b the Hessian of batch b's summed loss n_b L_b, computed
+    one batch at a time: a forward pass, a gradient with ``create_graph=True`` and one more backward
+    pass per batch (the dataloader product of PyHessian and curvlinops, weighted by batch size).
+
+    Memory: one batch's double-backward graph, whatever the data size. Cost per product: about three
+    gradients of the full-data loss; a block of m vectors ([m, P]) shares the forward and first
+    backward pass of every batch (``is_grads_batched``). Products count in ``num_hvps`` as for
+    :class:`surfacekit.curvature.HessianOperator`, whose interface this has.
+    """
+
+    def __init__(self, objective: "ModuleObjective", theta: torch.Tensor):
+        check_theta(theta)
+        self.backend = "batches"
+        self.size, self.dtype, self.device = theta.numel(), theta.dtype, theta.device
+        self.num_hvps = 0
+        self._batched_ok = True
+        self._objective = objective
+        self._theta = theta.detach()
+
+    def _single(self, v: torch.Tensor) -> torch.Tensor:
+        return self._product(v.unsqueeze(0))[0]
+
+    def _batched(self, v: torch.Tensor) -> torch.Tensor:
+        return self._product(v)
+
+    def _product(self, vectors: torch.Tensor) -> torch.Tensor:
+        problem, objective = self._objective.problem, self._objective
+        total = torch.zeros_like(vectors)
+        count = 0
+        for batch in problem.batches():
+            point = self._theta.clone().requires_grad_(True)
+            values = {**problem.values, **objective.unflatten(point)}
+            size = problem.batch_size(batch)
+            with torch.enable_grad():
+                part = problem.batch_total(problem.run(values, batch, NormCall(problem.statistics)), batch, size)
+                (grad,) = torch.autograd.grad(part, point, create_graph=True)
+                if not grad.requires_grad:  # the loss is linear in theta on this batch: H_b = 0
+                    count += size
+                    continue
+                if len(vectors) == 1:
+                    (hv,) = torch.autograd.grad(grad, point, vectors[0], allow_unused=True)
+                    hv = None if hv is None else hv.unsqueeze(0)
+                else:
+                    (hv,) = torch.autograd.grad(grad, point, vectors, is_grads_batched=True, allow_unused=True)
+            if hv is not None:
+                total += hv.detach()
+            count += size
+        return total / count
+
 
 def _selection(problem: Problem, params: Selection, info: Mapping[str, Any]) -> ModuleObjective:
     values = problem.values
@@ -325,6 +395,7 @@ def objective_from_module(
     inputs: Selector = 0,
     targets: Selector = 1,
     chunk_size: int | None = None,
+    hvp: str = "batches",
 ) -> ModuleObjective:
     """A module's full-data loss as ``loss_fn(theta)`` over the selected parameters (see the module docstring).
 
@@ -344,6 +415,10 @@ def objective_from_module(
         inputs, targets: where a batch holds the model's inputs and the loss's targets: an index, a
             key (dict batches) or a callable ``batch -> value``; a tuple or dict of inputs is passed as
             positional or keyword arguments.
+        hvp: how the curvature tools form Hessian-vector products: ``"batches"`` (default; one batch
+            at a time, memory of one batch: :class:`BatchHessianOperator`) or ``"graph"`` (the full
+            objective's gradient graph kept in memory, each product one backward pass through it:
+            faster per product when the data fit; used anyway for batch norm in batch mode).
 
     Raises:
         ValueError: an unknown loss or bn_mode; a selection that matches nothing; eval mode with a norm
@@ -353,6 +428,8 @@ def objective_from_module(
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode={bn_mode!r} is invalid: expected one of {list(BN_MODES)}")
+    if hvp not in HVP_MODES:
+        raise ValueError(f"hvp={hvp!r} is invalid: expected one of {list(HVP_MODES)}")
     if isinstance(loss, str) and loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is invalid: expected one of {list(LOSSES)}, a torch loss module or a callable")
     if isinstance(loss, nn.Module) and getattr(loss, "reduction", "mean") != "mean":
@@ -368,7 +445,7 @@ def objective_from_module(
               for name, t in [*original.items(), *model.named_buffers()] if name in kept}
     chunk = _data_form(data, chunk_size)
     problem = Problem(template, values, list(original), {}, (), data, loss, inputs, targets, bn_mode, device, dtype,
-                      tensors_chunk=chunk)
+                      tensors_chunk=chunk, hvp=hvp)
     first_batch, count, batches = None, 0, 0
     for batch in problem.batches():
         first_batch = batch if first_batch is None else first_batch
@@ -380,7 +457,8 @@ def objective_from_module(
     problem.norms = trace(template, lambda call: problem.run(values, first_batch, call), 1)[0]
     if bn_mode == "eval":
         problem.statistics = _running_statistics(model, problem.norms, device, dtype)
-    info = {"bn_mode": bn_mode, "batch_norm": bool(problem.norms), "dtype": str(dtype).replace("torch.", ""),
+    info = {"bn_mode": bn_mode, "batch_norm": bool(problem.norms), "hvp": hvp if problem.separable else "graph",
+            "dtype": str(dtype).replace("torch.", ""),
             "device": str(device), "num_examples": count, "num_batches": batches,
             "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)}
     objective = _selection(problem, params, info)

@@ -239,3 +239,26 @@ def test_layer_spectra_table_equals_the_blocks_of_the_dense_hessian(net, data):
 def test_top_level_entry_point():
     assert surfacekit.objective_from_module is objective_from_module
     assert surfacekit.layer_spectra is layer_spectra
+
+
+def test_products_a_batch_at_a_time_equal_the_graph_products(net, data):
+    from surfacekit.module_objective import BatchHessianOperator
+
+    x, y = data
+    loader = DataLoader(TensorDataset(x, y), batch_size=7)
+    by_batch = objective_from_module(net, "cross_entropy", loader)
+    graph = objective_from_module(net, "cross_entropy", loader, hvp="graph")
+    op = curvature.hessian_operator(by_batch, by_batch.theta)
+    assert isinstance(op, BatchHessianOperator) and by_batch.info["hvp"] == "batches"
+    assert not isinstance(curvature.hessian_operator(graph, graph.theta), BatchHessianOperator)
+    vectors = torch.randn(5, len(by_batch.theta), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = curvature.hessian_operator(graph, graph.theta)(vectors)
+    torch.testing.assert_close(op(vectors), expected, rtol=1e-12, atol=1e-14)  # a block of 5
+    torch.testing.assert_close(op(vectors[2]), expected[2], rtol=1e-12, atol=1e-14)  # one vector
+    assert op.num_hvps == 6
+    # batch norm in batch mode couples the batches: the full graph is used, and said so
+    coupled = objective_from_module(net, "cross_entropy", loader, bn_mode="batch")
+    assert coupled.info["hvp"] == "graph"
+    assert not isinstance(curvature.hessian_operator(coupled, coupled.theta), BatchHessianOperator)
+    with pytest.raises(ValueError, match="hvp='rows' is invalid"):
+        objective_from_module(net, "cross_entropy", loader, hvp="rows")
