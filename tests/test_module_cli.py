@@ -62,6 +62,7 @@ def test_a_users_module_class_trains_and_rebuilds(run_cli, tmp_path):
     (["model=cnn", "model.kernel_size=2"], "model.kernel_size=2 is invalid: expected an odd integer >= 1"),
     (["model=cnn", "data=teacher", "model.loss=mse"], "a CNN takes images (channels, height, width)"),
     (["model=module", "model._target_=support.UserNet", "+model.args.hiden=3"], "unexpected keyword argument 'hiden'"),
+    (["model=resnet", "population.size=100000000"], "population.size=100000000 with 817 parameters per network needs about"),
 ])
 def test_module_configs_are_refused_in_one_line(run_cli, args, message):
     out = run_cli(*(MODULE_TINY if "model=module" in args else TINY), *args)

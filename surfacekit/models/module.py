@@ -215,6 +215,7 @@ class ModuleSpec:
     template: nn.Module
     norms: tuple[Norm, ...]
     activation_size: int
+    constants: dict = field(default_factory=dict, repr=False)  # the template's buffers by (device, dtype), a cache
 
     @property
     def batch_norm(self) -> bool:
@@ -318,9 +319,13 @@ def update_statistics(spec: ModuleSpec, running: dict[str, torch.Tensor], moment
 
 
 def _constants(spec: ModuleSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The template's buffers (none for the built-in models) on ``like``'s device, floats in its dtype."""
-    return {name: b.to(like.device, like.dtype if b.is_floating_point() else b.dtype)
-            for name, b in spec.template.named_buffers()}
+    """The template's buffers (none for the built-in models) on ``like``'s device, floats in its dtype;
+    moved once per device and dtype, so forward passes copy nothing between devices."""
+    key = (like.device, like.dtype)
+    if key not in spec.constants:
+        spec.constants[key] = {name: b.to(like.device, like.dtype if b.is_floating_point() else b.dtype)
+                               for name, b in spec.template.named_buffers()}
+    return spec.constants[key]
 
 
 def _member(spec: ModuleSpec, params: Statistics, statistics: Statistics, x: torch.Tensor, constants: Statistics,
