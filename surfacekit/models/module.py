@@ -72,7 +72,6 @@ class ExplicitBatchNorm(nn.Module):
         super().__init__()
         self.name, self.eps, self.num_features = name, float(source.eps), int(source.num_features)
         self.momentum = source.momentum
-        self.track_running_stats = bool(source.track_running_stats)
         self.weight = source.weight
         self.bias = source.bias
         self.call: NormCall | None = None
