@@ -1,14 +1,29 @@
 """Speed and accuracy of surfacekit.curvature on trained digits MLPs (run by hand, float64, CPU),
-side by side with PyHessian, hessian-eigenthings and curvlinops where they are installed.
+side by side with the single-vector implementation it replaced and with PyHessian,
+hessian-eigenthings and curvlinops where they are installed.
 
     python benchmarks/curvature.py [--hidden 20 234] [--threads 1] [--index-cap 100]
-                                   [--skip-dense-above 6000] [--cache /tmp/surfacekit_bench]
-                                   [--no-others] [--blocks-below 6000]
+                                   [--full-index-below 6000] [--skip-dense-above 6000]
+                                   [--cache /tmp/surfacekit_bench] [--no-others]
+                                   [--baseline e29721b] [--no-degenerate] [--memory-p 5000000]
+                                   [--memory-old-default]
 
 Trains 64-h-10 tanh MLPs on all 1797 digits (full-batch Adam, 300 steps), then prints one table
-per net: HVP cost relative to a gradient, top-5 and most negative eigenvalue (time, HVPs, max
-relative error), the index at -1e-5 max|lambda| (time, HVPs, error) and the SLQ density (time,
-W1 distance / spectral range), for surfacekit and for each other tool.
+per net: HVP cost relative to a gradient, top-5, the most negative and bottom-5 eigenvalues (time,
+HVPs, max relative error), the index at -1e-5 max|lambda| (time, HVPs, error) and the SLQ density
+(time, W1 distance / spectral range), for surfacekit and for each other tool.
+
+Old against new, in one run. ``--baseline`` names the git revision of the single-vector
+implementation this one replaced (the default, e29721b, is the last commit before the block Krylov
+rewrite); its ``surfacekit/curvature`` is extracted with ``git archive`` into a temporary
+directory and imported as ``baseline_curvature``. Every eigenvalue and index row then has three
+variants: the old single-vector path, the block path with its completion certificate (the
+default) and the block path with ``certify=False``; the ratio is new time / old time, measured
+side by side. A second table runs both on degenerate spectra from tests/curvature/spectra.py
+(repeated eigenvalues, a zero block, networks at symmetric points) against dense eigvalsh: the old
+path's answer, flagged converged or not, against the new one's. A third measures the peak memory
+(resident set) of a top-1 eigenvalue at P = --memory-p in a fresh process, new and old
+(old with max_basis=20; the old default, a 161 x P basis, only with --memory-old-default).
 
 References. For P <= --skip-dense-above the reference is the dense spectrum (stacked HVPs +
 eigvalsh), cached as <cache>/eig_h<hidden>.npy so reruns skip it. Above it (the P = 17,560 net:
@@ -30,9 +45,14 @@ reported as "density only" next to the exact fraction.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,8 +135,49 @@ def reference(loss_fn, theta, hidden: int, skip_dense_above: int, cache: str, ro
     return dict(top=top.eigenvalues, bottom=bottom.eigenvalues, eig=None, exact=None, scale=scale)
 
 
-def bench(hidden: int, steps: int, index_cap: int, skip_dense_above: int, cache: str, others: bool,
-          blocks_below: int) -> list[tuple[str, str]]:
+def load_baseline(rev: str):
+    """The ``surfacekit/curvature`` package of git revision ``rev``, imported as ``baseline_curvature``
+    (None, with the reason printed, when git or the revision is not available)."""
+    root = Path(__file__).resolve().parents[1]
+    target = Path(tempfile.mkdtemp(prefix="surfacekit_baseline_"))
+    try:
+        archive = subprocess.run(["git", "-C", str(root), "archive", rev, "surfacekit/curvature"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"baseline {rev} not available ({exc}); old-vs-new rows skipped")
+        return None
+    (target / "surfacekit" / "curvature").rename(target / "baseline_curvature")
+    sys.path.insert(0, str(target))
+    return importlib.import_module("baseline_curvature")
+
+
+def best_of(fn, repeat: int):
+    """(min seconds over ``repeat`` runs, last result): the least disturbed run on a shared machine."""
+    times, out = [], None
+    for _ in range(repeat):
+        t, out = timed(fn)
+        times.append(t)
+    return min(times), out
+
+
+def old_vs_new(label: str, old_fn, new_fns: dict, check, rows: Rows, repeat: int = 1) -> None:
+    """Rows for one quantity: the old single-vector path, then each new variant with time / old time.
+    ``check(result) -> str`` gives the accuracy column."""
+    t_old = None
+    if old_fn is not None:
+        t_old, res = best_of(old_fn, repeat)
+        rows.append((f"{label} [old single-vector]: s, HVPs, {check.__doc__}", f"{t_old:.2f}, {res.num_hvps}, {check(res)}"))
+    for variant, fn in new_fns.items():
+        t, res = best_of(fn, repeat)
+        cert = getattr(res, "certificate_hvps", 0)
+        ratio = "" if t_old is None else f", x{t / t_old:.2f} old time"
+        rows.append((f"{label} [{variant}]: s, HVPs (of them certificate), {check.__doc__}{', time/old' * (t_old is not None)}",
+                     f"{t:.2f}, {res.num_hvps} ({cert}), {check(res)}{ratio}"))
+
+
+def bench(hidden: int, steps: int, index_cap: int, full_index_below: int, skip_dense_above: int, cache: str,
+          others: bool, baseline) -> list[tuple[str, str]]:
     loss_fn, theta = digits_mlp(hidden, steps)
     p = theta.numel()
     rows = Rows()
@@ -135,17 +196,25 @@ def bench(hidden: int, steps: int, index_cap: int, skip_dense_above: int, cache:
         op = hessian_operator(loss_fn, theta, backend)
         t1, _ = timed(lambda: op(v), repeat=20, warmup=True)
         t8, _ = timed(lambda: op(v8), repeat=5, warmup=True)
-        rows.append((f"surfacekit HVP/grad [{backend}] (1 vec; per vec in batch of 8)",
-                     f"{t1 / t_grad:.2f}; {t8 / 8 / t_grad:.2f}"))
+        op._batched_ok = True  # the vmapped path used on accelerators
+        t8v, _ = timed(lambda: op(v8), repeat=5, warmup=True)
+        rows.append((f"surfacekit HVP/grad [{backend}] (1 vec; per vec in a block of 8: loop (CPU), vmapped)",
+                     f"{t1 / t_grad:.2f}; {t8 / 8 / t_grad:.2f}, {t8v / 8 / t_grad:.2f}"))
     t_build, _ = timed(lambda: hessian_operator(loss_fn, theta, "graph"), repeat=5, warmup=True)
     rows.append(("surfacekit graph build (create_graph grad) / grad", f"{t_build / t_grad:.2f}"))
 
-    t, res = timed(lambda: extreme_eigenvalues(loss_fn, theta, 5, "largest"))
-    rows.append(("surfacekit top-5: s, HVPs, max rel err", f"{t:.2f}, {res.num_hvps}, {rel_err(res.eigenvalues, ref['top']):.1e}"))
-    t, res = timed(lambda: extreme_eigenvalues(loss_fn, theta, 1, "smallest"))
-    rows.append(("surfacekit lambda_min: s, HVPs, rel err", f"{t:.2f}, {res.num_hvps}, {rel_err(res.eigenvalues, ref['bottom'][:1]):.1e}"))
-    t, res = timed(lambda: extreme_eigenvalues(loss_fn, theta, 5, "smallest"))
-    rows.append(("surfacekit bottom-5: s, HVPs, max rel err", f"{t:.2f}, {res.num_hvps}, {rel_err(res.eigenvalues, ref['bottom']):.1e}"))
+    for label, k, which, refv, repeat in (("top-5", 5, "largest", ref["top"], 3),
+                                          ("lambda_min", 1, "smallest", ref["bottom"][:1], 3),
+                                          ("bottom-5", 5, "smallest", ref["bottom"], 1)):
+        def check(res, refv=refv):
+            """max rel err"""
+            return f"{rel_err(res.eigenvalues, refv):.1e}"
+
+        old = None if baseline is None else (lambda k=k, which=which: baseline.extreme_eigenvalues(loss_fn, theta, k, which))
+        new = {"block, certified": lambda k=k, which=which: extreme_eigenvalues(loss_fn, theta, k, which),
+               "block, certify=False": lambda k=k, which=which: extreme_eigenvalues(loss_fn, theta, k, which,
+                                                                                   certify=False)}
+        old_vs_new(f"surfacekit {label}", old, new, check, rows, repeat)
 
     exact = ref["exact"]
     if exact is not None:
@@ -154,18 +223,18 @@ def bench(hidden: int, steps: int, index_cap: int, skip_dense_above: int, cache:
     if p <= 6000:
         t, res = timed(lambda: index(loss_fn, theta))
         rows.append(("surfacekit index [dense]: s, count error", f"{t:.2f}, {res.count - exact}"))
-    strategies = ["locking"] + (["blocks"] if p <= blocks_below else [])
-    for cap in sorted({index_cap, 1000}):
-        for strategy in strategies:
-            if strategy == "blocks" and cap > index_cap:
-                continue  # the block path to a full count takes minutes; its cap run is enough
-            t, res = timed(lambda: index(loss_fn, theta, method="lanczos", cap=cap, strategy=strategy))
+    for cap in sorted({index_cap} | ({1000} if p <= full_index_below else set())):
+        def check(res, exact=exact):
+            """count, error"""
             err = ">= cap" if res.at_least else ("n/a" if exact is None else f"{res.count - exact}")
-            rows.append((f"surfacekit index [lanczos {strategy}, cap {cap}]: s, HVPs, count, HVPs/count, error",
-                         f"{t:.1f}, {res.num_hvps}, {res.count}{'+' if res.at_least else ''}, "
-                         f"{res.num_hvps / max(res.count, 1):.1f}, {err}"))
-            if exact is None and strategy == "locking" and not res.at_least:
-                exact = res.count
+            return f"{res.count}{'+' if res.at_least else ''}, {err}"
+
+        old = None if baseline is None else (lambda cap=cap: baseline.index(loss_fn, theta, method="lanczos", cap=cap))
+        old_vs_new(f"surfacekit index [lanczos, cap {cap}]", old,
+                   {"block, certified": lambda cap=cap: index(loss_fn, theta, method="lanczos", cap=cap)}, check, rows)
+        if exact is None and cap == index_cap:
+            res = index(loss_fn, theta, method="lanczos", cap=cap)
+            exact = None if res.at_least else res.count
     exact_fraction = None if exact is None else exact / p
 
     t, d = timed(lambda: spectral_density(loss_fn, theta, num_probes=10, num_steps=80))
@@ -184,6 +253,108 @@ def bench(hidden: int, steps: int, index_cap: int, skip_dense_above: int, cache:
             except Exception as exc:  # an API that does not fit: say so instead of failing the run
                 rows.append((f"{tool.__name__[6:]}", f"failed: {type(exc).__name__}: {str(exc)[:80]}"))
     return rows
+
+
+# ---- degenerate spectra: old against new against dense -------------------------------------------
+
+def _values(res) -> str:
+    return ", ".join(f"{float(v):.6g}" for v in res.eigenvalues)
+
+
+def _verdict(values: torch.Tensor, want: torch.Tensor, scale: float) -> str:
+    """RIGHT when every value is within 1e-6 x max|lambda| of the dense one (absolute: zeros included)."""
+    return "RIGHT" if len(values) == len(want) and float((values - want).abs().max()) < 1e-6 * scale else "WRONG"
+
+
+def degenerate(baseline) -> list[tuple[str, str]]:
+    """The old single-vector path and the block path on spectra from tests/curvature/spectra.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "curvature"))
+    import spectra
+
+    rows = Rows()
+    issue = spectra.designed("issue's case: 5, 5, 5, 4, 3.5, [0.1, 3] (P = 600)",
+                             [5.0, 5.0, 5.0, 4.0, 3.5] + list(np.linspace(0.1, 3.0, 595)), seed=0, k=4)
+    top20 = spectra.designed("5 (x20) at the top (P = 600)", spectra._base(580, [-0.2]) + [5.0] * 20, seed=1, k=21)
+    tail20 = spectra.designed("-0.5 (x20) inside the negative tail",
+                              spectra._base(580, [-1.0, -0.8, -0.3, -0.2, -0.1]) + [-0.5] * 20, seed=2)
+    zero = spectra.cluster_cases(600)[2]
+    zero.name = "zero block P/2 (P = 600)"
+    for case, which in ((issue, "largest"), (top20, "largest"), (zero, "smallest")):
+        eig = spectra.reference(case)
+        want = eig.flip(0)[: case.k] if which == "largest" else eig[: case.k]
+        rows.append((f"{case.name}: {which} {case.k}, dense", ", ".join(f"{float(v):.6g}" for v in want)))
+        if baseline is not None:
+            t, res = timed(lambda: baseline.extreme_eigenvalues(case.loss_fn, case.theta, case.k, which,
+                                                                on_fail="warn"))
+            ok = _verdict(res.eigenvalues, want, float(eig.abs().max()))
+            rows.append((f"{case.name}: old", f"{_values(res)} (converged={res.converged}; {ok}; {res.num_hvps} HVPs, {t:.2f} s)"))
+        t, res = timed(lambda: extreme_eigenvalues(case.loss_fn, case.theta, case.k, which))
+        ok = _verdict(res.eigenvalues, want, float(eig.abs().max()))
+        rows.append((f"{case.name}: new", f"{res.summary()} (converged={res.converged}; {ok}; {res.num_hvps} HVPs, "
+                                          f"{res.certificate_hvps} for the certificate, block {res.block}, {t:.2f} s)"))
+    for case in (tail20, zero, spectra.split_network(5), spectra.identical_units_network()):
+        eig = spectra.reference(case)
+        scale = float(eig.abs().max())
+        exact = int((eig < -1e-5 * scale).sum())
+        rows.append((f"{case.name}: index at -1e-5 max|lambda| (P = {case.theta.numel()}), dense", f"{exact}"))
+        if baseline is not None:
+            t, res = timed(lambda: baseline.index(case.loss_fn, case.theta, method="lanczos"))
+            ok = "RIGHT" if res.count == exact else "WRONG"
+            rows.append((f"{case.name}: old lanczos", f"{res.count} (at_least={res.at_least}; {ok}; {res.num_hvps} HVPs, {t:.2f} s)"))
+        t, res = timed(lambda: index(case.loss_fn, case.theta, method="lanczos"))
+        ok = "RIGHT" if res.count == exact else "WRONG"
+        rows.append((f"{case.name}: new lanczos", f"{res.count} ({ok}; {res.num_hvps} HVPs, {res.certificate_hvps} for the "
+                                                  f"certificate, block {res.block}, {t:.2f} s): {res.summary()[:90]}"))
+    return rows
+
+
+# ---- memory: a top-1 eigenvalue at large P ------------------------------------------------------------
+
+_MEMORY_SCRIPT = """
+import resource, sys, time, torch
+torch.set_num_threads(1)
+p, which = int(sys.argv[1]), sys.argv[2]
+g = torch.Generator().manual_seed(0)
+d = torch.rand(p, generator=g, dtype=torch.float64) + 0.5
+theta = torch.randn(p, generator=g, dtype=torch.float64)
+loss = lambda t: 0.5 * (d * t * t).sum() + 0.01 * t.sum() ** 2
+if which == "new":
+    from surfacekit.curvature import extreme_eigenvalues
+    kw = {}
+else:
+    sys.path.insert(0, sys.argv[3])
+    from baseline_curvature import extreme_eigenvalues
+    kw = {} if which == "old default" else {"max_basis": 20}
+t = time.perf_counter()
+res = extreme_eigenvalues(loss, theta, 1, "largest", **kw)
+print(float(res.eigenvalues[0]), res.num_hvps, getattr(res, "block", 1), time.perf_counter() - t,
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def memory(p: int, baseline, old_default: bool) -> list[tuple[str, str]]:
+    """Peak resident memory of a top-1 eigenvalue at ``p`` parameters, each in a fresh process."""
+    rows = Rows()
+    variants = ["new"] + (["old max_basis=20"] if baseline is not None else []) + (["old default"] * old_default)
+    where = str(Path(baseline.__file__).parents[1]) if baseline is not None else ""
+    for which in variants:
+        out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(p), which, where], capture_output=True,
+                             text=True)
+        if out.returncode:
+            rows.append((f"top-1 at P = {p:,} [{which}]", f"failed: {out.stderr.strip().splitlines()[-1][:100]}"))
+            continue
+        value, hvps, block, seconds, peak = out.stdout.split()
+        rows.append((f"top-1 at P = {p:,} [{which}]: peak resident memory, value, HVPs, block, s",
+                     f"{int(peak) / 2**30:.2f} GiB, {float(value):.6g}, {hvps}, {block}, {float(seconds):.1f}"))
+    return rows
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f"\n| {title} | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name:<{width}} | {value} |")
+    print(flush=True)
 
 
 # ---- other tools (benchmark-only dependencies, imported lazily) --------------------------------
@@ -338,24 +509,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--index-cap", type=int, default=100)
+    ap.add_argument("--full-index-below", type=int, default=6000, help="also count up to cap 1000 for P below this")
     ap.add_argument("--skip-dense-above", type=int, default=6000)
-    ap.add_argument("--blocks-below", type=int, default=6000, help="run the old block index path up to this P")
     ap.add_argument("--cache", default="/tmp/surfacekit_bench")
     ap.add_argument("--no-others", action="store_true")
+    ap.add_argument("--baseline", default="e29721b", help="git revision of the old curvature package ('' for none)")
+    ap.add_argument("--no-degenerate", action="store_true")
+    ap.add_argument("--memory-p", type=int, default=5_000_000, help="P of the memory rows (0 to skip them)")
+    ap.add_argument("--memory-old-default", action="store_true", help="also run the old default basis (~6.7 GB)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     torch.set_default_dtype(torch.float64)  # PyHessian draws its vectors with the default dtype
     torch.manual_seed(0)
     warnings.simplefilter("ignore", DeprecationWarning)
+    print(f"load: {os.getloadavg()}", flush=True)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     for h in args.hidden:
-        rows = bench(h, args.steps, args.index_cap, args.skip_dense_above, args.cache, not args.no_others,
-                     args.blocks_below)
-        width = max(len(name) for name, _ in rows)
-        print(f"\n| quantity (hidden {h}) | value |\n|---|---|")
-        for name, value in rows:
-            print(f"| {name:<{width}} | {value} |")
-        print(flush=True)
+        print_table(f"quantity (hidden {h})", bench(h, args.steps, args.index_cap, args.full_index_below,
+                                                    args.skip_dense_above, args.cache, not args.no_others, baseline))
+    if not args.no_degenerate:
+        print_table("degenerate spectra", degenerate(baseline))
+    if args.memory_p:
+        print_table("memory", memory(args.memory_p, baseline, args.memory_old_default))
+    print(f"load: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

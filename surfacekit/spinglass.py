@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
+from surfacekit.curvature import check_threshold, count_below
+
 Tensor = torch.Tensor
 
 # Intermediate [S, N^(p-1)] contractions are chunked over starts to stay below this many elements.
@@ -244,18 +246,6 @@ def hessian_eigenvalues(x: Tensor, w: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(q.transpose(-1, -2) @ riemannian_hessian(x, w) @ q)
 
 
-def index_count(eigenvalues: Tensor, rel_threshold: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """Index of each row of ``eigenvalues`` [S, M]: count of lambda < -rel_threshold max|lambda|.
-
-    Returns (counts [S] int64, absolute thresholds [S]). A threshold of exactly 0 is not
-    resolvable in floating point, so ``rel_threshold`` must be positive.
-    """
-    if not rel_threshold > 0:
-        raise ValueError(f"rel_threshold must be > 0 (0 counts rounding noise), got {rel_threshold}")
-    cut = rel_threshold * eigenvalues.abs().amax(dim=-1)
-    return (eigenvalues < -cut.unsqueeze(-1)).sum(-1), cut
-
-
 # --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
@@ -363,13 +353,18 @@ def simulate(
     ``stochastic_gradient_descent`` on ``sgd_tensors`` pieces of the same couplings, then
     gradient descent). The couplings and starts depend on ``seed`` only, not on method/device.
     Returns numpy arrays of length S: energy_per_n, grad_norm, steps (gradient-descent steps),
-    converged; for "sgd" also sgd_steps; for n <= index_max_n also index (tangent-space
-    eigenvalues below -index_rel_threshold max|lambda|), index_fraction (index / (N-1)),
-    index_threshold (the absolute cut), lambda_min and lambda_max. ``callback`` is passed to
-    ``gradient_descent`` (progress of the final descent).
+    converged; for "sgd" also sgd_steps; for n <= index_max_n also the index fields, with the
+    threshold convention and counting rule of :func:`surfacekit.curvature.index` (one rule,
+    :func:`surfacekit.curvature.count_below`, on the dense tangent-space spectrum): index (count
+    of eigenvalues below the threshold), index_fraction (index / (N-1)), index_threshold (the
+    absolute threshold, ``-index_rel_threshold * max|lambda|``, negative), index_method ("dense"),
+    index_at_least (False: dense counts are exact), index_certificate (the smallest eigenvalue not
+    counted), lambda_min and lambda_max. ``callback`` is passed to ``gradient_descent`` (progress
+    of the final descent).
     """
     if method not in ("gd", "sgd"):
         raise ValueError(f"method must be 'gd' or 'sgd', got {method!r}")
+    check_threshold(None, index_rel_threshold)
     if n < 2 or num_starts < 1:
         raise ValueError(f"need n >= 2 and num_starts >= 1, got n={n}, num_starts={num_starts}")
     x = couplings(n, p, seed, device=device, dtype=dtype)
@@ -391,10 +386,13 @@ def simulate(
         out[key] = res[key].cpu().numpy()
     if n <= index_max_n:
         eig = hessian_eigenvalues(x, res["w"])
-        count, cut = index_count(eig, index_rel_threshold)
-        out["index"] = count.cpu().numpy()
+        counted = count_below(eig, relative_threshold=index_rel_threshold)
+        out["index"] = counted.count.cpu().numpy()
         out["index_fraction"] = out["index"] / (n - 1)
-        out["index_threshold"] = cut.cpu().numpy()
+        out["index_threshold"] = counted.threshold.cpu().numpy()
+        out["index_method"] = np.array(["dense"] * len(counted.count))
+        out["index_at_least"] = np.zeros(len(counted.count), dtype=bool)
+        out["index_certificate"] = counted.certificate.cpu().numpy()
         out["lambda_min"] = eig[:, 0].cpu().numpy()
         out["lambda_max"] = eig[:, -1].cpu().numpy()
     return out

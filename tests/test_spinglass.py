@@ -222,13 +222,27 @@ def test_tangent_basis_is_orthonormal_and_tangent():
     )
 
 
-def test_index_count_threshold():
-    eig = torch.tensor([[-2.0, -1e-7, 0.0, 1.0, 3.0], [-5.0, -4.0, -1e-3, 1e-3, 2.0]], dtype=torch.float64)
-    count, cut = sg.index_count(eig, 1e-5)
-    assert count.tolist() == [1, 3]
-    torch.testing.assert_close(cut, torch.tensor([3e-5, 5e-5], dtype=torch.float64))
-    with pytest.raises(ValueError, match="rel_threshold"):
-        sg.index_count(eig, 0.0)
+def test_index_uses_the_curvature_threshold_convention():
+    """The spin glass counts with curvature.count_below: lambda < -rel max|lambda| (a negative absolute
+    threshold), the same fields as curvature.index, the same refusal of a non-positive relative one."""
+    from surfacekit.curvature import index
+
+    res = sg.simulate(8, 3, 3, seed=2, tol=1e-9)
+    x = sg.couplings(8, 3, 2)
+    w = sg.gradient_descent(x, sg.random_starts(3, 8, 2), tol=1e-9)["w"]
+    eig = sg.hessian_eigenvalues(x, w)
+    for s in range(3):
+        q = sg.tangent_basis(w[s : s + 1])[0]
+        u0 = torch.zeros(7, dtype=torch.float64)
+        # the energy pulled back to the tangent space by the retraction: its Hessian at 0 is the Riemannian one
+        pullback = lambda u, s=s, q=q: sg.energy(x, sg.retract(w[s : s + 1] + (q @ u)[None]))[0]  # noqa: E731
+        ref = index(pullback, u0, method="dense")
+        assert res["index"][s] == ref.count == int((eig[s] < res["index_threshold"][s]).sum())
+        assert res["index_threshold"][s] == pytest.approx(ref.threshold, rel=1e-6) and ref.threshold < 0
+    assert set(res["index_method"]) == {"dense"} and not res["index_at_least"].any()
+    assert np.all(res["index_certificate"] >= res["index_threshold"])
+    with pytest.raises(ValueError, match="relative_threshold"):
+        sg.simulate(8, 3, 2, seed=1, index_rel_threshold=0.0)
 
 
 # ---------------------------------------------------------------- optimizers
@@ -271,11 +285,12 @@ def test_simulate_sgd_and_result_keys():
     res = sg.simulate(12, 3, 6, seed=1, method="sgd", sgd_steps=300, sgd_tensors=4)
     assert set(res) == {
         "energy_per_n", "grad_norm", "steps", "converged", "sgd_steps",
-        "index", "index_fraction", "index_threshold", "lambda_min", "lambda_max",
+        "index", "index_fraction", "index_threshold", "index_method", "index_at_least", "index_certificate",
+        "lambda_min", "lambda_max",
     }
     assert all(isinstance(v, np.ndarray) and v.shape == (6,) for v in res.values())
     assert res["converged"].all()
-    assert np.all(res["index_threshold"] > 0)
+    assert np.all(res["index_threshold"] < 0)
     no_index = sg.simulate(12, 3, 2, seed=1, index_max_n=10)
     assert "index" not in no_index
     with pytest.raises(ValueError, match="method"):

@@ -115,7 +115,9 @@ def spectral_norm(loss_fn: LossFn, theta: Tensor, tol: float = 1e-6, max_steps: 
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        ends = [extreme_eigenvalues(loss_fn, theta, k=1, which=which, tol=tol, max_steps=max_steps, on_fail="warn")
+        # The scale of H, not a spectrum: no completion certificate (it would double the products).
+        ends = [extreme_eigenvalues(loss_fn, theta, k=1, which=which, tol=tol, max_steps=max_steps, on_fail="warn",
+                                    certify=False)
                 for which in ("largest", "smallest")]
     if not all(e.converged for e in ends):
         warnings.warn(f"spectral norm: Lanczos not converged ({[float(e.residuals[0]) for e in ends]} "

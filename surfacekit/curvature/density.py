@@ -14,8 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .hvp import DEFAULT_BACKEND, Backend, LossFn, check_theta, hessian_operator
+from .hvp import DEFAULT_BACKEND, Backend, LossFn, hessian_operator
 from .lanczos import lanczos, tridiagonal
+from .memory import FLOAT64_BYTES, require_memory
 from .probes import Distribution, random_probes
 
 
@@ -37,18 +38,28 @@ def spectral_density(
     distribution: Distribution = "gaussian",
     backend: Backend = DEFAULT_BACKEND,
     seed: int | None = 0,
+    memory_limit: int | None = None,
 ) -> SpectralDensity:
     """SLQ nodes and weights of the Hessian at ``theta`` [P]: ``num_probes`` x ``num_steps`` products.
 
-    Lanczos is fully reorthogonalized (no ghost eigenvalues).
+    Lanczos is fully reorthogonalized (no ghost eigenvalues); memory 8 x num_steps x P bytes for the
+    basis of one probe at a time. Computed in float64 (a float32 ``theta`` is upcast with a warning).
+    Source: Ghorbani, Krishnan and Xiao 2019 (SLQ for neural-network Hessians); Golub and Meurant
+    (Gauss quadrature from Lanczos).
+
+    Raises:
+        NonFiniteError: the loss, gradient or a Hessian-vector product is NaN or infinite.
+        MemoryLimitError: the basis would not fit ``memory_limit`` bytes (default: free memory).
     """
-    check_theta(theta)
     gen = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
     op = hessian_operator(loss_fn, theta, backend)
-    m = min(num_steps, theta.numel())
-    nodes = torch.zeros(num_probes, m, dtype=theta.dtype, device=theta.device)
+    p = op.size
+    m = min(num_steps, p)
+    require_memory(FLOAT64_BYTES * m * p, f"spectral_density: a Lanczos basis of {m} vectors of P = {p:,} (8 m P bytes)",
+                   op.device, memory_limit)
+    nodes = torch.zeros(num_probes, m, dtype=op.dtype, device=op.device)
     weights = torch.zeros_like(nodes)
-    for i, v in enumerate(random_probes(num_probes, theta.numel(), theta, distribution, gen)):
+    for i, v in enumerate(random_probes(num_probes, p, op.point, distribution, gen)):
         res = lanczos(op, v / v.norm(), m)
         theta_i, s = torch.linalg.eigh(tridiagonal(res))
         n = len(theta_i)

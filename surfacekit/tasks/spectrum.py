@@ -3,8 +3,9 @@
     surfacekit task=spectrum source=SWEEP_DIR [spectrum.members=[0,1] spectrum.top_k=10 ...]
 
 Per member, in float64 on the full training set and the job's trained objective (``objective``,
-``bn_mode``): top-k and bottom-k eigenvalues (Lanczos, with residuals), the index (exact, with
-method and threshold), Hutchinson's trace and the SLQ density. Written to
+``bn_mode``): top-k and bottom-k eigenvalues (block Lanczos, with residuals, multiplicities and a
+completion certificate: the extreme eigenvalue of H without the returned vectors), the index
+(exact, with method, threshold and certificate), Hutchinson's trace and the SLQ density. Written to
 ``SOURCE/analyses/spectrum-HASH/spectrum.h5`` as ``/jobs/<job>/spectrum/...`` [K, ...] (members in
 the source's order; members not analysed hold NaN, -1 or False and ``analysed`` False) and
 ``/jobs/<job>/members`` columns (``spectrum_loss`` and ``spectrum_grad_norm`` of the analysed
@@ -27,9 +28,10 @@ from surfacekit import curvature
 from surfacekit.tasks import _analysis
 
 GROUP = "spectrum"
-FIELDS = ["loss", "grad_norm", "top", "top_residual", "top_converged", "bottom", "bottom_residual", "bottom_converged", "index_count",
-          "index_fraction", "index_at_least", "index_threshold", "trace", "trace_stderr", "density_nodes",
-          "density_weights", "hvps"]
+FIELDS = ["loss", "grad_norm", "top", "top_residual", "top_converged", "top_multiplicity", "top_certificate",
+          "bottom", "bottom_residual", "bottom_converged", "bottom_multiplicity", "bottom_certificate", "index_count",
+          "index_fraction", "index_at_least", "index_threshold", "index_certificate", "index_certificate_hvps", "trace",
+          "trace_stderr", "density_nodes", "density_weights", "hvps"]
 
 
 def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,9 +52,12 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any]) -> dic
     return {
         "loss": float(value.detach()), "grad_norm": float(grad.norm()),
         "top": top.eigenvalues, "top_residual": top.residuals, "top_converged": top.converged,
+        "top_multiplicity": top.multiplicity, "top_certificate": top.certificate,
         "bottom": bottom.eigenvalues, "bottom_residual": bottom.residuals, "bottom_converged": bottom.converged,
+        "bottom_multiplicity": bottom.multiplicity, "bottom_certificate": bottom.certificate,
         "index_count": idx.count, "index_fraction": idx.fraction, "index_at_least": idx.at_least,
-        "index_threshold": idx.threshold, "index_method": idx.method,
+        "index_threshold": idx.threshold, "index_method": idx.method, "index_certificate": idx.certificate,
+        "index_certificate_hvps": idx.certificate_hvps,
         "trace": trace.estimate, "trace_stderr": trace.stderr,
         "density_nodes": density.nodes, "density_weights": density.weights,
         "hvps": top.num_hvps + bottom.num_hvps + idx.num_hvps + trace.num_hvps + density.num_hvps,
@@ -93,7 +98,8 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
                "lambda_min": arrays["bottom"][:, 0], "trace": arrays["trace"]}
     dims = {GROUP: "member", "members": "member", f"{GROUP}/density_nodes": "member,probe,step",
             f"{GROUP}/density_weights": "member,probe,step",
-            **{f"{GROUP}/{name}": "member,k" for name in ("top", "bottom", "top_residual", "bottom_residual")}}
+            **{f"{GROUP}/{name}": "member,k" for name in ("top", "bottom", "top_residual", "bottom_residual",
+                                                             "top_multiplicity", "bottom_multiplicity")}}
     return {GROUP: arrays, "members": columns}, dims
 
 

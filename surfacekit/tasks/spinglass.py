@@ -55,7 +55,8 @@ def member_columns(res: dict[str, np.ndarray], opts: dict[str, Any]) -> dict[str
         "steps": res["steps"].astype(np.int64),
         "converged": res["converged"].astype(bool),
     }
-    for key in ("sgd_steps", "index", "index_fraction", "index_threshold", "lambda_min", "lambda_max"):
+    for key in ("sgd_steps", "index", "index_fraction", "index_threshold", "index_method", "index_at_least",
+                "index_certificate", "lambda_min", "lambda_max"):
         if key in res:
             columns[key] = res[key]
     columns["N"] = np.full(k, opts["n"], dtype=np.int64)

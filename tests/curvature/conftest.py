@@ -10,6 +10,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from surfacekit.curvature import dense_hessian
+
 torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)  # tiny float64 products: threading overhead dominates on small machines
 
@@ -19,7 +21,7 @@ class Problem:
     name: str
     loss_fn: Callable[[torch.Tensor], torch.Tensor]
     theta: torch.Tensor
-    hessian: torch.Tensor  # dense reference [P, P], torch.func.hessian
+    hessian: torch.Tensor  # dense reference [P, P], assembled from Hessian-vector products
     eigenvalues: torch.Tensor  # ascending [P], torch.linalg.eigvalsh
 
 
@@ -60,8 +62,7 @@ def toy_loss(w: torch.Tensor) -> torch.Tensor:
 
 
 def make_problem(name: str, loss_fn: Callable, theta: torch.Tensor) -> Problem:
-    hess = torch.func.hessian(loss_fn)(theta)
-    hess = 0.5 * (hess + hess.T)
+    hess = dense_hessian(loss_fn, theta)
     return Problem(name, loss_fn, theta, hess, torch.linalg.eigvalsh(hess))
 
 

@@ -19,8 +19,8 @@ def test_extreme_five(problem, which):
     assert ((res.eigenvalues - ref).abs() <= 1e-8 * ref.abs()).all()
     resid = (res.eigenvectors @ problem.hessian - res.eigenvalues[:, None] * res.eigenvectors).norm(dim=1)
     torch.testing.assert_close(resid, res.residuals, rtol=1e-3, atol=1e-12 * ref.abs().max())
-    if which == "largest":
-        assert res.num_hvps <= 40
+    if which == "largest":  # the values; the completion certificate comes on top
+        assert res.num_hvps - res.certificate_hvps <= 40
 
 
 def test_not_converged_is_loud(mlp):
