@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from surfacekit.curvature.hvp import Backend, HessianOperator, check_theta
+from surfacekit.curvature.errors import require_finite
+from surfacekit.curvature.hvp import Backend, HessianOperator, as_float64
 from surfacekit.models.batchnorm import pooled_moments
 from surfacekit.models.losses import LOSSES, example_losses
 from surfacekit.models.module import ExplicitBatchNorm, Norm, NormCall, _Stop, norm_call, prepare, trace
@@ -285,38 +286,54 @@ class BatchHessianOperator(HessianOperator):
 
     Memory: one batch's double-backward graph, whatever the data size. Cost per product: about three
     gradients of the full-data loss; a block of m vectors ([m, P]) shares the forward and first
-    backward pass of every batch (``is_grads_batched``). Products count in ``num_hvps`` as for
-    :class:`surfacekit.curvature.HessianOperator`, whose interface this has.
+    backward pass of every batch (``is_grads_batched``). Construction costs one gradient (the loss and
+    gradient norm at theta). The interface, float64 policy and checks are those of
+    :class:`surfacekit.curvature.HessianOperator` (``point``, ``loss``, ``grad_norm``, ``num_hvps``).
+
+    Raises:
+        ValueError: the objective does not compute in float64 (see ``curvature.hvp.as_float64``).
+        NonFiniteError: the loss or gradient at theta, or a product, is not finite.
     """
 
     def __init__(self, objective: "ModuleObjective", theta: torch.Tensor):
-        check_theta(theta)
+        theta = as_float64(theta)
         self.backend = "batches"
         self.size, self.dtype, self.device = theta.numel(), theta.dtype, theta.device
         self.num_hvps = 0
-        self._batched_ok = True
+        self.point = theta
+        self._batched_ok = True  # a block shares each batch's forward and first backward pass
         self._objective = objective
-        self._theta = theta.detach()
+        point = theta.clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = objective(point)
+            if loss.dtype != torch.float64:
+                raise ValueError(f"the objective computes in {loss.dtype}; curvature needs dtype=torch.float64")
+            (grad,) = torch.autograd.grad(loss, point, allow_unused=True)
+        self.loss = float(loss.detach())
+        self.grad_norm = 0.0 if grad is None else float(grad.norm())
+        require_finite(loss.detach().reshape(1), "the loss at theta")
+        if grad is not None:
+            require_finite(grad, f"the gradient at theta (loss {self.loss:.6g})")
 
     def _single(self, v: torch.Tensor) -> torch.Tensor:
-        return self._product(v.unsqueeze(0))[0]
+        return self._batch_products(v.unsqueeze(0))[0]
 
     def _batched(self, v: torch.Tensor) -> torch.Tensor:
-        return self._product(v)
+        return self._batch_products(v)
 
-    def _product(self, vectors: torch.Tensor) -> torch.Tensor:
+    def _batch_products(self, vectors: torch.Tensor) -> torch.Tensor:
         problem, objective = self._objective.problem, self._objective
         total = torch.zeros_like(vectors)
         count = 0
         for batch in problem.batches():
-            point = self._theta.clone().requires_grad_(True)
+            point = self.point.clone().requires_grad_(True)
             values = {**problem.values, **objective.unflatten(point)}
             size = problem.batch_size(batch)
+            count += size
             with torch.enable_grad():
                 part = problem.batch_total(problem.run(values, batch, NormCall(problem.statistics)), batch, size)
-                (grad,) = torch.autograd.grad(part, point, create_graph=True)
-                if not grad.requires_grad:  # the loss is linear in theta on this batch: H_b = 0
-                    count += size
+                (grad,) = torch.autograd.grad(part, point, create_graph=True, allow_unused=True)
+                if grad is None or not grad.requires_grad:  # the loss is at most linear in theta here: H_b = 0
                     continue
                 if len(vectors) == 1:
                     (hv,) = torch.autograd.grad(grad, point, vectors[0], allow_unused=True)
@@ -325,7 +342,6 @@ class BatchHessianOperator(HessianOperator):
                     (hv,) = torch.autograd.grad(grad, point, vectors, is_grads_batched=True, allow_unused=True)
             if hv is not None:
                 total += hv.detach()
-            count += size
         return total / count
 
 
