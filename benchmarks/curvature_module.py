@@ -15,7 +15,8 @@ its eigenvalues (eigvalsh) and trace. Rows: seconds per gradient of the full-dat
 gradient for each tool (one vector; per vector in a block of 8 where a tool takes blocks); top-5
 eigenvalues (seconds, HVPs, max relative error); the Hutchinson trace with --probes probes (relative
 error and, for surfacekit, the standard error); the exact index (surfacekit only); and the peak
-memory above the set-up of a top-5 run, each tool in its own process (ru_maxrss). Every tool sees
+resident memory of each tool's run (HVPs, top-5, a 2-probe trace) above the memory after the set-up,
+each tool in its own process (Linux VmHWM, reset after the set-up; --memory-only prints just these). Every tool sees
 the same float64 model and loader. Batch weighting matters here: hessian-eigenthings averages its
 batch products with equal weights, so its operator is not the full-data Hessian when the last batch
 is uneven (its error row shows it).
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -215,7 +215,7 @@ def run_tool(tool, model, loader, probes):
 
 
 def top5_memory(tool: str, args) -> float:
-    """Peak resident memory (MiB) of a top-5 run above the set-up, in a fresh process."""
+    """Peak resident memory (MiB) of a tool's run (HVPs, top-5, trace) above the set-up, in a fresh process."""
     cmd = [sys.executable, __file__, "--child", tool, "--width", str(args.width), "--batch", str(args.batch),
            "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -224,12 +224,20 @@ def top5_memory(tool: str, args) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["mib"]
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def child(tool: str, args) -> None:
+    """One tool's HVPs, top-5 and a 2-probe trace in this fresh process; prints the peak resident memory
+    above the resident memory after the set-up (Linux: the peak is reset through /proc/self/clear_refs)."""
     model, loader, _, _ = setup(args.width, args.batch)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM, the peak resident set size, to the current one
+    base = _status_kib("VmRSS")
     run_tool(tool, model, loader, 2)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"mib": (peak - base) / 1024}))
+    print(json.dumps({"mib": (_status_kib("VmHWM") - base) / 1024}))
 
 
 # ----------------------------------------------------------------------------------- population
@@ -298,12 +306,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--no-others", action="store_true", help="surfacekit rows only")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-tool memory processes")
+    parser.add_argument("--memory-only", action="store_true", help="only the per-tool peak memory")
     parser.add_argument("--child", choices=TOOLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     if args.child:
         child(args.child, args)
+        return
+    if args.memory_only:
+        for tool in TOOLS if not args.no_others else TOOLS[:2]:
+            try:
+                print(f"{tool:<18}peak {top5_memory(tool, args):.0f} MiB above the set-up")
+            except Exception as exc:  # noqa: BLE001 - a missing or failing tool: say so, go on
+                print(f"{tool:<18}{str(exc)[:80]}")
         return
     model, loader, x, y = setup(args.width, args.batch)
     p = sum(q.numel() for q in model.parameters())

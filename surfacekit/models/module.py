@@ -65,7 +65,8 @@ class ExplicitBatchNorm(nn.Module):
 
     y = (x - mean) / sqrt(var + eps) * weight + bias with mean and biased var over every axis but 1
     (batch mode) or fixed ones; the same parameters (``weight``, ``bias``) and eps as the torch layer
-    it replaces. Raises RuntimeError when called outside :func:`norm_call`.
+    it replaces. Raises RuntimeError when called outside :func:`norm_call`, ValueError when called
+    twice in one pass in batch mode.
     """
 
     def __init__(self, source: nn.modules.batchnorm._BatchNorm, name: str):
@@ -81,23 +82,30 @@ class ExplicitBatchNorm(nn.Module):
         if call is None:
             raise RuntimeError(f"{self.name}: an ExplicitBatchNorm runs inside surfacekit.models.module.norm_call only")
         dims = [0, *range(2, x.dim())]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
         mean_name, var_name = f"{self.name}.bn_mean", f"{self.name}.bn_var"
-        if mean_name in call.statistics:
-            mean, var = call.statistics[mean_name], call.statistics[var_name]
+        fixed = mean_name in call.statistics
+        mean = call.statistics[mean_name] if fixed else x.mean(dim=dims)
+        centred = x - mean.reshape(shape)
+        if fixed:
+            var = call.statistics[var_name]
         else:
             if self.name in call.counts:
                 raise ValueError(f"batch-norm layer {self.name} is called more than once in a forward pass; give each "
                                  "use its own layer")
-            mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+            # the two-pass biased variance: stable, and on the CPU several times faster than torch.var_mean
+            # over the non-contiguous axes of a vmapped batch
+            var = (centred * centred).mean(dim=dims)
             call.moments[mean_name], call.moments[var_name] = mean, var
             call.counts[self.name] = x.numel() // x.shape[1]
         if call.stop_after == self.name:
             raise _Stop
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
+        scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
-            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
-        return y
+            scale = scale * self.weight
+        if self.bias is None:
+            return centred * scale.reshape(shape)
+        return torch.addcmul(self.bias.reshape(shape), centred, scale.reshape(shape))
 
 
 @contextlib.contextmanager
