@@ -15,8 +15,8 @@ its eigenvalues (eigvalsh) and trace. Rows: seconds per gradient of the full-dat
 gradient for each tool (one vector; per vector in a block of 8 where a tool takes blocks); top-5
 eigenvalues (seconds, HVPs, max relative error); the Hutchinson trace with --probes probes (relative
 error and, for surfacekit, the standard error); the exact index (surfacekit only); and the peak
-resident memory of each tool's run (HVPs, top-5, a 2-probe trace) above the memory after the set-up,
-each tool in its own process (Linux VmHWM, reset after the set-up; --memory-only prints just these). Every tool sees
+resident memory of each tool's top-5 run above the memory after the set-up, each tool in its own
+process (Linux VmHWM, reset after the set-up; --memory-only prints just these). Every tool sees
 the same float64 model and loader. Batch weighting matters here: hessian-eigenthings averages its
 batch products with equal weights, so its operator is not the full-data Hessian when the last batch
 is uneven (its error row shows it).
@@ -116,13 +116,15 @@ def rel_err(values, ref) -> float:
 
 # ----------------------------------------------------------------------------------- the tools
 
-def run_surfacekit(model, loader, probes, hvp):
+def run_surfacekit(model, loader, probes, hvp, top_only=False):
     """HVP cost (1 vector; per vector of a block of 8), top-5 and trace with surfacekit's tools."""
     import surfacekit
     from surfacekit import curvature
 
     obj = surfacekit.objective_from_module(model, "cross_entropy", loader, hvp=hvp)
     theta = obj.theta
+    if top_only:
+        return curvature.extreme_eigenvalues(obj, theta, 5, "largest")
     op = curvature.hessian_operator(obj, theta)
     v, block = torch.randn(len(theta), dtype=torch.float64), torch.randn(8, len(theta), dtype=torch.float64)
     t1, _ = timed(lambda: op(v), repeat=3, warmup=True)
@@ -133,12 +135,14 @@ def run_surfacekit(model, loader, probes, hvp):
             "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_s": t_tr, "trace_hvps": tr.num_hvps}
 
 
-def run_pyhessian(model, loader, probes, tol=1e-8):
+def run_pyhessian(model, loader, probes, top_only=False, tol=1e-8):
     import pyhessian  # noqa: F401  (the package namespace shadows the module holding the class)
 
     ph = sys.modules["pyhessian.hessian"]
     counter = [0]
     h = ph.hessian(model, nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+    if top_only:
+        return h.eigenvalues(maxIter=1000, tol=tol, top_n=5)
     plain = h.dataloader_hv_product
 
     def counted(v):
@@ -158,10 +162,12 @@ def run_pyhessian(model, loader, probes, tol=1e-8):
             "note": f"power iteration with deflation, tol {tol:g}; trace maxIter {probes}"}
 
 
-def run_eigenthings(model, loader, probes):
+def run_eigenthings(model, loader, probes, top_only=False):
     import hessian_eigenthings as he
 
     op = he.HessianOperator(model, loader, he.supervised_loss(nn.CrossEntropyLoss()))
+    if top_only:
+        return he.lanczos(op, k=5, which="LA", seed=0)
     counter = [0]
     plain = op.matvec
 
@@ -180,12 +186,15 @@ def run_eigenthings(model, loader, probes):
             "note": "lanczos (scipy eigsh); batch products averaged with equal weights"}
 
 
-def run_curvlinops(model, loader, probes):
+def run_curvlinops(model, loader, probes, top_only=False):
     import curvlinops
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     params = list(model.parameters())
     h = curvlinops.HessianLinearOperator(model, nn.CrossEntropyLoss(), params, loader, check_deterministic=False)
+    if top_only:
+        v0 = np.random.default_rng(0).standard_normal(sum(p.numel() for p in params))
+        return eigsh(h.to_scipy(), k=5, which="LA", tol=1e-10, v0=v0, return_eigenvectors=False)
     v = torch.randn(sum(p.numel() for p in params), dtype=torch.float64)
     t1, _ = timed(lambda: h @ v, repeat=3, warmup=True)
     t8, _ = timed(lambda: h @ torch.randn(len(v), 8, dtype=torch.float64), repeat=2, warmup=True)
@@ -205,17 +214,17 @@ def run_curvlinops(model, loader, probes):
             "trace": float(trace), "trace_s": t_tr, "trace_hvps": probes, "note": "scipy eigsh tol 1e-10"}
 
 
-def run_tool(tool, model, loader, probes):
+def run_tool(tool, model, loader, probes, top_only=False):
     if tool == "surfacekit":
-        return run_surfacekit(model, loader, probes, "batches")
+        return run_surfacekit(model, loader, probes, "batches", top_only)
     if tool == "surfacekit-graph":
-        return run_surfacekit(model, loader, probes, "graph")
+        return run_surfacekit(model, loader, probes, "graph", top_only)
     return {"pyhessian": run_pyhessian, "eigenthings": run_eigenthings, "curvlinops": run_curvlinops}[tool](
-        model, loader, probes)
+        model, loader, probes, top_only)
 
 
 def top5_memory(tool: str, args) -> float:
-    """Peak resident memory (MiB) of a tool's run (HVPs, top-5, trace) above the set-up, in a fresh process."""
+    """Peak resident memory (MiB) of a tool's top-5 run above the set-up, in a fresh process."""
     cmd = [sys.executable, __file__, "--child", tool, "--width", str(args.width), "--batch", str(args.batch),
            "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -230,13 +239,13 @@ def _status_kib(field: str) -> int:
 
 
 def child(tool: str, args) -> None:
-    """One tool's HVPs, top-5 and a 2-probe trace in this fresh process; prints the peak resident memory
-    above the resident memory after the set-up (Linux: the peak is reset through /proc/self/clear_refs)."""
+    """One tool's top-5 run in this fresh process; prints the peak resident memory above the resident
+    memory after the set-up (Linux: the peak is reset through /proc/self/clear_refs)."""
     model, loader, _, _ = setup(args.width, args.batch)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM, the peak resident set size, to the current one
     base = _status_kib("VmRSS")
-    run_tool(tool, model, loader, 2)
+    run_tool(tool, model, loader, 0, top_only=True)
     print(json.dumps({"mib": (_status_kib("VmHWM") - base) / 1024}))
 
 

@@ -287,7 +287,7 @@ class BatchHessianOperator(HessianOperator):
     Memory: one batch's double-backward graph, whatever the data size. Cost per product: about three
     gradients of the full-data loss; a block of m vectors ([m, P]) shares the forward and first
     backward pass of every batch (``is_grads_batched``). Construction costs one gradient (the loss and
-    gradient norm at theta). The interface, float64 policy and checks are those of
+    gradient norm at theta, also a batch at a time). The interface, float64 policy and checks are those of
     :class:`surfacekit.curvature.HessianOperator` (``point``, ``loss``, ``grad_norm``, ``num_hvps``).
 
     Raises:
@@ -303,17 +303,28 @@ class BatchHessianOperator(HessianOperator):
         self.point = theta
         self._batched_ok = True  # a block shares each batch's forward and first backward pass
         self._objective = objective
-        point = theta.clone().requires_grad_(True)
-        with torch.enable_grad():
-            loss = objective(point)
-            if loss.dtype != torch.float64:
-                raise ValueError(f"the objective computes in {loss.dtype}; curvature needs dtype=torch.float64")
-            (grad,) = torch.autograd.grad(loss, point, allow_unused=True)
-        self.loss = float(loss.detach())
-        self.grad_norm = 0.0 if grad is None else float(grad.norm())
-        require_finite(loss.detach().reshape(1), "the loss at theta")
-        if grad is not None:
-            require_finite(grad, f"the gradient at theta (loss {self.loss:.6g})")
+        loss, grad = self._loss_and_gradient()
+        if loss.dtype != torch.float64:
+            raise ValueError(f"the objective computes in {loss.dtype}; curvature needs dtype=torch.float64")
+        self.loss, self.grad_norm = float(loss), float(grad.norm())
+        require_finite(loss.reshape(1), "the loss at theta")
+        require_finite(grad, f"the gradient at theta (loss {self.loss:.6g})")
+
+    def _loss_and_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """L and its gradient at the point, a batch at a time (memory of one batch)."""
+        problem, objective = self._objective.problem, self._objective
+        loss, grad, count = 0.0, torch.zeros_like(self.point), 0
+        for batch in problem.batches():
+            point = self.point.clone().requires_grad_(True)
+            size = problem.batch_size(batch)
+            with torch.enable_grad():
+                values = {**problem.values, **objective.unflatten(point)}
+                part = problem.batch_total(problem.run(values, batch, NormCall(problem.statistics)), batch, size)
+                (g,) = torch.autograd.grad(part, point, allow_unused=True)
+            loss = loss + part.detach()
+            grad = grad if g is None else grad + g
+            count += size
+        return loss / count, grad / count
 
     def _single(self, v: torch.Tensor) -> torch.Tensor:
         return self._batch_products(v.unsqueeze(0))[0]
