@@ -5,6 +5,10 @@ Everything here evaluates networks at many points of an affine family ``theta = 
 batched ``forward`` (``population.evaluate``), a chunk of points at a time, never a Python loop over
 points.
 
+Networks of a population spec (``MLPSpec``, ``ModuleSpec``) are evaluated in batches of points;
+any other ``loss_fn(theta)`` (a user's model through ``surfacekit.objective_from_module``, whose
+parameter shapes the direction helpers also take) point by point with :func:`evaluate_loss_fn`.
+
 * Linear interpolation (Goodfellow, Vinyals & Saxe 2015): theta(a) = (1 - a) theta0 + a theta1,
   a in [-0.5, 1.5] (401 points by default), from an initialization to its solution or between two
   solutions. ``barrier_height`` (the default definition) is
@@ -104,6 +108,29 @@ def evaluate_affine(
         if progress is not None:
             progress(len(pts))
     return torch.cat(losses), torch.cat(errors)
+
+
+@torch.no_grad()
+def evaluate_loss_fn(loss_fn: Callable[[torch.Tensor], torch.Tensor], origin: torch.Tensor | None,
+                     basis: torch.Tensor, coords: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """``loss_fn`` [G] at the points ``origin + coords @ basis``, one call per point: interpolation and
+    slices of any ``loss_fn(theta)``, e.g. a user's model through ``surfacekit.objective_from_module``.
+
+    Interpolation from theta0 to theta1: ``origin=theta0``, ``basis=(theta1 - theta0)[None]``,
+    ``coords=alphas[:, None]`` (then :func:`barrier_height`); a filter-normalized plane:
+    ``basis=random_directions(objective, theta, 2, seed=...)`` (the objective gives its parameter
+    shapes) and ``coords`` the grid's (x, y) pairs. origin [P] or None (zero), basis [B, P],
+    coords [G, B]. Cost: G calls of ``loss_fn`` (for a module objective, G passes over its data);
+    ``progress(1)`` after each.
+    """
+    basis = basis.to(torch.float64)
+    values = []
+    for c in coords.to(basis.dtype):
+        point = c @ basis if origin is None else origin.to(basis.dtype) + c @ basis
+        values.append(loss_fn(point).detach().reshape(()))
+        if progress is not None:
+            progress(1)
+    return torch.stack(values)
 
 
 def _evaluate(spec: Spec, params, x, y, loss, chunk_size, statistics_x):

@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from surfacekit.curvature.errors import require_finite
 from surfacekit.curvature.hvp import Backend, HessianOperator, as_float64
+from surfacekit.models.architecture import param_shapes
 from surfacekit.models.batchnorm import pooled_moments
 from surfacekit.models.losses import LOSSES, example_losses
 from surfacekit.models.module import ExplicitBatchNorm, Norm, NormCall, _Stop, norm_call, prepare, trace
@@ -354,6 +355,13 @@ class BatchHessianOperator(HessianOperator):
             if hv is not None:
                 total += hv.detach()
         return total / count
+
+
+@param_shapes.register
+def _(objective: ModuleObjective) -> dict[str, tuple[int, ...]]:
+    """A module objective's selected parameter shapes: the landscape's direction helpers (filter
+    normalization) take the objective where they take a spec."""
+    return dict(objective.shapes)
 
 
 def _selection(problem: Problem, params: Selection, info: Mapping[str, Any]) -> ModuleObjective:

@@ -262,3 +262,31 @@ def test_products_a_batch_at_a_time_equal_the_graph_products(net, data):
     assert not isinstance(curvature.hessian_operator(coupled, coupled.theta), BatchHessianOperator)
     with pytest.raises(ValueError, match="hvp='rows' is invalid"):
         objective_from_module(net, "cross_entropy", loader, hvp="rows")
+
+
+def test_landscape_and_critical_point_tools_take_the_objective(net, data):
+    from surfacekit import critical, landscape
+
+    obj = objective_from_module(net, "cross_entropy", data)
+    theta = obj.theta
+    d = landscape.random_directions(obj, theta, 2, seed=4)  # filter-normalized against the module's shapes
+    conv = obj.unflatten(theta)["0.weight"]
+    for direction in d:
+        filters = obj.unflatten(direction)["0.weight"]
+        torch.testing.assert_close(filters.flatten(1).norm(dim=1), conv.flatten(1).norm(dim=1), rtol=1e-12, atol=0)
+        assert float(obj.unflatten(direction)["0.bias"].abs().max()) == 0.0  # biases and norm layers: zero
+    grid = landscape.slice_grid(3)
+    coords = torch.cartesian_prod(grid, grid)
+    plane = landscape.evaluate_loss_fn(obj, theta, d, coords)
+    torch.testing.assert_close(plane[4], obj(theta).detach(), rtol=0, atol=0)  # the centre (0, 0)
+    other = theta + 0.5 * d[0]
+    alphas = landscape.interpolation_alphas(5, 0.0, 1.0)
+    path = landscape.evaluate_loss_fn(obj, theta, (other - theta)[None], alphas[:, None])
+    torch.testing.assert_close(path[[0, -1]], torch.stack([obj(theta), obj(other)]).detach(), rtol=1e-14, atol=0)
+    # a least-squares linear model is a quadratic: Newton-MR reaches its minimum and says so
+    torch.manual_seed(0)
+    linear = nn.Linear(4, 2)
+    x, y = torch.randn(20, 4), torch.randn(20, 2)
+    quadratic = objective_from_module(linear, lambda out, batch: (out - batch[1]).pow(2).sum(dim=1), (x, y), chunk_size=6)
+    point = critical.find(quadratic, quadratic.theta, "newton_mr")
+    assert point.accepted and point.index.count == 0
