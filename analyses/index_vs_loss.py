@@ -24,18 +24,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import h5py
 import matplotlib.pyplot as plt
+import h5py
 import numpy as np
 import pandas as pd
 import torch
 from scipy.optimize import curve_fit
 
 from surfacekit import store
+from surfacekit.critical import METHODS
 from surfacekit.curvature import dense_hessian
 from surfacekit.plots import (AnalysisError, histogram_edges, log_axis, loss_label, one_line_errors, output_dir, results_path,
                               save_figure, save_table)
-from surfacekit.population import member_loss_fn
 from surfacekit.stats import spearman_permutation
 from surfacekit.store import load_job
 
@@ -62,17 +62,23 @@ def fit_bray_dean(loss: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
 
 
 def load_critical(path: Path, finders: list[str] | None) -> dict[str, pd.DataFrame]:
-    """One frame per finder from ``/critical/<finder>`` (theta kept as a column of arrays)."""
-    with h5py.File(path, "r") as f:
-        if "critical" not in f:
-            raise AnalysisError(f"{path}: no /critical group; run surfacekit task=critical source={path} first")
-        names = finders or list(f["critical"])
-        unknown = sorted(set(names) - set(f["critical"]))
-        if unknown:
-            raise AnalysisError(f"{path}: no finder(s) {unknown} in /critical (stored: {sorted(f['critical'])})")
+    """One frame per finder from ``/critical/<finder>`` of the job's newest critical analysis (or of
+    the training file itself, schema 1), theta kept as a column of arrays."""
+    stored = {}
+    for name in METHODS:
+        try:
+            stored[name] = store.load_group(path, f"critical/{name}")
+        except store.ResultsError:
+            continue
+    if not stored:
+        raise AnalysisError(f"{path}: no /critical group; run surfacekit task=critical source={path} first")
+    names = finders or sorted(stored)
+    unknown = sorted(set(names) - set(stored))
+    if unknown:
+        raise AnalysisError(f"{path}: no finder(s) {unknown} in /critical (stored: {sorted(stored)})")
     frames = {}
     for name in names:
-        g = store.load_group(path, f"critical/{name}")
+        g = dict(stored[name])
         theta = g.pop("theta", None)
         frame = pd.DataFrame({k: v.astype(str) if v.dtype.kind in "OS" else v for k, v in g.items()})
         if theta is not None:
@@ -91,6 +97,19 @@ def summary_row(name: str, frame: pd.DataFrame, n_perm: int, fit: bool) -> dict:
             "spearman_rho_accepted": rho, "permutation_p": p, "bray_dean_eps_c": eps_c, "bray_dean_w": w}
 
 
+def distinct_levels(loss: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
+    """An integer label per loss value, equal for values within ``rtol`` (relative to the largest |loss|) of
+    each other: critical points reached from several starts share one label."""
+    loss = np.asarray(loss, dtype=float)
+    if not len(loss):
+        return np.zeros(0, dtype=int)
+    scale = rtol * max(np.abs(loss).max(), np.finfo(float).tiny)
+    order = np.argsort(loss)
+    labels = np.empty(len(loss), dtype=int)
+    labels[order] = np.concatenate([[0], np.cumsum(np.diff(loss[order]) > scale)])
+    return labels
+
+
 def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, loss_axis: str):
     fig, axes = plt.subplots(1, len(frames), figsize=(4.4 * len(frames), 3.8), squeeze=False, sharey=True)
     for ax, (name, frame) in zip(axes[0], frames.items()):
@@ -102,6 +121,10 @@ def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, 
         ax.scatter(flat.loss, flat.index_fraction, s=16, marker="x", color="0.55", label=f"gradient-flat, rejected ({len(flat)})")
         ax.scatter(acc.loss, acc.index_fraction, s=22, color="tab:blue", edgecolors="k", linewidths=0.4,
                    label=f"critical, accepted ({len(acc)})")
+        for (_, index), group in acc.groupby([distinct_levels(acc.loss.to_numpy()), acc.index_fraction]):
+            if len(group) > 1:  # coinciding critical points: say how many
+                ax.annotate(f"x{len(group)}", (group.loss.iloc[0], index), xytext=(5, -9), textcoords="offset points",
+                            fontsize=7, color="tab:blue")
         row = table.set_index("finder").loc[name]
         if fit and np.isfinite(row.bray_dean_w) and len(acc):
             grid = np.linspace(acc.loss.min(), acc.loss.max(), 200)
@@ -113,22 +136,39 @@ def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, 
     return fig
 
 
+def analysed_objective(path: Path) -> tuple[str, str]:
+    """(objective, bn_mode) the newest critical analysis of the job used (its root attributes); the
+    task's defaults (trained, batch) for a schema-1 file whose critical group sits in the training file."""
+    col = store.collect(path)
+    found = store.analyses_of(col, next(iter(col.jobs.values())), "critical") if col.jobs else []
+    if not found:
+        return "trained", "batch"
+    with h5py.File(found[0].file, "r") as f:
+        attrs = (f[found[0].group] if found[0].group else f).attrs
+        return str(attrs.get("objective", "trained")), str(attrs.get("bn_mode", "batch"))
+
+
 def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
     accepted = pd.concat([f[f.accepted] for f in frames.values()], ignore_index=True) if frames else pd.DataFrame()
     if len(accepted) == 0 or "theta" not in accepted:
         print("eigenvalue histograms: no accepted critical point with a stored endpoint; skipped", file=sys.stderr)
         return None
-    accepted = accepted.sort_values("loss").reset_index(drop=True)
+    # one point per distinct critical value (many starts often end at the same point), then the lowest,
+    # median and highest of those
+    accepted = accepted.assign(level=distinct_levels(accepted.loss.to_numpy()))
+    accepted = accepted.drop_duplicates("level").sort_values("loss").reset_index(drop=True)
     picks = sorted(set([0, len(accepted) // 2, len(accepted) - 1]))
     p = len(accepted.theta[0])
     if p > dense_limit:
         print(f"eigenvalue histograms: P = {p} > --dense-limit {dense_limit}; skipped", file=sys.stderr)
         return None
     job = load_job(path)
-    loss_fn = member_loss_fn(job.spec, job.data.x_train, job.data.y_train, job.cfg.model.loss, job.cfg.get("chunk_size"))
-    fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharey=True)
+    objective, bn_mode = analysed_objective(path)
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharex=True, sharey=True)
     for ax, i in zip(axes[0], picks):
         theta = torch.from_numpy(np.asarray(accepted.theta[i], dtype=np.float64))
+        member = int(accepted.member[i]) if "member" in accepted else int(job.members["member"][0])
+        loss_fn = store.job_objective(job, member, objective, bn_mode)[0]
         eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, theta)).numpy()
         counts, edges = np.histogram(eig, bins=histogram_edges(eig))
         ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8)

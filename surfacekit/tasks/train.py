@@ -56,7 +56,7 @@ def width_and_depth(spec: Spec) -> tuple[int, int]:
     """The members table's ``width`` and ``depth``: the MLP's first hidden width and number of hidden
     layers; a module's ``width`` and ``depth`` constructor arguments (-1 where it has none)."""
     if isinstance(spec, MLPSpec):
-        return spec.widths[0], len(spec.widths)
+        return (spec.widths[0] if spec.widths else 0), len(spec.widths)  # width 0: no hidden layer
     kwargs = dict(spec.kwargs)
     value = lambda key: kwargs[key] if isinstance(kwargs.get(key), int) else -1  # noqa: E731
     return value("width"), value("depth")
