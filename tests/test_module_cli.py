@@ -1,6 +1,10 @@
 """model=cnn|resnet|module from the command line: jobs, the results layout, post-hoc tasks, refusals."""
 
+import sys
+from pathlib import Path
+
 import h5py
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,6 +56,24 @@ def test_a_users_module_class_trains_and_rebuilds(run_cli, tmp_path):
     torch.testing.assert_close(loss_fn(theta), expected, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow  # two jobs and the analysis: about 30 s
+def test_the_choromanska_sweep_runs_over_convolutional_widths(run_cli, tmp_path):
+    sweep = tmp_path / "s"
+    out = run_cli("-m", "experiment=choromanska", "model=cnn", *TINY, "population.size=3", "model.width=2,3",
+                  f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr
+    members = store.load_members(sweep)
+    assert sorted(members.width.unique()) == [2, 3] and (members.depth == 1).all()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analyses"))
+    import minima_histograms
+
+    assert minima_histograms.main([str(sweep), "--bootstrap", "20"]) == 0
+    table = pd.read_csv(sweep / "analysis" / "minima_histograms" / "minima_by_width.csv")
+    assert table.width.tolist() == [2, 3] and table.networks.tolist() == [3, 3]
+    for width, row in table.set_index("width").iterrows():
+        assert row.test_mean == pytest.approx(members[members.width == width].final_test_loss.mean())
+
+
 @pytest.mark.parametrize("args,message", [
     (["model=cnn", "trainer=dtp"], "trainer.method=dtp is invalid: expected one of ['backprop'] with "
                                    "model._target_=surfacekit.models.CNN"),
@@ -59,6 +81,9 @@ def test_a_users_module_class_trains_and_rebuilds(run_cli, tmp_path):
     (["model=module"], "model._target_ is required (no default): set model._target_=..."),
     (["model=module", "model._target_=nowhere.Net"], "model._target_=nowhere.Net cannot be imported"),
     (["model=module", "model._target_=support.TINY"], "model._target_=support.TINY is not a torch.nn.Module subclass"),
+    (["model=cnn", "trainer=kfac"], "trainer.method=kfac is invalid: expected one of ['backprop']"),
+    (["model=cnn", "model.activation=maxout"], "model.activation=maxout is invalid: expected relu, tanh, sigmoid or "
+                                               "linear with model._target_=surfacekit.models.CNN"),
     (["model=cnn", "model.kernel_size=2"], "model.kernel_size=2 is invalid: expected an odd integer >= 1"),
     (["model=cnn", "data=teacher", "model.loss=mse"], "a CNN takes images (channels, height, width)"),
     (["model=module", "model._target_=support.UserNet", "+model.args.hiden=3"], "unexpected keyword argument 'hiden'"),
