@@ -82,6 +82,10 @@ def test_cifar100_and_npz_layouts(tmp_path):
     d = load_data({"name": "cifar10", "path": str(npz), "standardize": False})
     np.testing.assert_allclose(d.x_train.reshape(5, 3, 32, 32).numpy(), last.transpose(0, 3, 1, 2) / 255.0)
     assert d.y_train.shape == (5,)
+    np.savez(npz / "cifar.npz", x_train=last, y_train=np.array([0.0, 1.0, 2.5, 3.0, 4.0]), x_test=last[:2],
+             y_test=np.array([1, 2]))
+    with pytest.raises(DataError, match="train split: labels must be integers; found 2.5"):
+        load_data({"name": "cifar10", "path": str(npz)})
 
 
 def test_cifar_errors_are_one_line(cifar10_dir, tmp_path):

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from surfacekit.config import DTYPES, ConfigError, check_memory, resolve_device, validate_training, validate_with_data
 from surfacekit.data import Dataset, load_data
-from surfacekit.jobs import JobError, finished_results, job_attributes, warn
+from surfacekit.jobs import JobError, finished_results, job_attributes
 from surfacekit.models import MLPSpec, Spec, activation_size, build_spec, num_params
 from surfacekit.population import init_population, member_seed
 from surfacekit.store import RESULTS_NAME, now_iso, write_results
@@ -29,8 +29,7 @@ def build(cfg: DictConfig) -> tuple[Spec, Dataset, list[int]]:
         ConfigError: a model class that cannot be built or run on the data (``model._target_``), or a
             population that does not fit in memory.
     """
-    for message in validate_training(cfg):
-        warn(message)
+    validate_training(cfg)  # errors only: the command's validation already printed and stored the warnings
     device = resolve_device(cfg.device)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, DTYPES[cfg.dtype])
     validate_with_data(cfg, len(data.x_train))
@@ -106,10 +105,13 @@ def result_groups(cfg: DictConfig, spec: Spec, seeds: list[int], result: TrainRe
 
 
 def summary(members: dict[str, np.ndarray]) -> str:
-    """Per-member table (first 20 rows) with mean and std rows (``diverged``: the count, not a mean)."""
+    """Per-member table (first 20 rows) with mean and std rows over the members that did not diverge
+    (``diverged``: the count, not a mean; a diverged member's frozen values would dominate both)."""
     frame = pd.DataFrame({c: members[c] for c in SUMMARY_COLUMNS}).set_index("member")
     shown = frame.head(20)
-    stats = frame.drop(columns="diverged").astype(float).agg(["mean", "std"])
+    healthy = frame[~frame["diverged"].astype(bool)]
+    stats = healthy.drop(columns="diverged").astype(float).agg(["mean", "std"])
+    stats.index = ["mean (not diverged)", "std (not diverged)"]
     stats["diverged"] = [f"{int(frame['diverged'].sum())} of {len(frame)}", ""]
     more = f"\n... {len(frame) - 20} more members in the results file" if len(frame) > 20 else ""
     return shown.to_string(float_format="%.4g") + more + "\n" + stats.to_string(float_format="%.4g")
