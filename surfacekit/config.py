@@ -26,8 +26,8 @@ from surfacekit.models import ACTIVATION_NAMES, INITS, LOSSES, MAXOUT
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-TASKS = ("train", "spectrum", "critical", "landscape", "spinglass")
-POSTHOC_TASKS = ("spectrum", "critical", "landscape")
+TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "sharpness")
+POSTHOC_TASKS = ("spectrum", "critical", "landscape", "sharpness")
 DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist", "cifar10", "cifar100")
 TRAINERS = ("backprop", "dtp", "penalty", "prong", "kfac", "hessian_free", "scg")
 # Trainers that take any module (``model._target_``: cnn, resnet, a user's class); the others are MLP-only.
@@ -192,7 +192,7 @@ TOP = {
     "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()))
     else "cpu, cuda or cuda:N",
 }
-POPULATION = {"size": integer(1), "first_member": integer(0)}
+POPULATION = {"size": integer(1), "first_member": integer(0), "shared_init": boolean}
 DATA_COMMON = {"name": choice(DATA_SOURCES), "standardize": boolean, "split_seed": integer(0),
                "train_size": integer(1, null=True), "test_size": integer(1, null=True)}
 DATA = {
@@ -229,7 +229,10 @@ OPTIMIZER = {
 TRAINER_COMMON = {"method": choice(TRAINERS), "epochs": integer(0), "batch_size": integer(1, null=True),
                   "eval_every": integer(1), "divergence_loss": number(0, lo_open=True), "snapshots": boolean}
 TRAINER = {
-    "backprop": {"grad_tol": number(0)},
+    "backprop": {"grad_tol": number(0), "coupling": choice(("none", "easgd", "eamsgd", "averaging")), "tau": integer(1),
+                 "beta": number(0), "delta": number(0, 1, hi_open=True),
+                 "communication": choice(("synchronous", "round_robin")), "track_sharpness": integer(0),
+                 "sharpness_tol": number(0, lo_open=True), "sharpness_max_hvps": integer(1)},
     "dtp": {"difference_correction": boolean, "target_step": number(0, lo_open=True),
             "target_reduction": choice(("sum", "mean")), "noise_std": number(0), "forward_lr": number(0, lo_open=True),
             "inverse_lr": number(0, lo_open=True), "schedule": choice(("passes", "interleaved")),
@@ -284,7 +287,12 @@ SPINGLASS = {"N": integer(2), "p": integer(3), "starts": integer(1), "disorder_s
              "tol": number(0, lo_open=True), "max_steps": integer(1), "sgd.tensors": integer(1), "sgd.steps": integer(0),
              "sgd.lr": number(0, lo_open=True), "sgd.lr_decay": number(0), "index_max_n": integer(0),
              "index_rel_threshold": number(0, lo_open=True), "chunk_starts": integer(1)}
-TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS}
+SHARPNESS = {"members": int_list(0), "tol": number(0, lo_open=True), "max_steps": integer(1), "trace_probes": integer(2),
+             "keskar_epsilon": number(0, lo_open=True), "keskar_iterations": integer(1), "adaptive_eta": number(0),
+             "pac_bayes_drop": number(0, 1, lo_open=True), "pac_bayes_epsilon": number(0), "pac_bayes_draws": integer(1),
+             "pac_bayes_iterations": integer(1), "seed": integer(0)}
+TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
+              "sharpness": SHARPNESS}
 GROUPS = ("data", "model", "optimizer", "trainer", "population")
 
 
@@ -502,6 +510,8 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
                 _fail(key, True, "false with trainer=penalty (the penalty method supports plain MLPs only)")
         if get(cfg, "trainer.batch_size") is not None:
             _fail("trainer.batch_size", get(cfg, "trainer.batch_size"), "null with trainer=penalty (full batch only)")
+    if method == "backprop":
+        warnings += _coupling_checks(cfg)
     widths_list = list(get(cfg, "model.widths") or [get(cfg, "model.width")] * int(get(cfg, "model.depth") or 0))
     if get(cfg, "model.residual") and not any(a == b for a, b in zip(widths_list, widths_list[1:])):
         warnings.append(f"model.residual=true adds skip connections only between hidden layers of equal width; "
@@ -510,6 +520,24 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
         warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
                         "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
     return warnings
+
+
+def _coupling_checks(cfg: DictConfig) -> list[str]:
+    """trainer.coupling with the optimizer, model and population; a warning beyond the stability bound."""
+    coupling = get(cfg, "trainer.coupling", "none")
+    if coupling in (None, "none"):
+        return []
+    if get(cfg, "model.batch_norm"):
+        _fail("model.batch_norm", True, f"false with trainer.coupling={coupling} (the centre has no batch statistics)")
+    if coupling == "eamsgd" and get(cfg, "optimizer.name") != "sgd":
+        _fail("optimizer", get(cfg, "optimizer.name"), "sgd with trainer.coupling=eamsgd (its momentum is trainer.delta)")
+    if coupling == "averaging" and get(cfg, "trainer.communication") != "synchronous":
+        _fail("trainer.communication", get(cfg, "trainer.communication"), "synchronous with trainer.coupling=averaging")
+    p, beta = get(cfg, "population.size"), get(cfg, "trainer.beta")
+    if coupling != "averaging" and get(cfg, "trainer.communication") == "synchronous" and beta >= 2 * p / (p + 1):
+        return [f"trainer.beta={beta} with population.size={p}: synchronous elastic averaging is unstable for "
+                f"beta >= 2p/(p+1) = {2 * p / (p + 1):.4g} (tau = 1, small steps); the centre will oscillate"]
+    return []
 
 
 def _validate_methods(cfg: DictConfig, method: str, optimizer: str) -> None:

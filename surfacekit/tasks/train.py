@@ -101,6 +101,14 @@ def result_groups(cfg: DictConfig, spec: Spec, seeds: list[int], result: TrainRe
     if result.trajectory is not None:
         groups["trajectory"] = {"theta": result.trajectory, "step": result.curve_steps}
         dims.update({"trajectory/theta": "eval,member,param", "trajectory/step": "eval"})
+    centre = result.groups.get("centre/members")
+    if centre is not None:  # trainer.coupling: the centre's own row, with the next member id
+        members["is_centre"] = np.zeros(len(seeds), dtype=bool)
+        centre.arrays = {**{c: v[:1] for c, v in members.items()}, "member": np.array([first + len(seeds)]),
+                         "seed": np.array([-1]), "lr_scale": np.array([np.nan]), **centre.arrays}
+    for name, group in result.groups.items():
+        groups[name] = group.arrays
+        dims.update(group.dims)
     return groups, dims
 
 
@@ -127,6 +135,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     started = now_iso()
     spec, data, seeds = build(cfg)
     params = init_population(spec, seeds, DTYPES[cfg.dtype], data.x_train.device)
+    if cfg.population.get("shared_init"):  # one start for every member; seeds still order the minibatches
+        params = {name: value[:1].expand_as(value).clone() for name, value in params.items()}
     trainer = trainer_module(cfg.trainer.method)
     lr_scale = cfg.population.get("lr_scale")
     if lr_scale is not None:
@@ -135,8 +145,13 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
                            chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale,
                            objective=str(cfg.objective), bn_mode=str(cfg.bn_mode))
     groups, dims = result_groups(cfg, spec, seeds, result)
-    path = write_results(path, groups, job_attributes(cfg, started), dims)
+    path = write_results(path, groups, job_attributes(cfg, started), dims,
+                         group_attrs={name: g.attrs for name, g in result.groups.items() if g.attrs})
     print(summary(groups["members"]))
+    if "centre/members" in groups:
+        c = groups["centre/members"]
+        print(f"centre (member {int(c['member'][0])}, trainer.coupling={cfg.trainer.coupling}): final train loss "
+              f"{c['final_train_loss'][0]:.4g}, test loss {c['final_test_loss'][0]:.4g}, test error {c['test_error'][0]:.4g}")
     print(f"[surfacekit] {len(seeds)} networks, P={num_params(spec)} each -> {path}")
     diverged = groups["members"]["diverged"]
     if diverged.all():
