@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from support import TINY, UserNet
-from surfacekit import store
+from surfacekit import curvature, store
 
 MODULE_TINY = tuple(a for a in TINY if not a.startswith("model.width"))  # model=module has no width
 
@@ -54,6 +54,27 @@ def test_a_users_module_class_trains_and_rebuilds(run_cli, tmp_path):
         net.body[2].running_var.copy_(job.buffers["body.2.bn_var"][1])
         expected = F.cross_entropy(net(job.data.x_train.reshape(-1, 1, 8, 8)), job.data.y_train)
     torch.testing.assert_close(loss_fn(theta), expected, rtol=1e-12, atol=0)
+
+
+def test_sharpness_tracking_and_elastic_averaging_take_a_cnn(run_cli, tmp_path):
+    tracked = run_cli(*TINY, "model=cnn", "trainer.batch_size=50", "trainer.track_sharpness=2",
+                      f"hydra.run.dir={tmp_path / 'tracked'}")
+    assert tracked.returncode == 0, tracked.stderr
+    job = store.load_job(tmp_path / "tracked")
+    with h5py.File(tmp_path / "tracked" / "results.h5") as f:
+        assert f["tracked_sharpness"].attrs["bn_mode"] == "batch" and f["tracked_sharpness/step"][-1] == 4
+        lambda_max = f["tracked_sharpness/lambda_max"][:, -1]  # after the last step: the final parameters
+    for member in (0, 1):
+        loss_fn, theta, _ = store.job_objective(job, member, objective="trained", bn_mode="batch")
+        dense = float(torch.linalg.eigvalsh(curvature.dense_hessian(loss_fn, theta))[-1])
+        assert lambda_max[member] == pytest.approx(dense, rel=1e-8)
+    coupled = run_cli(*TINY, "model=cnn", "model.batch_norm=false", "trainer.coupling=easgd",
+                      f"hydra.run.dir={tmp_path / 'easgd'}")
+    assert coupled.returncode == 0, coupled.stderr
+    with h5py.File(tmp_path / "easgd" / "results.h5") as f:
+        assert set(f["centre/params"]) == set(f["params"]) and f["centre/params/blocks.0.0.weight"].shape == (1, 3, 1, 3, 3)
+    refused = run_cli(*TINY, "model=cnn", "trainer.coupling=easgd")
+    assert refused.returncode == 2 and "model.batch_norm=true is invalid" in refused.stderr
 
 
 @pytest.mark.slow  # two jobs and the analysis: about 30 s
