@@ -88,3 +88,12 @@ def test_an_output_directory_outside_the_source_warns(run_cli, job_copy, tmp_pat
     assert "surfacekit: warning: the output directory" in out.stderr and "will not join" in out.stderr
     assert "lambda_max" not in store.load_members(job_copy).columns
     assert np.isfinite(store.load_group(tmp_path / "elsewhere" / "spectrum.h5", "members")["lambda_max"]).all()
+
+
+def test_members_filled_from_analyses_of_two_objectives_are_flagged(run_cli, job_copy, capsys):
+    assert run_cli("task=spectrum", f"source={job_copy}", *FAST).returncode == 0
+    assert run_cli("task=spectrum", f"source={job_copy}", *FAST, "objective=data", "spectrum.members=[0]").returncode == 0
+    capsys.readouterr()
+    members = store.load_members(job_copy)
+    assert members["spectrum_objective"].tolist() == ["data", "trained"]  # the newest analysis that analysed each
+    assert "mix analyses of objective data (1 members), trained (1 members)" in capsys.readouterr().err
