@@ -26,8 +26,8 @@ from surfacekit.models import ACTIVATIONS, INITS, LOSSES
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-TASKS = ("train", "spectrum", "critical", "landscape", "spinglass")
-POSTHOC_TASKS = ("spectrum", "critical", "landscape")
+TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "certify")
+POSTHOC_TASKS = ("spectrum", "critical", "landscape", "certify")
 DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist")
 TRAINERS = ("backprop", "dtp", "penalty")
 FINDERS = ("newton_mr", "gradnorm", "newton", "saddle_free", "levenberg_marquardt")
@@ -260,7 +260,15 @@ SPINGLASS = {"N": integer(2), "p": integer(3), "starts": integer(1), "disorder_s
              "tol": number(0, lo_open=True), "max_steps": integer(1), "sgd.tensors": integer(1), "sgd.steps": integer(0),
              "sgd.lr": number(0, lo_open=True), "sgd.lr_decay": number(0), "index_max_n": integer(0),
              "index_rel_threshold": number(0, lo_open=True), "chunk_starts": integer(1)}
-TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS}
+CERTIFY = {"members": int_list(0), "cutoff": number(0, lo_open=True), "relative_cutoff": number(0, lo_open=True),
+           "margin": number(0, 1, lo_open=True), "max_iter": integer(1), "memory": integer(1),
+           "newton": choice(("trust-ncg", "trust-krylov", "none")), "newton_max_iter": integer(1),
+           "max_distance": number(0, lo_open=True), "flat_threshold": number(0, 1, lo_open=True), "store_theta": boolean,
+           "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
+           "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
+           "index.tol": number(0, 1, lo_open=True, hi_open=True)}
+TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
+              "certify": CERTIFY}
 GROUPS = ("data", "model", "optimizer", "trainer", "population")
 
 
