@@ -13,7 +13,7 @@ CONF = ROOT / "conf"
 OPTIONS = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
 NEEDS = {("data", "mnist"): ["data.path=/tmp"], ("experiment", "choromanska_mnist"): ["data.path=/tmp"],
          ("data", "teacher"): ["model.loss=mse"], ("task", "spectrum"): ["source=x"], ("task", "critical"): ["source=x"],
-         ("task", "landscape"): ["source=x"]}
+         ("task", "landscape"): ["source=x"], ("task", "certify"): ["source=x"]}
 
 
 def test_every_yaml_option_is_listed():
