@@ -20,7 +20,7 @@ def script(name):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("dauphin")
-    out = _in_process(["-m", "experiment=dauphin_index", "model.width=1,3", "population.size=2", "data.train_size=40",
+    out = _in_process(["-m", "experiment=dauphin_index", "model.width=1,3", "population.size=2", "data.train_size=40", "trainer.batch_size=20",
                        "trainer.epochs=1", "progress=false", f"hydra.sweep.dir={root}/s"], root)
     assert out.returncode == 0, out.stderr
     out = _in_process(["task=certify", f"source={root}/s", "progress=false"], root)
