@@ -14,11 +14,9 @@ table per width (PNG + PDF + CSV + markdown).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

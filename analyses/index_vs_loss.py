@@ -17,16 +17,19 @@ Reads a job or a sweep and gathers critical points from three stated sources:
 3. **finder runs**: ``task=critical`` endpoints, one source per finder; accepted by the finder
    package's scale-free acceptance test.
 
-The loss axis is the trained objective (data loss plus the L2 term) at the point, the function whose
-critical points these are; the index is the fraction of Hessian eigenvalues below the threshold of
-each source (default ``-1e-5 max|lambda|``). Writes into --out (default SOURCE/analysis/index_vs_loss):
+The loss axis is the objective each source analysed (``objective`` and ``bn_mode`` of its
+certify or critical analysis; by default the trained objective, data loss plus the L2 term) at the
+point, the function whose critical points these are; the index is the fraction of Hessian
+eigenvalues below the threshold of each source (default ``-1e-5 max|lambda|``). Accepted points that
+coincide (equal loss to 1e-8 relative and equal index, e.g. several starts ending at one saddle) are
+labelled with their count. Writes into --out (default SOURCE/analysis/index_vs_loss):
 
 * ``index_vs_loss``: index fraction against loss, accepted points filled and coloured by source,
   rejected finder endpoints grey (gradient-flat: crosses), never fitted; with --bray-dean the curve
   alpha = F((eps - eps_c) / w), F(t) = 1/2 + [x sqrt(1 - x^2) + arcsin x] / pi, x = t - 1 (clipped
   to [0, 1]), fitted to the accepted points;
-* ``eigenvalue_histograms``: the dense Hessian spectrum at the accepted points of lowest, median and
-  highest loss (Dauphin et al. Fig. 1 b/c);
+* ``eigenvalue_histograms``: the dense Hessian spectrum (of the analysed objective) at the accepted
+  points of lowest, median and highest distinct critical value (Dauphin et al. Fig. 1 b/c);
 * ``index_vs_loss.md/.csv``: per source and for all accepted points together: points, accepted,
   acceptance rate, saddles, distinct indices, gradient-flat fraction of the rejected, Spearman rho
   (loss, index) over accepted points with its permutation p-value, the fitted Bray-Dean parameters;
@@ -39,6 +42,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -49,8 +53,8 @@ from surfacekit import store, transforms
 from surfacekit.critical import METHODS
 from surfacekit.critical.certify import certify
 from surfacekit.curvature import dense_hessian
-from surfacekit.plots import (AnalysisError, histogram_edges, log_axis, one_line_errors, output_dir, results_path,
-                              save_figure, save_table)
+from surfacekit.plots import (AnalysisError, histogram_edges, log_axis, loss_label, one_line_errors, output_dir,
+                              results_path, save_figure, save_table)
 from surfacekit.population import flatten, unflatten
 from surfacekit.stats import spearman_permutation
 
@@ -79,6 +83,40 @@ def fit_bray_dean(loss: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
     return float(eps_c), float(w)
 
 
+def distinct_levels(loss: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
+    """An integer label per loss value, equal for values within ``rtol`` (relative to the largest |loss|) of
+    each other: critical points reached from several starts share one label."""
+    loss = np.asarray(loss, dtype=float)
+    if not len(loss):
+        return np.zeros(0, dtype=int)
+    scale = rtol * max(np.abs(loss).max(), np.finfo(float).tiny)
+    order = np.argsort(loss)
+    labels = np.empty(len(loss), dtype=int)
+    labels[order] = np.concatenate([[0], np.cumsum(np.diff(loss[order]) > scale)])
+    return labels
+
+
+def analysed_objective(source: Path, job: str, task: str) -> tuple[str, str]:
+    """(objective, bn_mode) that the newest ``task`` analysis of ``job`` used (its root attributes); the
+    tasks' defaults (trained, batch) for a schema-1 file whose group sits in the training file."""
+    col = store.collect(source)
+    ref = col.jobs.get(job)
+    found = store.analyses_of(col, ref, task) if ref is not None else []
+    if not found:
+        return "trained", "batch"
+    with h5py.File(found[0].file, "r") as f:
+        attrs = (f[found[0].group] if found[0].group else f).attrs
+        return str(attrs.get("objective", "trained")), str(attrs.get("bn_mode", "batch"))
+
+
+def point_objective(source: Path, job: str, member: int, objective: str, bn_mode: str):
+    """``loss_fn`` of ``job``'s ``objective`` in ``bn_mode`` (member ``member`` where the job has it, for
+    batch-norm statistics in eval mode; else its first member)."""
+    rebuilt = store.load_job(source, job or None)
+    ids = [int(m) for m in rebuilt.members["member"]]
+    return store.job_objective(rebuilt, member if member in ids else ids[0], objective, bn_mode)[0]
+
+
 def _width(source: Path, job: str) -> int:
     model = store.load_config(source, job or None).get("model", {})
     return int(model["width"]) if model.get("widths") is None and "width" in model else -1
@@ -95,13 +133,16 @@ def certified_points(source: Path, members: pd.DataFrame) -> pd.DataFrame:
             continue
         arrays = store.load_group(source, "certify", job or None)
         positions = {int(m): i for i, m in enumerate(group["member"])}
+        objective = str(group["certify_objective"].iloc[0]) if "certify_objective" in group else "trained"
+        bn_mode = str(group["certify_bn_mode"].iloc[0]) if "certify_bn_mode" in group else "batch"
         for _, row in analysed.iterrows():
             theta = arrays["theta"][positions[int(row.member)]] if "theta" in arrays else None
             rows.append({"source": MINIMA, "job": job, "width": _width(source, job), "member": int(row.member),
                          "loss": row.cert_objective, "index_count": int(row.cert_index),
                          "index_fraction": row.cert_index_fraction, "accepted": bool(row.certified),
                          "gradient_flat": row.cert_reason == "gradient-flat", "grad_norm2": row.cert_grad_norm2,
-                         "classification": row.cert_class, "theta": theta})
+                         "classification": row.cert_class, "objective": objective, "bn_mode": bn_mode,
+                         "theta": theta})
     return pd.DataFrame(rows)
 
 
@@ -109,27 +150,29 @@ def embedded_saddles(source: Path, minima: pd.DataFrame, per_width: int, index_o
                      cutoff: float = 1e-10) -> pd.DataFrame:
     """Source 2: the first ``per_width`` certified minima of every width of a one-hidden-layer sweep,
     each embedded by zero units into every wider job and certified there (:func:`certify`, no
-    relative test: the point was not driven). Jobs must share data and trained objective."""
+    relative test: the point was not driven) in the objective and batch-norm mode the narrow point was
+    certified in. Jobs must share data and objective."""
     rows = []
     chosen = minima[(minima.source == MINIMA) & (minima.classification == "minimum") & (minima.width > 0)]
     widths = sorted(set(chosen.width))
     wide_jobs = {int(w): j for j, w in minima.groupby("job").width.first().items() if w > 0}
     loaded: dict[str, tuple] = {}
 
-    def objective(job: str):
-        if job not in loaded:
+    def objective(job: str, objective: str, bn_mode: str):
+        key = (job, objective, bn_mode)
+        if key not in loaded:
             rebuilt = store.load_job(source, job or None)
-            loss_fn, _, info = store.job_objective(rebuilt, int(rebuilt.members["member"].iloc[0]))
-            loaded[job] = (rebuilt, loss_fn, {k: info[k] for k in ("objective", "weight_decay", "data", "num_examples")})
-        return loaded[job]
+            loss_fn, _, info = store.job_objective(rebuilt, int(rebuilt.members["member"].iloc[0]), objective, bn_mode)
+            loaded[key] = (rebuilt, loss_fn, {k: info[k] for k in ("objective", "weight_decay", "data", "num_examples")})
+        return loaded[key]
 
     for width in widths:
         narrow = chosen[chosen.width == width].head(per_width)
         for wide_width in [w for w in sorted(wide_jobs) if w > width]:
             wide_job = wide_jobs[wide_width]
-            wide, wide_loss, wide_info = objective(wide_job)
             for _, point in narrow.iterrows():
-                small, _, info = objective(point.job)
+                _, wide_loss, wide_info = objective(wide_job, point.objective, point.bn_mode)
+                small, _, info = objective(point.job, point.objective, point.bn_mode)
                 if info != wide_info:
                     raise AnalysisError(f"jobs {point.job!r} and {wide_job!r} differ in data or objective ({info} vs "
                                         f"{wide_info}); embedded saddles need one objective")
@@ -143,7 +186,8 @@ def embedded_saddles(source: Path, minima: pd.DataFrame, per_width: int, index_o
                              "loss": cert.loss, "index_count": cert.index_count, "index_fraction": cert.index_fraction,
                              "accepted": cert.certified, "gradient_flat": cert.reason == "gradient-flat",
                              "grad_norm2": cert.grad_norm2, "classification": cert.classification,
-                             "lambda_min": cert.lambda_min, "theta": theta.numpy()})
+                             "lambda_min": cert.lambda_min, "objective": point.objective, "bn_mode": point.bn_mode,
+                             "theta": theta.numpy()})
                 print(f"embedded {width} -> {wide_width} (member {int(point.member)}): {cert.classification}, index "
                       f"{cert.index_count}, loss {cert.loss:.5g}", file=sys.stderr)
     return pd.DataFrame(rows)
@@ -161,6 +205,7 @@ def finder_points(source: Path, jobs: list[str], finders: list[str] | None) -> p
             theta = g.pop("theta", None)
             frame = pd.DataFrame({k: v.astype(str) if v.dtype.kind in "OSU" else v for k, v in g.items() if v.ndim == 1})
             frame["source"], frame["job"], frame["width"] = f"finder runs ({name})", job, _width(source, job)
+            frame["objective"], frame["bn_mode"] = analysed_objective(source, job, "critical")
             frame["theta"] = list(theta) if theta is not None else None
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -185,7 +230,7 @@ def style(name: str, finders: list[str]) -> tuple[str, str]:
     return "s", FINDER_COLORS[finders.index(name) % len(FINDER_COLORS)]
 
 
-def plot_index(points: pd.DataFrame, table: pd.DataFrame, fit: bool):
+def plot_index(points: pd.DataFrame, table: pd.DataFrame, fit: bool, loss_axis: str):
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     finders = sorted(s for s in points.source.unique() if s not in MARKERS)
     rej = points[~points.accepted.astype(bool) & points.index_fraction.notna()]
@@ -199,13 +244,17 @@ def plot_index(points: pd.DataFrame, table: pd.DataFrame, fit: bool):
         marker, color = style(name, finders)
         ax.scatter(frame.loss, frame.index_fraction, s=26, marker=marker, color=color, edgecolors="k", linewidths=0.4,
                    label=f"{name}, accepted ({len(frame)} of {int((points.source == name).sum())})")
+        for (_, index), group in frame.groupby([distinct_levels(frame.loss.to_numpy()), frame.index_fraction]):
+            if len(group) > 1:  # coinciding critical points: say how many
+                ax.annotate(f"x{len(group)}", (group.loss.iloc[0], index), xytext=(5, -9), textcoords="offset points",
+                            fontsize=7, color=color)
     row = table.set_index("source").loc["all accepted"]
     acc = points[points.accepted.astype(bool)]
     if fit and np.isfinite(row.bray_dean_w) and len(acc):
         grid = np.linspace(acc.loss.min(), acc.loss.max(), 200)
         ax.plot(grid, bray_dean(grid, row.bray_dean_eps_c, row.bray_dean_w), color="k", lw=1,
                 label=rf"Bray–Dean fit ($\epsilon_c$ = {row.bray_dean_eps_c:.3g}, $w$ = {row.bray_dean_w:.3g})")
-    ax.set(xlabel="training objective at the point (data loss + L2)",
+    ax.set(xlabel=loss_axis,
            ylabel=r"index $\alpha$ (fraction of eigenvalues below the threshold)",
            title=rf"accepted critical points: Spearman $\rho$ = {row.spearman_rho_accepted:.3g} (p = {row.permutation_p:.2g})")
     ax.legend(loc="best", fontsize=7)
@@ -217,15 +266,19 @@ def plot_spectra(source: Path, points: pd.DataFrame, dense_limit: int):
     if len(accepted) == 0:
         print("eigenvalue histograms: no accepted critical point with a stored endpoint; skipped", file=sys.stderr)
         return None
-    accepted = accepted.sort_values("loss").reset_index(drop=True)
+    # one point per distinct critical value (many starts often end at the same point), then the lowest,
+    # median and highest of those
+    accepted = accepted.assign(level=distinct_levels(accepted.loss.to_numpy()))
+    accepted = accepted.drop_duplicates("level").sort_values("loss").reset_index(drop=True)
     picks = sorted(set([0, len(accepted) // 2, len(accepted) - 1]))
     if max(len(accepted.theta[i]) for i in picks) > dense_limit:
         print(f"eigenvalue histograms: P > --dense-limit {dense_limit}; skipped", file=sys.stderr)
         return None
-    fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharex=True, sharey=True)
     for ax, i in zip(axes[0], picks):
-        job = store.load_job(source, accepted.job[i] or None)
-        loss_fn, _, _ = store.job_objective(job, int(job.members["member"].iloc[0]))
+        point = accepted.iloc[i]
+        member = int(point.member) if "member" in accepted and np.isfinite(point.member) else -1
+        loss_fn = point_objective(source, point.job, member, str(point.objective), str(point.bn_mode))
         theta = torch.from_numpy(np.asarray(accepted.theta[i], dtype=np.float64))
         eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, theta)).numpy()
         counts, edges = np.histogram(eig, bins=histogram_edges(eig))
@@ -277,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     written = save_table(table, out, "index_vs_loss")
     written += save_table(points.drop(columns=["theta"], errors="ignore"), out, "critical_points")
-    written += save_figure(plot_index(points, table, args.bray_dean), out, "index_vs_loss")
+    objectives = set(points.objective.astype(str))
+    what = "trained objective at the point (data loss + L2)" if objectives == {"trained"} else \
+        f"objective at the point ({', '.join(sorted(objectives))})"
+    written += save_figure(plot_index(points, table, args.bray_dean, loss_label(path, what)), out, "index_vs_loss")
     spectra = plot_spectra(path, points, args.dense_limit)
     if spectra is not None:
         written += save_figure(spectra, out, "eigenvalue_histograms")

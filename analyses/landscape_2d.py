@@ -28,16 +28,20 @@ from matplotlib.ticker import MaxNLocator
 
 from surfacekit.plots import (AnalysisError, h5_attr, log_axis, log_colorbar, one_line_errors, output_dir, results_path,
                               save_figure, save_table)
+from surfacekit import store
 from surfacekit.store import ResultsError, load_group
 
 PROG = "landscape_2d"
 
 
 def direction_label(path: Path) -> str:
-    """'filter-normalized' etc. from the task's stored settings ('' when unknown)."""
-    settings = h5_attr(path, "landscape_config")
+    """'filter-normalized' etc.: the slice settings of the job's newest landscape analysis (a schema-1
+    file: its ``landscape_config`` attribute); '' when unknown."""
+    col = store.collect(path)
+    found = store.analyses_of(col, next(iter(col.jobs.values())), "landscape") if col.jobs else []
     try:
-        return f"{json.loads(settings)['slice']['normalization']}-normalized"
+        settings = found[0].settings if found else json.loads(h5_attr(path, "landscape_config"))
+        return f"{settings['slice']['normalization']}-normalized"
     except (TypeError, ValueError, KeyError):
         return ""
 
@@ -60,8 +64,12 @@ def slice_figure(g: dict, g1: dict | None, member: int, split: str, levels: int,
     ax.contour(X, Y, positive, levels=bounds[::3], colors="k", linewidths=0.3, alpha=0.6)
     log_colorbar(fig, cs, ax, f"{split} loss", lo, hi)
     i, j = np.unravel_index(np.argmin(positive), positive.shape)
-    ax.plot(0, 0, marker="*", ms=12, mfc="white", mec="k", ls="none", label=r"solution $\theta^*$")
-    ax.plot(x[i], y[j], marker="X", ms=8, mfc="tab:red", mec="white", ls="none", label=f"grid minimum {positive[i, j]:.3g}")
+    if x[i] == 0 and y[j] == 0:  # one marker: a second one would hide the first
+        ax.plot(0, 0, marker="*", ms=12, mfc="white", mec="k", ls="none",
+                label=rf"solution $\theta^*$ = grid minimum {positive[i, j]:.3g}")
+    else:
+        ax.plot(0, 0, marker="*", ms=12, mfc="white", mec="k", ls="none", label=r"solution $\theta^*$")
+        ax.plot(x[i], y[j], marker="X", ms=8, mfc="tab:red", mec="white", ls="none", label=f"grid minimum {positive[i, j]:.3g}")
     suffix = f", {normalized}" if normalized else ""
     ax.set_xlabel(f"$x$ (along direction $d_1${suffix})")
     ax.set_ylabel(f"$y$ (along direction $d_2${suffix})")

@@ -22,9 +22,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from surfacekit.plots import (AnalysisError, log_axis, loss_label, noise_floor, one_line_errors, output_dir, results_path,
-                              save_figure, step_histograms)
+                              save_figure, sequential_colors, step_histograms)
 from surfacekit.store import ResultsError, list_jobs, load_config, load_curves, load_group, load_members
 
 PROG = "training_methods"
@@ -163,6 +164,48 @@ def plot_cosines(jobs: list[dict], out: Path, note: str | None) -> bool:
     return True
 
 
+def plot_penalty(jobs: list[dict], out: Path) -> bool:
+    """Penalty jobs: the monitored objective E (at the current mu) and the constraint violation per
+    alternation, one line per member and stage, so the rise of E when mu grows between stages is a
+    break, not a segment; the final refit is a marker."""
+    pen = [j for j in jobs if j["method"] == "penalty" and "objective" in j["curves"]]
+    if not pen:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8), sharex=True)
+    for job in pen:
+        c = job["curves"]
+        step, stage, phase = c["step"], c["stage"], c["phase"]
+        colors = sequential_colors(len(c["objective"]))
+        for k, color in enumerate(colors):
+            for ax, name in zip(axes, ("objective", "violation")):
+                for s in np.unique(stage[phase != 2]):
+                    at = (stage == s) & (phase != 2)
+                    values = np.where(c[name][k, at] > 0, c[name][k, at], np.nan)  # codes start on the forward pass: violation 0
+                    ax.plot(step[at], values, "-o", ms=2.5, lw=1.1, color=color,
+                            label=f"member {k} ({job['width']} units x {job['depth']})" if s == 0 and name == "objective" else None)
+            refit = phase == 2
+            axes[0].plot(step[refit], c["objective"][k, refit], "s", ms=5, mfc="none", color=color)
+        starts = step[(phase == 0)]
+        for ax in axes:
+            for x, mu in zip(starts, c["mu"][phase == 0]):
+                ax.axvline(x, color="0.8", lw=0.7, zorder=0)
+                ax.text(x, 1.01, rf"$\mu$={mu:g}", transform=ax.get_xaxis_transform(), fontsize=7, color="0.35",
+                        ha="left", va="bottom")
+    positive = lambda name: np.concatenate([j["curves"][name][np.isfinite(j["curves"][name]) & (j["curves"][name] > 0)]  # noqa: E731
+                                            for j in pen])
+    for ax, name in zip(axes, ("objective", "violation")):
+        log_axis(ax, positive(name), "y", ticks="round")
+        ax.set_xlabel("alternation (W-step + Z-step)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel(r"penalty objective $E$ at the current $\mu$")
+    axes[1].set_ylabel(r"constraint violation $\sum_l \mathrm{mean}_n \|z_l - f_l(z_{l-1})\|^2$")
+    axes[0].plot([], [], "s", mfc="none", color="k", label="after the final refit (nested loss)")
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(r"penalty method: $E$ never rises within a stage (fixed $\mu$); it jumps when $\mu$ grows", y=1.03)
+    save_figure(fig, out, "penalty_objective")
+    return True
+
+
 def plot_spectrum(jobs: list[dict], out: Path) -> bool:
     rows = []
     for job in jobs:
@@ -209,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     panels = ["endpoint_loss_histograms", "learning_curves"]
     if plot_cosines(jobs, out, note):
         panels.append("cosine_to_backprop")
+    if plot_penalty(jobs, out):
+        panels.append("penalty_objective")
     if plot_spectrum(jobs, out):
         panels.append("spectrum_by_method")
     text = ("# Training methods\n\n" + table(members) + "\n\n" + (f"Note: {note} (expected).\n\n" if note else "")

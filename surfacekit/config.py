@@ -22,14 +22,17 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from surfacekit.models import ACTIVATIONS, INITS, LOSSES
+from surfacekit.models import ACTIVATION_NAMES, INITS, LOSSES, MAXOUT
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "certify")
 POSTHOC_TASKS = ("spectrum", "critical", "landscape", "certify")
 DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist")
-TRAINERS = ("backprop", "dtp", "penalty")
+TRAINERS = ("backprop", "dtp", "penalty", "prong", "kfac", "hessian_free", "scg")
+# Methods of issue 18: natural gradient (prong, kfac) and full-batch second-order (hessian_free, scg).
+NATURAL_GRADIENT = ("prong", "kfac")
+FULL_BATCH_SECOND_ORDER = ("hessian_free", "scg")
 FINDERS = ("newton_mr", "gradnorm", "newton", "saddle_free", "levenberg_marquardt")
 # Free-form mappings where ``+key=value`` may add entries (everything else exists in the YAML).
 FREE_FORM = ("hydra.", "critical.options.")
@@ -197,7 +200,7 @@ DATA = {
                 "classification": boolean, "teacher_seed": integer(0)},
     "mnist": {"path": text_value, "downsample": integer(1, null=True)},
 }
-MODEL = {"activation": choice(ACTIVATIONS), "init": choice(INITS), "loss": choice(LOSSES), "bias": boolean,
+MODEL = {"activation": choice(ACTIVATION_NAMES), "maxout_pieces": integer(2), "init": choice(INITS), "loss": choice(LOSSES), "bias": boolean,
          "batch_norm": boolean, "residual": boolean, "init_std": number(0, lo_open=True)}
 OPTIMIZER_COMMON = {"name": choice(OPTIMIZERS), "lr": number(0, lo_open=True), "schedule": choice(SCHEDULES),
                     "decay_epochs": number(0, lo_open=True), "weight_decay": number(0)}
@@ -227,6 +230,17 @@ TRAINER = {
                 "armijo": number(0, 1, lo_open=True, hi_open=True), "max_backtracks": integer(1), "weight_decay": number(0),
                 "refit_steps": integer(0), "collapse_spread": number(0), "collapse_margin": number(0, 1),
                 "w_solver": choice(("gauss_newton", "gradient")), "gn_steps": integer(0), "damping": number(0)},
+    "prong": {"grad_tol": number(0), "reparam_every": integer(1), "stats_samples": integer(2, null=True),
+              "epsilon": number(0, lo_open=True)},
+    "kfac": {"grad_tol": number(0), "update_every": integer(1), "stats_samples": integer(1, null=True),
+             "damping": number(0, lo_open=True), "targets": choice(("sampled", "exact"))},
+    "hessian_free": {"grad_tol": number(0), "curvature": choice(("gauss_newton", "hessian")),
+                     "damping": number(0, lo_open=True), "cg_max_iter": integer(1), "cg_tol": number(0, lo_open=True),
+                     "warm_start": number(0, 1), "backtrack_growth": number(1, lo_open=True),
+                     "armijo": number(0, 1, lo_open=True, hi_open=True), "armijo_shrink": number(0, 1, lo_open=True, hi_open=True),
+                     "max_line_search": integer(0), "weight_decay": number(0)},
+    "scg": {"grad_tol": number(0), "lambda_init": number(0), "restart_every": integer(1, null=True),
+            "weight_decay": number(0)},
 }
 SPECTRUM = {"members": int_list(0), "top_k": integer(1), "bottom_k": integer(1), "tol": number(0, lo_open=True),
             "max_steps": integer(1), "threshold": number(hi=0, hi_open=True, null=True),
@@ -349,7 +363,7 @@ def validate_training(cfg: DictConfig) -> list[str]:
     _check(cfg, DATA.get(get(cfg, "data.name"), {}), "data.")
     widths = get(cfg, "model.widths")
     if widths is None:
-        _check(cfg, {"width": integer(1), "depth": integer(1)}, "model.")
+        _check(cfg, {"width": integer(1), "depth": integer(0)}, "model.")
     elif not (isinstance(widths, ListConfig) and widths and all(_is_int(w) and w >= 1 for w in widths)):
         _fail("model.widths", widths, "null or a non-empty list of integers >= 1")
     _check(cfg, MODEL, "model.")
@@ -373,6 +387,7 @@ def validate_training(cfg: DictConfig) -> list[str]:
     if regression and loss != "mse":
         _fail("model.loss", loss, "mse with data=teacher and data.classification=false (regression targets); "
               "or set data.classification=true")
+    _validate_methods(cfg, method, name)
     if method == "dtp" and (get(cfg, "model.batch_norm") or get(cfg, "model.residual")):
         key = "model.batch_norm" if get(cfg, "model.batch_norm") else "model.residual"
         _fail(key, True, f"false with trainer={get(cfg, 'trainer.method')} (target propagation supports plain MLPs only)")
@@ -386,6 +401,38 @@ def validate_training(cfg: DictConfig) -> list[str]:
         warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
                         "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
     return warnings
+
+
+def _validate_methods(cfg: DictConfig, method: str, optimizer: str) -> None:
+    """Cross-key rules of maxout, logistic regression (model.depth=0) and the methods of
+    ``NATURAL_GRADIENT`` and ``FULL_BATCH_SECOND_ORDER``."""
+    trainer = f"trainer={method}"
+    hidden = get(cfg, "model.widths") is not None or get(cfg, "model.depth") != 0
+    if method in ("dtp", "penalty"):
+        if get(cfg, "model.activation") == MAXOUT and hidden:
+            _fail("model.activation", MAXOUT, f"an element-wise activation with {trainer} (it needs phi' per unit)")
+        if not hidden:
+            _fail("model.depth", 0, f">= 1 with {trainer} (it trains hidden layers)")
+    if method in NATURAL_GRADIENT + FULL_BATCH_SECOND_ORDER and get(cfg, "model.batch_norm"):
+        _fail("model.batch_norm", True, f"false with {trainer} (plain MLPs and maxout only)")
+    if method in NATURAL_GRADIENT:
+        if optimizer not in ("sgd", "momentum", "nesterov"):
+            _fail("optimizer", optimizer, f"sgd, momentum or nesterov with {trainer} (it preconditions SGD steps)")
+        if method == "prong" and get(cfg, "optimizer.weight_decay") != 0:
+            _fail("optimizer.weight_decay", get(cfg, "optimizer.weight_decay"),
+                  "0 with trainer=prong (decay of the whitened parameters V, d is not an L2 term of the network)")
+        if method == "prong" and not get(cfg, "model.bias"):
+            _fail("model.bias", False, "true with trainer=prong (centering moves the mean into the bias)")
+        if method == "kfac" and get(cfg, "model.loss") == "hinge":
+            _fail("model.loss", "hinge", "cross_entropy or mse with trainer=kfac (G needs the model's predictive distribution)")
+    if method in FULL_BATCH_SECOND_ORDER:
+        if get(cfg, "trainer.batch_size") is not None:
+            _fail("trainer.batch_size", get(cfg, "trainer.batch_size"), f"null with {trainer} (full batch only)")
+        if get(cfg, "population.lr_scale") is not None:
+            _fail("population.lr_scale", get(cfg, "population.lr_scale"), f"null with {trainer} (it has no learning rate)")
+        if method == "hessian_free" and get(cfg, "trainer.curvature") == "gauss_newton" and get(cfg, "model.loss") == "hinge":
+            _fail("model.loss", "hinge", "cross_entropy or mse with trainer.curvature=gauss_newton (the hinge loss has "
+                  "zero curvature in the outputs, so its Gauss-Newton matrix is 0); or trainer.curvature=hessian")
 
 
 def validate_with_data(cfg: DictConfig, num_train: int) -> None:

@@ -13,7 +13,9 @@ are those the training method applied (``l2_coefficients``):
   nesterov, adagrad, rmsprop, adadelta, adam and adamax (torch adds wd * theta to the gradient);
   c = 0 for rprop (torch's Rprop has no weight decay);
 * ``penalty``: trainer.weight_decay on the weight matrices only, not biases (its objective E);
-* ``dtp`` (and tp): none; this trainer ignores the optimizer group.
+* ``dtp`` (and tp): none; this trainer ignores the optimizer group;
+* ``prong``: none (weight decay is refused); ``kfac``: optimizer.weight_decay on every parameter;
+  ``hessian_free``, ``scg``: trainer.weight_decay on every parameter.
 
 Batch norm makes L depend on how its statistics are taken (``bn_mode``):
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import TINY, _in_process, _subprocess
+from support import TINY, CliResult, _in_process, _subprocess
 
 # Small ops run fastest on one thread, and CI machines may be shared.
 torch.set_num_threads(1)

@@ -146,6 +146,45 @@ def test_index_vs_loss_table_and_figure(tmp_path, capsys):
     assert "no finder(s) ['bfgs']" in one_error_line(capsys, "index_vs_loss")
 
 
+def analysis_file(source, task, groups, settings=None):
+    """The analysis file a post-hoc task writes beside a job (SOURCE_DIR/analyses/TASK-HASH/TASK.h5), joined by run_id."""
+    import json
+
+    import h5py
+
+    path = source.parent / "analyses" / f"{task}-0123abcd" / f"{task}.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({**store.provenance(), "kind": "analysis", "task": task, "end_time": store.now_iso(),
+                        "settings": json.dumps(settings or {}), "objective": "trained", "bn_mode": "batch"})
+        g = f.create_group(f"jobs/{source.parent.name}")
+        g.attrs.update({"source_run_id": str(plots.h5_attr(source, "run_id")), "source_path": str(source)})
+        for name, arrays in groups.items():
+            for key, value in arrays.items():
+                g[f"{name}/{key}"] = value
+    return path
+
+
+def test_index_vs_loss_reads_the_critical_analysis_beside_the_job(tmp_path):
+    """The layout task=critical writes: /critical lives in SOURCE/analyses/critical-HASH/critical.h5, joined to
+    the job by its run_id (the training file has no /critical)."""
+    rng = np.random.default_rng(3)
+    path = job(tmp_path / "run" / "results.h5", train_members(8, 2, rng))
+    group = critical_group(12, rng, 0.4)
+    analysis_file(path, "critical", {"critical/levenberg_marquardt": group})
+    assert script("index_vs_loss").main([str(path), "--permutations", "200"]) == 0
+    table = pd.read_csv(tmp_path / "run" / "analysis" / "index_vs_loss" / "index_vs_loss.csv")
+    assert table.source.tolist() == ["finder runs (levenberg_marquardt)", "all accepted"]
+    assert table.accepted[0] == group["accepted"].sum()
+
+
+def test_landscape_direction_label_comes_from_the_landscape_analysis(tmp_path):
+    path = job(tmp_path / "run" / "results.h5", train_members(8, 2, np.random.default_rng(4)))
+    assert script("landscape_2d").direction_label(path) == ""
+    analysis_file(path, "landscape", {}, {"slice": {"normalization": "layer"}})
+    assert script("landscape_2d").direction_label(path) == "layer-normalized"
+
+
 def landscape_groups(k, rng):
     alpha = np.linspace(-0.5, 1.5, 21)
     bump = np.sin(np.pi * np.clip(alpha, 0, 1))
@@ -267,6 +306,22 @@ def test_training_methods_writes_beside_the_sweep_and_notes_tp_equals_dtp_at_dep
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").stat().st_size > 0
     summary = (out / "summary.md").read_text()
     assert "TP and DTP coincide" in summary and "| tp " in summary and "| dtp " in summary
+
+
+def test_training_methods_draws_the_penalty_objective_per_stage(tmp_path):
+    """A penalty job's E and violation per alternation, one line per stage, the final refit a marker."""
+    rng = np.random.default_rng(8)
+    stage = np.array([0, 0, 0, 1, 1, 1, 2])
+    phase = np.array([0, 1, 1, 0, 1, 1, 2])
+    objective = np.array([[2.0, 0.5, 0.3, 0.4, 0.2, 0.1, 0.05]] * 2)
+    curves = {"epoch": np.arange(7) / 2, "step": np.array([0, 1, 2, 2, 3, 4, 4]), "train_loss": objective,
+              "test_error": np.full((2, 7), 0.1), "objective": objective, "violation": np.array([[0, 0.1, 0.05, 0.05, 0.02, 0.01, 0]] * 2),
+              "mu": np.array([1.0, 1, 1, 2, 2, 2, 2]), "stage": stage, "phase": phase}
+    job(tmp_path / "0" / "results.h5", train_members(16, 2, rng, 3), {"curves": curves}, cfg=config(16, 3, "penalty"))
+    assert script("training_methods").main([str(tmp_path)]) == 0
+    out = tmp_path / "analysis" / "training_methods"
+    assert (out / "penalty_objective.png").stat().st_size > 0 and (out / "penalty_objective.pdf").stat().st_size > 0
+    assert "penalty_objective" in (out / "summary.md").read_text()
 
 
 # ------------------------------------------------------------------------------ plot helpers

@@ -18,7 +18,7 @@ NEEDS = {("data", "mnist"): ["data.path=/tmp"], ("experiment", "choromanska_mnis
 
 def test_every_yaml_option_is_listed():
     groups = {g for g, _ in OPTIONS}
-    assert groups == {"data", "model", "optimizer", "trainer", "task", "launcher", "experiment"}
+    assert groups == {"data", "model", "optimizer", "trainer", "task", "launcher", "experiment", "zoo"}
     from surfacekit.config import TASKS
     from surfacekit.optim import OPTIMIZERS
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import h5py
 import pytest
 
 from support import ROOT, TINY

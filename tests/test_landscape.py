@@ -1,10 +1,3 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import h5py
-import numpy as np
 import pytest
 import torch
 

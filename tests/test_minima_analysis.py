@@ -48,6 +48,7 @@ def test_width_table_and_outputs(tmp_path):
     assert ratios.ratio.tolist() == ["std(5)/std(25)"] and ratios.ci90_low[0] > 1.2
 
 
+@pytest.mark.slow  # a real process: the in-process checks of every analysis are in test_analyses.py
 def test_bad_source_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "analyses" / "minima_histograms.py"), str(tmp_path / "x.h5")],
                          capture_output=True, text=True)

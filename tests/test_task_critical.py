@@ -1,7 +1,6 @@
 """task=critical end to end: finders from stored trajectories, one file beside the source, resumable."""
 
 import numpy as np
-import pytest
 
 from surfacekit import store
 from surfacekit.critical import acceptance_ratio

@@ -2,9 +2,6 @@
 
 import importlib.util
 import re
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -20,12 +17,6 @@ from surfacekit.tasks.spinglass import settings
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["task=spinglass", "spinglass.N=8,10", "seed=3", "spinglass.starts=6", "spinglass.max_steps=5000", "threads=1",
          "progress=false"]
-
-
-def analysis(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "analyses" / "spinglass.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 def analysis_main():
@@ -116,8 +107,7 @@ def test_multirun_is_merged(sweep):
 
 
 def test_analysis_writes_files_and_fits_c(sweep, tmp_path):
-    out = analysis(str(sweep), "--out", str(tmp_path / "a"), cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    assert analysis_main()([str(sweep), "--out", str(tmp_path / "a")]) == 0
     for name in ("energy_histograms.png", "energy_histograms.pdf", "mean_vs_N.png", "mean_vs_N.pdf",
                  "spinglass_by_N.csv", "spinglass_by_N.md", "fit.csv", "fit.md"):
         assert (tmp_path / "a" / name).stat().st_size > 0, name

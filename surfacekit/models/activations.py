@@ -1,4 +1,8 @@
-"""Element-wise activations and their derivatives, written as functions of the activation's output."""
+"""Element-wise activations and their derivatives, written as functions of the activation's output.
+
+``maxout`` (the maximum over groups of pre-activations, :mod:`surfacekit.models.mlp`) is a model
+activation too but not element-wise: it is named in ``ACTIVATION_NAMES``, not in ``ACTIVATIONS``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
     "linear": lambda h: h,
 }
+MAXOUT = "maxout"
+ACTIVATION_NAMES = (*ACTIVATIONS, MAXOUT)
 # In-place versions for forward passes over fresh pre-activations (nothing else holds them).
 ACTIVATIONS_INPLACE = {
     "relu": torch.relu_,
@@ -26,7 +32,7 @@ def activation_derivative(activation: str, output: torch.Tensor) -> torch.Tensor
     autograd uses); linear: 1. Written in terms of y so that callers need not keep z.
 
     Raises:
-        KeyError: an unknown activation name.
+        KeyError: an unknown activation name, or maxout (not element-wise).
     """
     if activation == "tanh":
         return 1.0 - output * output
@@ -36,4 +42,6 @@ def activation_derivative(activation: str, output: torch.Tensor) -> torch.Tensor
         return (output > 0).to(output.dtype)
     if activation == "linear":
         return torch.ones_like(output)
+    if activation == MAXOUT:
+        raise KeyError("maxout is not element-wise: its derivative selects the winning piece of each unit")
     raise KeyError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")

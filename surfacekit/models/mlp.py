@@ -9,6 +9,11 @@ them is what ``statistics=`` takes. All names are built by :func:`param_name`.
 Layer i maps h [K, B, in] (or [B, in], shared by all members) to
 z = h W^T + b, then on hidden layers batch norm (optional), the activation, and the residual h + .
 (optional, where widths agree); the last layer is affine.
+
+Maxout (``activation="maxout"``, Goodfellow et al. 2013): a hidden unit is the maximum of
+``maxout_pieces`` = k affine pieces, so hidden layer i has k * width pre-activations: weight
+[K, k * width, in], bias (and batch-norm scale, shift and statistics) [K, k * width], the pieces of
+unit j in rows j k .. j k + k - 1 (:func:`preactivation_width`). Everything else is unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from surfacekit.models.activations import ACTIVATIONS, ACTIVATIONS_INPLACE
+from surfacekit.models.activations import ACTIVATION_NAMES, ACTIVATIONS_INPLACE, MAXOUT
 from surfacekit.models.batchnorm import batch_moments, normalize
 
 INITS = ("kaiming", "xavier", "lecun", "orthogonal", "normal")
@@ -31,10 +36,11 @@ class MLPSpec:
     """A fully connected network: in_dim -> widths[0] -> ... -> widths[-1] -> out_dim.
 
     ``residual`` adds the input of every hidden layer whose input and output widths agree;
-    ``batch_norm`` normalizes hidden pre-activations (see :mod:`surfacekit.models.batchnorm`).
+    ``batch_norm`` normalizes hidden pre-activations (see :mod:`surfacekit.models.batchnorm`);
+    ``maxout_pieces`` is k of ``activation="maxout"`` (ignored otherwise).
 
     Raises:
-        ValueError: an unknown activation or init, or a non-positive width.
+        ValueError: an unknown activation or init, a non-positive width, or maxout with fewer than 2 pieces.
     """
 
     in_dim: int
@@ -46,10 +52,13 @@ class MLPSpec:
     init_std: float = 0.05
     batch_norm: bool = False
     residual: bool = False
+    maxout_pieces: int = 2
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if self.activation not in ACTIVATION_NAMES:
+            raise ValueError(f"model.activation={self.activation!r}; choose one of {sorted(ACTIVATION_NAMES)}")
+        if self.activation == MAXOUT and self.maxout_pieces < 2:
+            raise ValueError(f"model.maxout_pieces={self.maxout_pieces}; maxout needs at least 2 pieces")
         if self.init not in INITS:
             raise ValueError(f"model.init={self.init!r}; choose one of {list(INITS)}")
         if any(w < 1 for w in self.widths) or self.in_dim < 1 or self.out_dim < 1:
@@ -79,12 +88,19 @@ def spec_from_config(cfg: Mapping[str, Any], in_dim: int, out_dim: int) -> MLPSp
         init_std=float(cfg.get("init_std", 0.05)),
         batch_norm=bool(cfg.get("batch_norm", False)),
         residual=bool(cfg.get("residual", False)),
+        maxout_pieces=int(cfg.get("maxout_pieces", 2)),
     )
 
 
 def param_name(layer: int, kind: str, prefix: str = "layers") -> str:
     """The one spelling of a tensor's name: ``{prefix}.{layer}.{kind}``, e.g. ``layers.0.weight``."""
     return f"{prefix}.{layer}.{kind}"
+
+
+def preactivation_width(spec: MLPSpec, i: int) -> int:
+    """Pre-activations of layer i: k * width for a hidden maxout layer, else the layer's width."""
+    hidden_maxout = spec.activation == MAXOUT and i < spec.num_layers - 1
+    return spec.dims[i + 1] * (spec.maxout_pieces if hidden_maxout else 1)
 
 
 def layer_param_names(spec: MLPSpec, i: int) -> list[str]:
@@ -97,19 +113,21 @@ def layer_param_names(spec: MLPSpec, i: int) -> list[str]:
 
 def param_shapes(spec: MLPSpec) -> dict[str, tuple[int, ...]]:
     """Per-member parameter shapes, in the canonical (flattening) order."""
-    dims = spec.dims
     shapes: dict[str, tuple[int, ...]] = {}
     for i in range(spec.num_layers):
+        rows = preactivation_width(spec, i)
         for name in layer_param_names(spec, i):
-            shapes[name] = (dims[i + 1], dims[i]) if name.endswith(".weight") else (dims[i + 1],)
+            shapes[name] = (rows, spec.dims[i]) if name.endswith(".weight") else (rows,)
     return shapes
 
 
 def buffer_shapes(spec: MLPSpec) -> dict[str, tuple[int, ...]]:
-    """Per-member batch-norm statistics shapes: ``layers.{i}.bn_mean`` and ``bn_var`` [width] (empty without BN)."""
+    """Per-member batch-norm statistics shapes: ``layers.{i}.bn_mean`` and ``bn_var`` [pre-activations of
+    layer i] (:func:`preactivation_width`: the width, k * width with maxout) (empty without BN)."""
     if not spec.batch_norm:
         return {}
-    return {param_name(i, kind): (w,) for i, w in enumerate(spec.widths) for kind in ("bn_mean", "bn_var")}
+    return {param_name(i, kind): (preactivation_width(spec, i),) for i in range(len(spec.widths))
+            for kind in ("bn_mean", "bn_var")}
 
 
 def num_params(spec: MLPSpec) -> int:
@@ -167,9 +185,12 @@ def affine(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.T
 
 
 def _layer(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.Tensor,
-           statistics: Statistics | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+           statistics: Statistics | None, perturbation: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Layer i and the batch moments it normalized with (None unless batch norm used the batch's own)."""
     z = affine(spec, params, i, h)
+    if perturbation is not None:
+        z = z + perturbation
     if i == spec.num_layers - 1:
         return z, None
     moments = None
@@ -179,20 +200,25 @@ def _layer(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.T
         else:
             mean, var = statistics[param_name(i, "bn_mean")], statistics[param_name(i, "bn_var")]
         z = normalize(z, mean, var, params[param_name(i, "bn_scale")], params[param_name(i, "bn_shift")])
-    z = ACTIVATIONS_INPLACE[spec.activation](z)  # z is a fresh tensor here
+    if spec.activation == MAXOUT:
+        z = z.unflatten(-1, (-1, spec.maxout_pieces)).amax(dim=-1)
+    else:
+        z = ACTIVATIONS_INPLACE[spec.activation](z)  # z is a fresh tensor here
     out = h + z if spec.residual and z.shape[-1] == h.shape[-1] else z
     return out, moments
 
 
 def layer(spec: MLPSpec, params: Mapping[str, torch.Tensor], i: int, h: torch.Tensor,
-          statistics: Statistics | None = None) -> torch.Tensor:
+          statistics: Statistics | None = None, perturbation: torch.Tensor | None = None) -> torch.Tensor:
     """Layer i of the network applied to h [K, B, in] or [B, in]: [K, B, out] (see the module docstring).
 
     With batch norm, ``statistics=None`` normalizes with the moments of this batch (training mode);
     a dict of ``layers.{j}.bn_mean`` / ``bn_var`` [K, width] normalizes with those (evaluation mode).
+    ``perturbation`` [K, B, pre-activations] is added to the pre-activations z = h W^T + b: a zero
+    tensor that requires grad gets the per-example gradients dL/dz (K-FAC's output-side factors).
     The one layer implementation that every trainer and evaluation uses.
     """
-    return _layer(spec, params, i, h, statistics)[0]
+    return _layer(spec, params, i, h, statistics, perturbation)[0]
 
 
 def forward(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, statistics: Statistics | None = None,

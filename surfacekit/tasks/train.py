@@ -52,7 +52,7 @@ def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: Trai
         "member": np.arange(first, first + len(seeds)),
         "seed": np.asarray(seeds, dtype=np.int64),
         "lr_scale": np.asarray(cfg.population.get("lr_scale") or [1.0] * len(seeds), dtype=np.float64),
-        "width": np.full(len(seeds), spec.widths[0]),
+        "width": np.full(len(seeds), spec.widths[0] if spec.widths else 0),  # 0: no hidden layer
         "depth": np.full(len(seeds), len(spec.widths)),
         "num_params": np.full(len(seeds), num_params(spec)),
         "final_train_loss": curves["train_loss"][:, -1],

@@ -85,9 +85,11 @@ def check_config(cfg: Mapping[str, Any]) -> None:
 
 
 def check_spec(spec: MLPSpec) -> None:
-    """Raises ValueError for batch norm or residual connections (target propagation needs plain layers)."""
-    if spec.batch_norm or spec.residual:
-        raise ValueError("target propagation supports plain MLPs only (model.batch_norm=false, model.residual=false)")
+    """Raises ValueError for batch norm, residual connections or maxout (target propagation needs plain
+    element-wise layers)."""
+    if spec.batch_norm or spec.residual or spec.activation == "maxout":
+        raise ValueError("target propagation supports plain MLPs only (model.batch_norm=false, model.residual=false, "
+                         "an element-wise model.activation)")
 
 
 def l2_coefficients(spec: MLPSpec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:

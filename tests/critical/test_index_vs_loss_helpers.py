@@ -33,3 +33,13 @@ def test_spearman_permutation():
     assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 501)
     rho, p = spearman_permutation(x, np.random.default_rng(0).permutation(x), n_perm=500)
     assert abs(rho) < 0.5 and p > 0.05
+
+
+def test_distinct_levels_groups_critical_points_reached_from_several_starts():
+    sys.path.insert(0, str(ROOT / "analyses"))
+    from index_vs_loss import distinct_levels
+
+    loss = np.array([2.166, 0.4839, 2.166 * (1 + 1e-12), 1.347, 0.4839 + 1e-11, 1.347 + 1e-3])
+    labels = distinct_levels(loss)
+    assert labels.tolist() == [3, 0, 3, 1, 0, 2]  # equal within 1e-8 of max|loss| share a label, in loss order
+    assert distinct_levels(np.zeros(3)).tolist() == [0, 0, 0] and len(distinct_levels(np.zeros(0))) == 0
