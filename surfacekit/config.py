@@ -190,7 +190,11 @@ TOP = {
     "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()))
     else "cpu, cuda or cuda:N",
 }
-POPULATION = {"size": integer(1), "first_member": integer(0)}
+POPULATION = {"size": integer(1), "first_member": integer(0),
+              "init_from": lambda v: None if v is None or (isinstance(v, str) and v.strip()) else "null or a path",
+              "init_point": choice(("final", "certify")), "transform": choice(("none", "widen", "deepen")),
+              "transform_layer": integer(0), "new_width": integer(1, null=True), "transform_noise": number(0),
+              "transform_seed": integer(0)}
 DATA_COMMON = {"name": choice(DATA_SOURCES), "standardize": boolean, "split_seed": integer(0),
                "train_size": integer(1, null=True), "test_size": integer(1, null=True)}
 DATA = {
@@ -351,14 +355,16 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
         raise ConfigError(f"source is required for task={task}: source=RESULTS_FILE, RUN_DIR or SWEEP_DIR")
     if task != "train":
         return []
-    return validate_training(cfg)
+    return validate_training(cfg, overrides)
 
 
-def validate_training(cfg: DictConfig) -> list[str]:
+def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     """The data, model, optimizer, trainer and population keys of a training job, and their
-    combinations; returns warnings."""
+    combinations; returns warnings. With ``population.init_from`` the model is derived from the
+    source (:func:`validate_init_from`) and the other rules see the derived model."""
     warnings: list[str] = []
     _check(cfg, POPULATION, "population.")
+    cfg = validate_init_from(cfg, overrides)
     _check(cfg, DATA_COMMON, "data.")
     _check(cfg, DATA.get(get(cfg, "data.name"), {}), "data.")
     widths = get(cfg, "model.widths")
@@ -401,6 +407,97 @@ def validate_training(cfg: DictConfig) -> list[str]:
         warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
                         "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
     return warnings
+
+
+def _model_defaults() -> dict[str, Any]:
+    return group_defaults("model", "mlp")
+
+
+def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictConfig:
+    """The keys of a warm start (``population.init_from``, ``init_point``, ``transform``,
+    ``transform_layer``, ``new_width``, ``transform_noise``, ``transform_seed``; see
+    :mod:`surfacekit.warm_start`) against the source job: it must be readable, hold as many members
+    as ``population.size`` and have been trained on the job's data settings; the transform must fit
+    its network; a model setting given on the command line (``overrides``) or differing from
+    ``conf/model/mlp.yaml`` must equal the derived one. Returns a copy of ``cfg`` with the derived
+    model (``cfg`` itself without ``init_from``).
+
+    Raises:
+        ConfigError: one line naming the key, its value and the expectation.
+    """
+    from surfacekit import warm_start
+    from surfacekit.store import ResultsError
+    from surfacekit.transforms import IDEMPOTENT
+
+    source_path = get(cfg, "population.init_from")
+    transform = get(cfg, "population.transform")
+    noise, new_width = get(cfg, "population.transform_noise"), get(cfg, "population.new_width")
+    if source_path is None:
+        for key, value, default in (("transform", transform, "none"), ("init_point", get(cfg, "population.init_point"), "final")):
+            if value != default:
+                _fail(f"population.{key}", value, f"{default} without population.init_from (the source job to start from)")
+        return cfg
+    try:
+        source = warm_start.read_source(source_path)
+    except (ResultsError, OSError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail("population.init_from", source_path, f"a finished training job's results.h5 or run directory ({text})")
+    if get(cfg, "population.init_point") == "certify" and not source.certified:
+        _fail("population.init_point", "certify", "final, or run task=certify on population.init_from first (it has no "
+              "certify analysis)")
+    k = len(source.members)
+    if get(cfg, "population.size") != k:
+        _fail("population.size", get(cfg, "population.size"), f"{k}, the members of population.init_from (one start each)")
+    data = source.config.get("data", {})
+    for key, value in data.items():
+        if show(get(cfg, f"data.{key}")) != show(value):
+            _fail(f"data.{key}", get(cfg, f"data.{key}"), f"{show(value)}, the data population.init_from was trained on")
+    model = source.config["model"]
+    widths = warm_start.source_widths(model)
+    layer = get(cfg, "population.transform_layer")
+    if transform != "widen" and (new_width is not None or noise != 0):
+        key, value = ("new_width", new_width) if new_width is not None else ("transform_noise", noise)
+        _fail(f"population.{key}", value, f"{'null' if key == 'new_width' else '0'} with population.transform={transform} "
+              "(a setting of population.transform=widen)")
+    if transform != "none":
+        if not widths:
+            _fail("population.transform", transform, "none: the source has no hidden layer to transform")
+        if layer >= len(widths):
+            _fail("population.transform_layer", layer, f"a hidden layer of the source, 0..{len(widths) - 1} (widths {widths})")
+        if model.get("residual"):
+            _fail("population.transform", transform, "none: the source is a residual network (the transforms change "
+                  "which layers have skip connections)")
+        if model.get("activation") == "maxout":
+            _fail("population.transform", transform, "none: the source is a maxout network (the transforms map units, "
+                  "not maxout pieces)")
+    if transform == "widen" and (new_width is None or new_width < widths[layer]):
+        _fail("population.new_width", new_width, f"an integer >= {widths[layer]}, the width of hidden layer {layer} "
+              "of the source, with population.transform=widen")
+    if transform == "deepen":
+        if model.get("activation") not in IDEMPOTENT:
+            _fail("population.transform", transform, f"none or widen: the source's model.activation={model.get('activation')} "
+                  f"has phi(phi(x)) != phi(x), so an identity layer changes the function (deepen needs {list(IDEMPOTENT)})")
+        if model.get("batch_norm"):
+            _fail("population.transform", transform, "none or widen: deepen does not support batch norm (the identity "
+                  "layer's normalization would need data statistics)")
+    derived = warm_start.derived_model(model, transform, layer, new_width)
+    defaults = _model_defaults()
+    named = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    for key in warm_start.MODEL_KEYS:
+        value = get(cfg, f"model.{key}")
+        given = f"model.{key}" in named or show(value) != show(defaults.get(key))
+        if given and key in ("width", "depth", "widths"):
+            mine = warm_start.source_widths(OmegaConf.to_container(cfg.model, resolve=True))
+            if mine != derived["widths"]:
+                _fail(f"model.{key}", value, f"unset or {show(derived[key])}: population.init_from with "
+                      f"population.transform={transform} gives the hidden widths {derived['widths']}")
+        elif given and show(value) != show(derived.get(key)):
+            _fail(f"model.{key}", value, f"unset or {show(derived.get(key))}, the source's (population.init_from "
+                  "derives the model)")
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key, value in derived.items():
+        out.model[key] = value
+    return out
 
 
 def _validate_methods(cfg: DictConfig, method: str, optimizer: str) -> None:
