@@ -418,8 +418,9 @@ def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictCo
     ``transform_layer``, ``new_width``, ``transform_noise``, ``transform_seed``; see
     :mod:`surfacekit.warm_start`) against the source job: it must be readable, hold as many members
     as ``population.size`` and have been trained on the job's data settings; the transform must fit
-    its network; a model setting given on the command line (``overrides``) or differing from
-    ``conf/model/mlp.yaml`` must equal the derived one. Returns a copy of ``cfg`` with the derived
+    its network; a model setting given on the command line (``overrides``) must equal the derived
+    one, and one that differs from ``conf/model/mlp.yaml`` (a preset's) must equal the derived or
+    the source's (a preset describing the source network). Returns a copy of ``cfg`` with the derived
     model (``cfg`` itself without ``init_from``).
 
     Raises:
@@ -483,12 +484,14 @@ def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictCo
     derived = warm_start.derived_model(model, transform, layer, new_width)
     defaults = _model_defaults()
     named = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    mine = warm_start.source_widths(OmegaConf.to_container(cfg.model, resolve=True))
     for key in warm_start.MODEL_KEYS:
         value = get(cfg, f"model.{key}")
-        given = f"model.{key}" in named or show(value) != show(defaults.get(key))
+        explicit = f"model.{key}" in named
+        given = explicit or show(value) != show(defaults.get(key))
         if given and key in ("width", "depth", "widths"):
-            mine = warm_start.source_widths(OmegaConf.to_container(cfg.model, resolve=True))
-            if mine != derived["widths"]:
+            # a preset's value may describe the source (the narrow network of experiment=net2net)
+            if mine != derived["widths"] and (explicit or mine != widths):
                 _fail(f"model.{key}", value, f"unset or {show(derived[key])}: population.init_from with "
                       f"population.transform={transform} gives the hidden widths {derived['widths']}")
         elif given and show(value) != show(derived.get(key)):
