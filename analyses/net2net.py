@@ -18,9 +18,11 @@ Writes into --out (default ROOT/analysis/net2net):
   order, dense (P Hessian-vector products, float64, the trained objective of each job), symlog axis;
 * ``net2net.csv/.md``: per job and member: the function change at the transform (the continued job's
   first recorded train and test losses minus the narrow job's last: 0 to rounding when the transform
-  preserves the function), final train and test losses, and for before/after the squared gradient norm,
-  the index (``task=spectrum``: count below the threshold, its method and threshold), lambda_min,
-  lambda_max and the number of eigenvalues with |lambda| <= 1e-8 max|lambda| (``near_zero``).
+  preserves the function), final train and test losses and squared gradient norms, and for
+  before/after ``grad_norm2``, ``index_count`` (``task=spectrum``: the count below ``index_threshold``,
+  by ``index_method``), ``lambda_min``, ``lambda_max``, and from the dense eigenvalues
+  ``dense_index_count`` (the same count: a cross-check), ``dense_lambda_min`` and ``near_zero`` (the
+  eigenvalues with |lambda| <= 1e-8 max|lambda|).
 
 The narrow job's SGD endpoint is not a critical point (its gradient norm is in the table): only the
 certified points of ``before`` (and their widening in ``after``: the replicated units' gradients are
@@ -91,14 +93,14 @@ def point_rows(name: str, path: Path, dense_limit: int) -> tuple[list[dict], dic
             continue
         row = {"job": name, "member": int(m), "num_params": int(members.num_params.iloc[k]),
                "final_train_loss": float(members.final_train_loss.iloc[k]),
-               "grad_norm2": float(spectrum["grad_norm"][k]) ** 2, "index": int(spectrum["index_count"][k]),
+               "grad_norm2": float(spectrum["grad_norm"][k]) ** 2, "index_count": int(spectrum["index_count"][k]),
                "index_fraction": float(spectrum["index_fraction"][k]), "index_method": str(spectrum["index_method"][k]),
                "index_threshold": float(spectrum["index_threshold"][k]), "lambda_max": float(spectrum["top"][k, 0]),
                "lambda_min": float(spectrum["bottom"][k, 0])}
         if row["num_params"] <= dense_limit:
             eig = eigenvalues(path, int(m))
             spectra[int(m)] = eig
-            row.update(dense_index=int((eig < row["index_threshold"]).sum()), dense_lambda_min=float(eig[0]),
+            row.update(dense_index_count=int((eig < row["index_threshold"]).sum()), dense_lambda_min=float(eig[0]),
                        near_zero=int((np.abs(eig) <= NEAR_ZERO * float(np.abs(eig).max())).sum()))
         rows.append(row)
     return rows, spectra
