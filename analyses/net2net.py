@@ -107,8 +107,10 @@ def point_rows(name: str, path: Path, dense_limit: int) -> tuple[list[dict], dic
 
 
 def curve_rows(found: dict[str, Path], data: dict[str, dict[str, np.ndarray]]) -> list[dict]:
+    """Table rows of the narrow, continued and scratch jobs (the continued job's change at the transform)."""
     rows = []
     narrow, cont = data["narrow"], data["continued"]
+    narrow_ids = [int(m) for m in store.load_members(found["narrow"], analyses="none").member]
     for name in CURVES:
         members = store.load_members(found[name], analyses="none")
         for k, m in enumerate(members.member):
@@ -118,7 +120,7 @@ def curve_rows(found: dict[str, Path], data: dict[str, dict[str, np.ndarray]]) -
                    "final_grad_norm2": float(data[name]["grad_norm"][k, -1]) ** 2}
             if name == "continued":
                 source = int(members.source_member.iloc[k]) if "source_member" in members else int(m)
-                j = list(store.load_members(found["narrow"], analyses="none").member).index(source)
+                j = narrow_ids.index(source)
                 row["train_change_at_transform"] = float(cont["train_loss"][k, 0] - narrow["train_loss"][j, -1])
                 row["test_change_at_transform"] = float(cont["test_loss"][k, 0] - narrow["test_loss"][j, -1])
             rows.append(row)
@@ -126,15 +128,15 @@ def curve_rows(found: dict[str, Path], data: dict[str, dict[str, np.ndarray]]) -
 
 
 def draw_curves(data: dict[str, dict[str, np.ndarray]], found: dict[str, Path]) -> plt.Figure:
+    """Train and test loss against epochs: mean over members, band from min to max."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    widths = {name: store.load_config(found[name])["model"].get("widths") or [store.load_config(found[name])["model"]["width"]]
-              for name in CURVES}
+    models = {name: store.load_config(found[name])["model"] for name in CURVES}
     for ax, split in zip(axes, ("train_loss", "test_loss")):
         for name in CURVES:
             c = data[name]
             values = c[split]
-            label = f"{name} (widths {list(widths[name])})"
-            ax.plot(c["epoch"], np.nanmean(values, axis=0), color=COLORS[name], label=label)
+            widths = models[name].get("widths") or [models[name]["width"]] * int(models[name]["depth"])
+            ax.plot(c["epoch"], np.nanmean(values, axis=0), color=COLORS[name], label=f"{name} (widths {list(widths)})")
             ax.fill_between(c["epoch"], np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=COLORS[name], alpha=0.2)
         ax.axvline(data["narrow"]["epoch"][-1], color="0.5", lw=0.8, ls=":")
         ax.set_yscale("log")
@@ -146,6 +148,7 @@ def draw_curves(data: dict[str, dict[str, np.ndarray]], found: dict[str, Path]) 
 
 
 def draw_spectra(spectra: dict[str, dict[int, np.ndarray]]) -> plt.Figure:
+    """Every member's eigenvalues in increasing order against rank / P, symlog axis."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, by_member in spectra.items():
         for i, eig in enumerate(by_member.values()):

@@ -40,7 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from surfacekit import store, transforms
-from surfacekit.models import MLPSpec, param_name, param_shapes
+from surfacekit.models import MLPSpec, buffer_shapes, param_shapes
 from surfacekit.population import Params, dataset_statistics, unflatten
 
 TRANSFORMS = ("none", "widen", "deepen")
@@ -66,11 +66,10 @@ class Source:
 
 @dataclass
 class Start:
-    """The starting population: ``spec``, ``params`` [K, ...] and batch-norm ``statistics`` [K, width]
-    ({} without batch norm) in the job's dtype and device; ``groups`` (HDF5 groups: ``init_from`` and,
-    after a transform, ``transform``) and ``members`` (extra members columns [K])."""
+    """The starting population: ``params`` [K, ...] and batch-norm ``statistics`` [K, width] ({} without
+    batch norm) in the job's dtype and device; ``groups`` (HDF5 groups: ``init_from`` and, after a
+    transform, ``transform``) and ``members`` (extra members columns [K])."""
 
-    spec: MLPSpec
     params: Params
     statistics: Params
     groups: dict[str, dict[str, Any]]
@@ -143,8 +142,7 @@ def configure(cfg: DictConfig) -> DictConfig:
 def _starting_params(cfg: DictConfig, job: store.Job) -> tuple[Params, Params, dict[str, np.ndarray]]:
     """The source's points [K, ...] (float64), their exact batch-norm statistics and extra members columns."""
     point = str(cfg.population.init_point)
-    statistics = {name: v for name, v in job.buffers.items()
-                  if name.endswith((".bn_mean", ".bn_var")) and ".bn_running_" not in name}
+    statistics = {name: v for name, v in job.buffers.items() if name.endswith((".bn_mean", ".bn_var"))}
     if point == "final":
         return job.params, statistics, {}
     arrays = store.load_group(cfg.population.init_from, "certify")
@@ -195,12 +193,5 @@ def start(cfg: DictConfig, spec: MLPSpec, dtype: torch.dtype, device: torch.devi
                            "init_point": np.array(str(pop.init_point))}
     columns["source_member"] = np.asarray(job.members["member"], dtype=np.int64)
     to = dict(dtype=dtype, device=device)
-    return Start(spec, {name: params[name].to(**to).contiguous() for name in param_shapes(spec)},
-                 {name: statistics[name].to(**to).contiguous() for name in _statistics_names(spec)},
-                 groups, columns)
-
-
-def _statistics_names(spec: MLPSpec) -> list[str]:
-    if not spec.batch_norm:
-        return []
-    return [param_name(i, kind) for i in range(len(spec.widths)) for kind in ("bn_mean", "bn_var")]
+    return Start({name: params[name].to(**to).contiguous() for name in param_shapes(spec)},
+                 {name: statistics[name].to(**to).contiguous() for name in buffer_shapes(spec)}, groups, columns)
