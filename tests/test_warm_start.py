@@ -1,7 +1,8 @@
 """Warm starts (population.init_from) through Net2Net transforms: the started network computes the
 source's function (train and test data, both batch-norm modes, float64, below 1e-12), the stored
 mapping and provenance, the first recorded losses equal the source's last, certified starting
-points, and the refusals at the config boundary."""
+points, other training methods starting from the transformed point, and the refusals at the config
+boundary."""
 
 import numpy as np
 import pytest
@@ -166,3 +167,16 @@ def test_transforms_refuse_maxout():
     params = init_population(spec, [0])
     with pytest.raises(ValueError, match="maxout networks are not supported"):
         transforms.widen(spec, params, 0, 5)
+
+
+@pytest.mark.parametrize("trainer", ["dtp", "scg"])
+def test_other_training_methods_start_from_the_transformed_point(sources, run_cli, tmp_path, trainer):
+    source = sources["relu"]
+    out = tmp_path / trainer
+    result = run_cli(*BASE, f"trainer={trainer}", "trainer.epochs=1", "trainer.batch_size=null",
+                     f"population.init_from={source}", "population.transform=widen", "population.new_width=6",
+                     "population.transform_noise=0.2", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr
+    first, last = store.load_curves(out)["train_loss"][:, 0], store.load_curves(source)["train_loss"][:, -1]
+    assert np.allclose(first, last, rtol=0, atol=1e-12)
+    assert store.load_job(out).spec.widths == (6, 3)
