@@ -35,86 +35,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from surfacekit import problems
 from surfacekit.critical import METHODS, find, sample_uniform_in_loss
-from surfacekit.models import MLPSpec, init_member
-from surfacekit.population import flatten, member_loss_fn
 from surfacekit.stats import spearman_permutation
 
 
-TOY = {
-    "x^2 - y^2": lambda t: t[0] ** 2 - t[1] ** 2,
-    "x^3 - 3xy^2": lambda t: t[0] ** 3 - 3 * t[0] * t[1] ** 2,
-    "(w1 w2 - 1.5)^2 + 0.04|w|^2": lambda t: (t[0] * t[1] - 1.5) ** 2 + 0.04 * (t[0] ** 2 + t[1] ** 2),
+TOY = {  # the surfaces of surfacekit.problems, by formula
+    "x^2 - y^2": problems.saddle,
+    "x^3 - 3xy^2": problems.monkey,
+    "(w1 w2 - 1.5)^2 + 0.04|w|^2": problems.two_weight,
 }
-
-
-def memorization_problem(n: int = 20, in_dim: int = 5, width: int = 6, out_dim: int = 5, seed: int = 0,
-                         weight_decay: float = 0.0):
-    """(loss_fn, theta0, spec): a tanh net on random N(0,1) inputs and targets, MSE (+ wd/2 ||theta||^2), float64."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, in_dim, generator=gen, dtype=torch.float64)
-    y = torch.randn(n, out_dim, generator=gen, dtype=torch.float64)
-    spec = MLPSpec(in_dim, (width,), out_dim, activation="tanh", init="xavier")
-    theta0 = flatten({k: v[None] for k, v in init_member(spec, seed, torch.float64).items()})[0]
-    mse = member_loss_fn(spec, x, y, "mse")
-    if weight_decay == 0:
-        return mse, theta0, spec
-    return (lambda theta: mse(theta) + 0.5 * weight_decay * (theta @ theta)), theta0, spec
-
-
-def autoencoder_problem(d: int = 5, p: int = 2, n: int = 40, eigenvalues=(5.0, 3.0, 2.0, 1.2, 0.5), seed: int = 0):
-    """(loss_fn, q [d, d], lam [d]): deep linear autoencoder 0.5/n ||X - X W1^T W2^T||^2, theta = (W1 [p, d], W2 [d, p]).
-
-    The data are whitened and recoloured so that X^T X / n = Q diag(lam) Q^T exactly. Baldi and
-    Hornik (1989): at a critical point W2 W1 is the orthogonal projection onto span(Q_I) for a
-    subset I of at most p eigenvectors, and the loss is half the sum of the eigenvalues left out.
-    For |I| = p the index is #{(i in I, j not in I): lam_j > lam_i}.
-    """
-    if len(eigenvalues) != d:
-        raise ValueError("need d eigenvalues")
-    gen = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
-    lam = torch.tensor(eigenvalues, dtype=torch.float64)
-    z = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    z = z - z.mean(0)
-    white = torch.linalg.solve_triangular(torch.linalg.cholesky(z.T @ z / n), z.T, upper=False).T
-    x = white @ (q * lam.sqrt()).T
-
-    def loss_fn(theta):
-        w1, w2 = theta[: p * d].reshape(p, d), theta[p * d:].reshape(d, p)
-        return 0.5 * ((x - x @ w1.T @ w2.T) ** 2).sum() / n
-
-    return loss_fn, q, lam
-
-
-def autoencoder_closed_form(theta: torch.Tensor, q: torch.Tensor, lam: torch.Tensor, p: int):
-    """(subset, loss, index or None) that Baldi-Hornik assigns to an endpoint, or None if W2 W1 is no
-    projection onto eigenvectors (to 1e-6). The index is given for full-rank subsets (|I| = p) only."""
-    d = q.shape[0]
-    w1, w2 = theta[: p * d].reshape(p, d), theta[p * d:].reshape(d, p)
-    m = w2 @ w1
-    subset = [i for i in range(d) if float(q[:, i] @ m @ q[:, i]) > 0.5]
-    u = q[:, subset]
-    if float((m - u @ u.T).norm()) > 1e-6:
-        return None
-    loss = 0.5 * float(sum(lam[j] for j in range(d) if j not in subset))
-    idx = sum(1 for i in subset for j in range(d) if j not in subset and lam[j] > lam[i]) if len(subset) == p else None
-    return tuple(subset), loss, idx
-
-
-def gd_trajectory(loss_fn, theta0: torch.Tensor, steps: int = 3000, lr: float = 0.05, every: int = 10):
-    """Full-batch gradient descent; returns (thetas [T, P], losses [T]) every ``every`` steps."""
-    theta = theta0.clone().requires_grad_(True)
-    thetas, losses = [], []
-    for step in range(steps + 1):
-        loss = loss_fn(theta)
-        if step % every == 0:
-            thetas.append(theta.detach().clone())
-            losses.append(float(loss.detach()))
-        (g,) = torch.autograd.grad(loss, theta)
-        with torch.no_grad():
-            theta -= lr * g
-    return torch.stack(thetas), np.asarray(losses)
 
 
 def run_finder(loss_fn, starts: torch.Tensor, method: str, max_iter: int, closed_form=None, **options) -> pd.DataFrame:
@@ -188,15 +118,15 @@ def main(argv=None) -> None:
         return
     if args.problem == "autoencoder":
         d, p = 5, 2
-        loss_fn, q, lam = autoencoder_problem(d, p, seed=args.seed)
-        closed_form = lambda theta: autoencoder_closed_form(theta, q, lam, p)  # noqa: E731
+        autoencoder = problems.linear_autoencoder(d, p, seed=args.seed)
+        loss_fn, lam, closed_form = autoencoder.loss_fn, autoencoder.eigenvalues, autoencoder.closed_form
         gen = torch.Generator().manual_seed(args.seed + 1)
         starts = args.start_scale * torch.randn(args.starts, 2 * d * p, generator=gen, dtype=torch.float64)
         print(f"deep linear autoencoder d = {d}, p = {p} (P = {2 * d * p}), eigenvalues {lam.tolist()}; "
               f"{args.starts} random starts N(0, {args.start_scale}^2)")
     else:
-        loss_fn, theta0, spec = memorization_problem(n=args.n, seed=args.seed, weight_decay=args.weight_decay)
-        thetas, losses = gd_trajectory(loss_fn, theta0)
+        loss_fn, theta0, spec = problems.memorization_net(n=args.n, seed=args.seed, weight_decay=args.weight_decay)
+        thetas, losses = problems.gd_trajectory(loss_fn, theta0)
         print(f"P = {theta0.numel()}, N = {args.n}, weight decay {args.weight_decay}; trajectory of {len(losses)} points, loss {losses[0]:.4g} -> {losses[-1]:.4g}")
         starts = thetas[sample_uniform_in_loss(losses, args.starts, seed=args.seed)]
     rows = []

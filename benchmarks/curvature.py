@@ -19,7 +19,7 @@ rewrite); its ``surfacekit/curvature`` is extracted with ``git archive`` into a 
 directory and imported as ``baseline_curvature``. Every eigenvalue and index row then has three
 variants: the old single-vector path, the block path with its completion certificate (the
 default) and the block path with ``certify=False``; the ratio is new time / old time, measured
-side by side. A second table runs both on degenerate spectra from tests/curvature/spectra.py
+side by side. A second table runs both on degenerate spectra from surfacekit.problems
 (repeated eigenvalues, a zero block, networks at symmetric points) against dense eigvalsh: the old
 path's answer, flagged converged or not, against the new one's. A third measures the peak memory
 (resident set) of a top-1 eigenvalue at P = --memory-p in a fresh process, new and old
@@ -59,6 +59,7 @@ import torch
 from scipy.stats import wasserstein_distance
 from sklearn.datasets import load_digits
 
+from surfacekit import problems
 from surfacekit.curvature import (
     dense_hessian,
     extreme_eigenvalues,
@@ -66,27 +67,6 @@ from surfacekit.curvature import (
     index,
     spectral_density,
 )
-
-
-def digits_mlp(hidden: int, steps: int, seed: int = 0):
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float64) / 16.0
-    y = torch.tensor(digits.target)
-    shapes = [(hidden, 64), (hidden,), (10, hidden), (10,)]
-    sizes = [int(np.prod(s)) for s in shapes]
-
-    def loss_fn(theta: torch.Tensor) -> torch.Tensor:
-        w1, b1, w2, b2 = (t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes))
-        return torch.nn.functional.cross_entropy(torch.tanh(x @ w1.T + b1) @ w2.T + b2, y)
-
-    g = torch.Generator().manual_seed(seed)
-    theta = (torch.randn(sum(sizes), generator=g, dtype=torch.float64) / 8).requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=0.01)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn(theta).backward()
-        opt.step()
-    return loss_fn, theta.detach()
 
 
 def timed(fn, repeat: int = 1, warmup: bool = False):
@@ -178,7 +158,7 @@ def old_vs_new(label: str, old_fn, new_fns: dict, check, rows: Rows, repeat: int
 
 def bench(hidden: int, steps: int, index_cap: int, full_index_below: int, skip_dense_above: int, cache: str,
           others: bool, baseline) -> list[tuple[str, str]]:
-    loss_fn, theta = digits_mlp(hidden, steps)
+    loss_fn, theta = problems.trained_digits_mlp(hidden, steps)
     p = theta.numel()
     rows = Rows()
     rows.append(("P", f"{p}"))
@@ -267,20 +247,17 @@ def _verdict(values: torch.Tensor, want: torch.Tensor, scale: float) -> str:
 
 
 def degenerate(baseline) -> list[tuple[str, str]]:
-    """The old single-vector path and the block path on spectra from tests/curvature/spectra.py."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "curvature"))
-    import spectra
-
+    """The old single-vector path and the block path on spectra from surfacekit.problems."""
     rows = Rows()
-    issue = spectra.designed("issue's case: 5, 5, 5, 4, 3.5, [0.1, 3] (P = 600)",
+    issue = problems.designed("issue's case: 5, 5, 5, 4, 3.5, [0.1, 3] (P = 600)",
                              [5.0, 5.0, 5.0, 4.0, 3.5] + list(np.linspace(0.1, 3.0, 595)), seed=0, k=4)
-    top20 = spectra.designed("5 (x20) at the top (P = 600)", spectra._base(580, [-0.2]) + [5.0] * 20, seed=1, k=21)
-    tail20 = spectra.designed("-0.5 (x20) inside the negative tail",
-                              spectra._base(580, [-1.0, -0.8, -0.3, -0.2, -0.1]) + [-0.5] * 20, seed=2)
-    zero = spectra.cluster_cases(600)[2]
+    top20 = problems.designed("5 (x20) at the top (P = 600)", problems.background(580, [-0.2]) + [5.0] * 20, seed=1, k=21)
+    tail20 = problems.designed("-0.5 (x20) inside the negative tail",
+                              problems.background(580, [-1.0, -0.8, -0.3, -0.2, -0.1]) + [-0.5] * 20, seed=2)
+    zero = problems.cluster_cases(600)[2]
     zero.name = "zero block P/2 (P = 600)"
     for case, which in ((issue, "largest"), (top20, "largest"), (zero, "smallest")):
-        eig = spectra.reference(case)
+        eig = case.eigenvalues
         want = eig.flip(0)[: case.k] if which == "largest" else eig[: case.k]
         rows.append((f"{case.name}: {which} {case.k}, dense", ", ".join(f"{float(v):.6g}" for v in want)))
         if baseline is not None:
@@ -292,8 +269,8 @@ def degenerate(baseline) -> list[tuple[str, str]]:
         ok = _verdict(res.eigenvalues, want, float(eig.abs().max()))
         rows.append((f"{case.name}: new", f"{res.summary()} (converged={res.converged}; {ok}; {res.num_hvps} HVPs, "
                                           f"{res.certificate_hvps} for the certificate, block {res.block}, {t:.2f} s)"))
-    for case in (tail20, zero, spectra.split_network(5), spectra.identical_units_network()):
-        eig = spectra.reference(case)
+    for case in (tail20, zero, problems.split_network(5), problems.identical_units_network()):
+        eig = case.eigenvalues
         scale = float(eig.abs().max())
         exact = int((eig < -1e-5 * scale).sum())
         rows.append((f"{case.name}: index at -1e-5 max|lambda| (P = {case.theta.numel()}), dense", f"{exact}"))

@@ -12,7 +12,6 @@ on; the command exits 1 after the merge when any job failed. Ctrl-C ends with on
 from __future__ import annotations
 
 import importlib
-import itertools
 import logging
 import sys
 import traceback
@@ -23,10 +22,10 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from surfacekit import jobs, sweep
-from surfacekit.config import TASK_RULES, ConfigError, flat_keys, nearest_keys, validate
+from surfacekit.config import TASK_RULES, ConfigError, check_forced, flat_keys, nearest_keys, validate
 from surfacekit.data import DataError
 from surfacekit.jobs import JobError
 from surfacekit.store import FAILURE_NAME, ResultsError
@@ -40,7 +39,6 @@ _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--in
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                 "--experimental-rerun", "--info", "-i"}
 _MULTIRUN = {"-m", "--multirun"}
-_MAX_PRECHECKS = 64  # configurations composed before a sweep starts (each value of each swept key once)
 
 
 def setup(cfg: DictConfig) -> None:
@@ -56,9 +54,9 @@ def setup(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> Path:
     """Validate, then run the configured task in this Hydra job; return its results path."""
+    setup(cfg)  # clears the warnings of the previous job of this process first
     for message in validate(cfg, jobs.job_overrides()):
         jobs.warn(message)
-    setup(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with jobs.directory_lock(out_dir):
         (out_dir / FAILURE_NAME).unlink(missing_ok=True)
@@ -69,12 +67,21 @@ def record_failure(exc: BaseException) -> None:
     """A failed job of a sweep writes ``error.txt`` into its directory (the merge reports it), its
     traceback into the job's log file, and the sweep goes on."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, jobs.DirectoryInUse):  # another process's directory: write nothing there
+        print(f"surfacekit: job {HydraConfig.get().job.num} failed: {first}", file=sys.stderr)
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     text = str(exc) if isinstance(exc, USER_ERRORS) else "".join(traceback.format_exception(exc))
     (out_dir / FAILURE_NAME).write_text(text)
-    log.error("job failed:\n%s", "".join(traceback.format_exception(exc)))
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    _log_to_file(out_dir, "job failed:\n" + "".join(traceback.format_exception(exc)))
     print(f"surfacekit: job {HydraConfig.get().job.num} failed: {first}", file=sys.stderr)
+
+
+def _log_to_file(out_dir: Path, text: str) -> None:
+    """Append to the job's log file (``app.log``) only: the console gets the one-line summary."""
+    with open(out_dir / f"{HydraConfig.get().job.name}.log", "a") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://surfacekit.conf", config_name="config")
@@ -93,7 +100,6 @@ def hydra_main(cfg: DictConfig) -> None:
         print(f"surfacekit: interrupted; finished parts (if any) are kept in {out_dir}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        log.error("job failed:\n%s", "".join(traceback.format_exception(exc)))
         if not sweeping:
             raise
         record_failure(exc)
@@ -118,10 +124,15 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _compose(overrides: list[str]) -> DictConfig:
+    """The job config for these overrides (Hydra's own ``hydra.*`` overrides applied and checked, the
+    ``hydra`` node then dropped)."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="surfacekit.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def _composition_message(exc: Exception, overrides: list[str]) -> str:
@@ -136,7 +147,7 @@ def _composition_message(exc: Exception, overrides: list[str]) -> str:
         except Exception:  # noqa: BLE001 - suggestions are best effort
             known = []
         head = key.split(".", 1)[0]
-        if head in TASK_RULES:
+        if head in TASK_RULES and f"task={head}" not in overrides:
             return f"{key}: the {head}.* settings belong to task={head}; add task={head} to the command line"
         hint = nearest_keys(key, known)
         return f"{key}: no such setting" + (f"; did you mean {' or '.join(hint)}?" if hint else "")
@@ -168,38 +179,67 @@ def difflib_close(word: str, options: list[str]) -> str:
     return close[0] if close else ""
 
 
-def _combinations(overrides: list[str]) -> list[list[str]]:
-    """Configurations to check for a command line: each value of each swept key once (the other keys
-    at their first value), at most _MAX_PRECHECKS."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _groups() -> set[str]:
+    """Config group names (folders of conf/)."""
+    from importlib.resources import files
 
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides([o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
-    values = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-              else [o.input_line] for o in parsed]
-    base = [v[0] for v in values]
-    combos = [base]
-    for i, options in enumerate(values):
-        for option in options[1:]:
-            combos.append(base[:i] + [option] + base[i + 1:])
-    return list(itertools.islice(combos, _MAX_PRECHECKS))
+    return {p.name for p in files("surfacekit.conf").iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
+def _check_hydra_paths(overrides: list[str]) -> None:
+    for text in overrides:
+        key, _, value = text.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            value = value.strip("'\"")
+            if not value:
+                raise ConfigError(f"{text}: an empty directory; name one (results are written there)")
+            if value.startswith("~"):
+                raise ConfigError(f"{text}: Hydra does not expand ~ in its directories (it would create a folder "
+                                  f"named ~); write $HOME/{value[1:].lstrip('/')} (the shell expands it)")
 
 
 def precheck(overrides: list[str]) -> None:
-    """Compose and validate every configuration of the command line; ConfigError on the first problem."""
+    """Compose and validate every configuration of the command line before any work; ConfigError on
+    the first problem.
+
+    Each value of a swept config group is composed once (with the other swept keys at their first
+    value); each value of a swept setting is checked on the composed config directly (no compose), so
+    a sweep of any length is checked in full at the cost of one validation per value. Hydra's own
+    overrides (``hydra.*``) are composed with the job's.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    _check_hydra_paths(overrides)
     try:
-        combos = _combinations(overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         raise ConfigError(_composition_message(exc, overrides)) from None
+    groups = _groups()
+    is_group = lambda o: o.key_or_group in groups or o.key_or_group.startswith("hydra/")  # noqa: E731
+    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+             for o in parsed]
+    combos = [first]
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override() and is_group(o):
+            combos += [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1:] for v in list(o.sweep_string_iterator())[1:]]
+    value_sweeps = [(i, o) for i, o in enumerate(parsed) if o.is_sweep_override() and not is_group(o)]
     for combo in combos:
         try:
             cfg = _compose(combo)
+            forced = [t for t in combo if t.startswith("++")]
+            if forced:
+                check_forced(forced, _compose([t for t in combo if not t.startswith("++")]))
         except (HydraException, OmegaConfBaseException) as exc:
             raise ConfigError(_composition_message(exc, combo)) from None
-        validate(cfg, combo)
+        job = [t for t in combo if not t.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        validate(cfg, job)
+        for i, o in value_sweeps:
+            for value, text in list(zip(o.sweep_iterator(), o.sweep_string_iterator()))[1:]:
+                variant = OmegaConf.create(OmegaConf.to_container(cfg))
+                OmegaConf.update(variant, o.key_or_group, value, force_add=True)
+                validate(variant, job[:i] + [f"{o.get_key_element()}={text}"] + job[i + 1:])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("surfacekit: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        sweep.release_sweep_lock()
     report = sweep.LAST_REPORT
     if multirun and report:
         summary = sweep.failure_summary(report["sweep_dir"], report) if report.get("failed") else None

@@ -26,8 +26,8 @@ from surfacekit.models import ACTIVATION_NAMES, INITS, LOSSES, MAXOUT
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "certify")
-POSTHOC_TASKS = ("spectrum", "critical", "landscape", "certify")
+TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "sharpness", "certify")
+POSTHOC_TASKS = ("spectrum", "critical", "landscape", "sharpness", "certify")
 DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist")
 TRAINERS = ("backprop", "dtp", "penalty", "prong", "kfac", "hessian_free", "scg")
 # Methods of issue 18: natural gradient (prong, kfac) and full-batch second-order (hessian_free, scg).
@@ -190,7 +190,7 @@ TOP = {
     "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()))
     else "cpu, cuda or cuda:N",
 }
-POPULATION = {"size": integer(1), "first_member": integer(0),
+POPULATION = {"size": integer(1), "first_member": integer(0), "shared_init": boolean,
               "init_from": lambda v: None if v is None or (isinstance(v, str) and v.strip()) else "null or a path",
               "init_point": choice(("final", "certify")), "transform": choice(("none", "widen", "deepen")),
               "transform_layer": integer(0), "new_width": integer(1, null=True), "transform_noise": number(0),
@@ -223,7 +223,10 @@ OPTIMIZER = {
 TRAINER_COMMON = {"method": choice(TRAINERS), "epochs": integer(0), "batch_size": integer(1, null=True),
                   "eval_every": integer(1), "divergence_loss": number(0, lo_open=True), "snapshots": boolean}
 TRAINER = {
-    "backprop": {"grad_tol": number(0)},
+    "backprop": {"grad_tol": number(0), "coupling": choice(("none", "easgd", "eamsgd", "averaging")), "tau": integer(1),
+                 "beta": number(0), "delta": number(0, 1, hi_open=True),
+                 "communication": choice(("synchronous", "round_robin")), "track_sharpness": integer(0),
+                 "sharpness_tol": number(0, lo_open=True), "sharpness_max_hvps": integer(1)},
     "dtp": {"difference_correction": boolean, "target_step": number(0, lo_open=True),
             "target_reduction": choice(("sum", "mean")), "noise_std": number(0), "forward_lr": number(0, lo_open=True),
             "inverse_lr": number(0, lo_open=True), "schedule": choice(("passes", "interleaved")),
@@ -278,6 +281,10 @@ SPINGLASS = {"N": integer(2), "p": integer(3), "starts": integer(1), "disorder_s
              "tol": number(0, lo_open=True), "max_steps": integer(1), "sgd.tensors": integer(1), "sgd.steps": integer(0),
              "sgd.lr": number(0, lo_open=True), "sgd.lr_decay": number(0), "index_max_n": integer(0),
              "index_rel_threshold": number(0, lo_open=True), "chunk_starts": integer(1)}
+SHARPNESS = {"members": int_list(0), "tol": number(0, lo_open=True), "max_steps": integer(1), "trace_probes": integer(2),
+             "keskar_epsilon": number(0, lo_open=True), "keskar_iterations": integer(1), "adaptive_eta": number(0),
+             "pac_bayes_drop": number(0, 1, lo_open=True), "pac_bayes_epsilon": number(0), "pac_bayes_draws": integer(1),
+             "pac_bayes_iterations": integer(1), "seed": integer(0)}
 CERTIFY = {"members": int_list(0), "cutoff": number(0, lo_open=True), "relative_cutoff": number(0, lo_open=True),
            "margin": number(0, 1, lo_open=True), "max_iter": integer(1), "memory": integer(1),
            "newton": choice(("trust-ncg", "trust-krylov", "none")), "newton_max_iter": integer(1),
@@ -286,7 +293,7 @@ CERTIFY = {"members": int_list(0), "cutoff": number(0, lo_open=True), "relative_
            "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
            "index.tol": number(0, 1, lo_open=True, hi_open=True)}
 TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
-              "certify": CERTIFY}
+              "sharpness": SHARPNESS, "certify": CERTIFY}
 GROUPS = ("data", "model", "optimizer", "trainer", "population")
 
 
@@ -312,20 +319,40 @@ def nearest_keys(key: str, known: Iterable[str], n: int = 3) -> list[str]:
 
 
 def check_overrides(overrides: Iterable[str], cfg: DictConfig) -> None:
-    """Reject ``+key=value`` overrides that add keys the config does not have (typos): every setting
-    exists in the YAML already. ``++`` (force) and free-form maps (``hydra.``, ``critical.options.``) pass."""
+    """Reject overrides that add keys the config does not have (``+key``: typos; every setting exists
+    in the YAML already) or delete settings (``~key``: every setting needs a value). Free-form maps
+    (``hydra.``, ``critical.options.``) pass; ``++key`` is checked by the command line's pre-check
+    (it needs the config without it). Raises ConfigError naming the nearest valid keys."""
     known = flat_keys(cfg)
     known += sorted({k.split(".", 1)[0] for k in known})
     for text in overrides:
-        if not text.startswith("+") or text.startswith("++"):
+        if not text.startswith(("+", "~")) or text.startswith("++"):
             continue
-        key = text[1:].partition("=")[0]
-        if key.startswith(FREE_FORM) or key.startswith("hydra/"):
+        key = text.lstrip("+~").partition("=")[0]
+        if key.startswith(FREE_FORM) or key.startswith("hydra/") or key == "hydra":
             continue
+        if text.startswith("~"):
+            raise ConfigError(f"{text}: deleting a setting is not supported (every setting needs a value); "
+                              f"set it instead, e.g. {key}=VALUE")
         others = [k for k in known if k != key]
         hint = nearest_keys(key, others)
         raise ConfigError(f"{text}: no such setting{'; did you mean ' + ' or '.join(hint) + '?' if hint else ''} "
                           "(every setting exists already: drop the '+')")
+
+
+def check_forced(overrides: Iterable[str], base: DictConfig) -> None:
+    """``++key=value`` must name a setting that exists in ``base`` (the config composed without the
+    ``++`` overrides); ConfigError with the nearest keys otherwise."""
+    known = flat_keys(base)
+    for text in overrides:
+        if not text.startswith("++"):
+            continue
+        key = text[2:].partition("=")[0]
+        if key.startswith(FREE_FORM) or key.startswith("hydra"):
+            continue
+        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            hint = nearest_keys(key, known + sorted({k.split(".", 1)[0] for k in known}))
+            raise ConfigError(f"{text}: no such setting{'; did you mean ' + ' or '.join(hint) + '?' if hint else ''}")
 
 
 def _mapping(cfg: DictConfig, group: str) -> None:
@@ -349,20 +376,89 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     check_overrides(overrides, cfg)
     _check(cfg, TOP)
     task = cfg.task
+    overrides = list(overrides)
     if task in TASK_RULES:
         _check(cfg, TASK_RULES[task], f"{task}.")
-    if task in POSTHOC_TASKS and not get(cfg, "source"):
-        raise ConfigError(f"source is required for task={task}: source=RESULTS_FILE, RUN_DIR or SWEEP_DIR")
+    if task in POSTHOC_TASKS:
+        if not get(cfg, "source"):
+            raise ConfigError(f"source is required for task={task}: source=RESULTS_FILE, RUN_DIR or SWEEP_DIR")
+        _no_training_overrides(task, overrides)
+    if task == "critical":
+        _check_finder_options(cfg)
+    if task == "landscape" and not get(cfg, "landscape.slice.hi") > get(cfg, "landscape.slice.lo"):
+        _fail("landscape.slice.hi", get(cfg, "landscape.slice.hi"), f"> landscape.slice.lo={get(cfg, 'landscape.slice.lo')}")
     if task != "train":
         return []
     return validate_training(cfg, overrides)
 
 
+TRAINING_GROUPS = ("data", "model", "optimizer", "trainer", "population")
+OWN_OPTIMIZER = ("dtp", "penalty", "hessian_free", "scg")  # trainers that do not use the optimizer group
+
+
+def _override_keys(overrides: Iterable[str]) -> list[str]:
+    return [o.lstrip("+~").partition("=")[0] for o in overrides]
+
+
+def _no_training_overrides(task: str, overrides: list[str]) -> None:
+    """A post-hoc task analyses its source as it was trained: training settings given on its command
+    line would change nothing, so they are refused."""
+    for key in _override_keys(overrides):
+        if key.split(".", 1)[0] in TRAINING_GROUPS or key in ("dtype",):
+            raise ConfigError(f"{key} has no effect on task={task}: it analyses each source job with the settings "
+                              "that job was trained with; drop it (objective, bn_mode and the task's own settings apply)")
+
+
+def _check_finder_options(cfg: DictConfig) -> None:
+    """``critical.options.<finder>.<name>``: a keyword of that finder with a sensible value."""
+    import inspect
+
+    from surfacekit.critical import FINDERS as FINDER_FUNCTIONS
+
+    options = get(cfg, "critical.options") or {}
+    for finder, values in options.items():
+        if finder not in FINDER_FUNCTIONS:
+            _fail(f"critical.options.{finder}", values, f"options of one of {list(FINDER_FUNCTIONS)}")
+        params = {p.name: p.default for p in inspect.signature(FINDER_FUNCTIONS[finder]).parameters.values()
+                  if p.kind == p.KEYWORD_ONLY}
+        for name, value in (values or {}).items():
+            key = f"critical.options.{finder}.{name}"
+            if name not in params:
+                close = nearest_keys(name, list(params))
+                raise ConfigError(f"{key}: {finder} has no option {name}" + (f"; did you mean {' or '.join(close)}?" if close
+                                                                           else f"; its options are {sorted(params)}"))
+            default = params[name]
+            if name == "optimizer":
+                expected = choice(("lbfgs", "gd"))(value)
+            elif name.endswith(("max_iter", "maxiter", "memory", "krylov_dim", "max_rejections")):
+                expected = integer(1, null=default is None)(value)
+            else:
+                expected = number(0, lo_open=True)(value)
+            if expected:
+                _fail(key, value, expected)
+
+
 def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     """The data, model, optimizer, trainer and population keys of a training job, and their
-    combinations; returns warnings. With ``population.init_from`` the model is derived from the
-    source (:func:`validate_init_from`) and the other rules see the derived model."""
+    combinations; returns warnings. ``overrides`` (the command line) lets it name settings that
+    were given but have no effect. With ``population.init_from`` the model is derived from the source
+    (:func:`validate_init_from`) and the later rules see the derived model."""
     warnings: list[str] = []
+    keys = _override_keys(overrides)
+    method_name = get(cfg, "trainer.method")
+    if method_name in OWN_OPTIMIZER:
+        given = [k for k in keys if k == "optimizer" or k.startswith("optimizer.")]
+        if given:
+            warnings.append(f"{', '.join(given)} has no effect with trainer={method_name}: it sets its own steps "
+                            "(see its trainer.* settings)")
+    if method_name == "penalty" and "trainer.epochs" in keys:
+        warnings.append("trainer.epochs has no effect with trainer=penalty: its schedule is trainer.stages x "
+                        "trainer.alternations")
+    if get(cfg, "model.widths") is not None:
+        given = [k for k in keys if k in ("model.width", "model.depth")]
+        if given:
+            raise ConfigError(f"{given[0]} has no effect when model.widths is set (widths={show(get(cfg, 'model.widths'))}); "
+                              "set model.widths=null to use model.width and model.depth")
     _check(cfg, POPULATION, "population.")
     cfg = validate_init_from(cfg, overrides)
     _check(cfg, DATA_COMMON, "data.")
@@ -403,6 +499,12 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
                 _fail(key, True, "false with trainer=penalty (the penalty method supports plain MLPs only)")
         if get(cfg, "trainer.batch_size") is not None:
             _fail("trainer.batch_size", get(cfg, "trainer.batch_size"), "null with trainer=penalty (full batch only)")
+    if method == "backprop":
+        warnings += _coupling_checks(cfg)
+    widths_list = list(get(cfg, "model.widths") or [get(cfg, "model.width")] * int(get(cfg, "model.depth") or 0))
+    if get(cfg, "model.residual") and not any(a == b for a, b in zip(widths_list, widths_list[1:])):
+        warnings.append(f"model.residual=true adds skip connections only between hidden layers of equal width; "
+                        f"the widths {widths_list} have none")
     if name == "rprop" and method == "backprop" and get(cfg, "trainer.batch_size") is not None:
         warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
                         "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
@@ -438,6 +540,8 @@ def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictCo
             if value != default:
                 _fail(f"population.{key}", value, f"{default} without population.init_from (the source job to start from)")
         return cfg
+    if get(cfg, "population.shared_init"):
+        _fail("population.shared_init", True, "false with population.init_from (every member starts from its source member)")
     try:
         source = warm_start.read_source(source_path)
     except (ResultsError, OSError) as exc:
@@ -503,6 +607,24 @@ def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictCo
     return out
 
 
+def _coupling_checks(cfg: DictConfig) -> list[str]:
+    """trainer.coupling with the optimizer, model and population; a warning beyond the stability bound."""
+    coupling = get(cfg, "trainer.coupling", "none")
+    if coupling in (None, "none"):
+        return []
+    if get(cfg, "model.batch_norm"):
+        _fail("model.batch_norm", True, f"false with trainer.coupling={coupling} (the centre has no batch statistics)")
+    if coupling == "eamsgd" and get(cfg, "optimizer.name") != "sgd":
+        _fail("optimizer", get(cfg, "optimizer.name"), "sgd with trainer.coupling=eamsgd (its momentum is trainer.delta)")
+    if coupling == "averaging" and get(cfg, "trainer.communication") != "synchronous":
+        _fail("trainer.communication", get(cfg, "trainer.communication"), "synchronous with trainer.coupling=averaging")
+    p, beta = get(cfg, "population.size"), get(cfg, "trainer.beta")
+    if coupling != "averaging" and get(cfg, "trainer.communication") == "synchronous" and beta >= 2 * p / (p + 1):
+        return [f"trainer.beta={beta} with population.size={p}: synchronous elastic averaging is unstable for "
+                f"beta >= 2p/(p+1) = {2 * p / (p + 1):.4g} (tau = 1, small steps); the centre will oscillate"]
+    return []
+
+
 def _validate_methods(cfg: DictConfig, method: str, optimizer: str) -> None:
     """Cross-key rules of maxout, logistic regression (model.depth=0) and the methods of
     ``NATURAL_GRADIENT`` and ``FULL_BATCH_SECOND_ORDER``."""
@@ -564,11 +686,13 @@ def machine_memory_gb() -> float:
 
 
 def format_gib(gib: float) -> str:
-    """A memory size with enough digits: '3.2 GiB', '41 MiB', '7.20 MiB', '0.52 MiB'."""
+    """A memory size with enough digits: '3.2 GiB', '41 MiB', '7.20 MiB', '0.52 MiB', '0.0031 MiB'."""
     if gib >= 1:
         return f"{gib:.1f} GiB"
     mib = gib * 1024
-    return f"{mib:.0f} MiB" if mib >= 10 else f"{mib:.2f} MiB"
+    if mib >= 10:
+        return f"{mib:.0f} MiB"
+    return f"{mib:.2f} MiB" if mib >= 0.1 else f"{mib:.2g} MiB"
 
 
 def check_memory(cfg: DictConfig, num_params: int, num_examples: int) -> None:

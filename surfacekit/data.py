@@ -89,8 +89,27 @@ def _mnist1d(cfg: Mapping[str, Any]):
     x_test, y_test = d["x_test"].astype(np.float64), d["y_test"].astype(np.int64)
     size = cfg.get("train_size")
     if size is not None:
+        _check_subset(size, len(x_train), "mnist1d")
         x_train, y_train = x_train[:size], y_train[:size]
     return x_train, y_train, x_test, y_test
+
+
+def _check_subset(size: int, available: int, name: str) -> None:
+    if not 0 < int(size) <= available:
+        raise DataError(f"data.train_size={size} is invalid: data={name} has {available} training examples")
+
+
+def _integer_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Labels as int64; DataError for non-numeric, non-finite or non-integral labels (never truncated)."""
+    if y.dtype.kind in "iub":
+        return y.astype(np.int64)
+    if y.dtype.kind != "f":
+        raise DataError(f"{where}: labels of type {y.dtype} are not integers (e.g. {y.ravel()[:3].tolist()})")
+    bad = y[~np.isfinite(y) | (y != np.round(y))]
+    if bad.size:
+        shown = ", ".join(str(v) for v in np.unique(bad)[:5])
+        raise DataError(f"{where}: labels must be integers; found {shown}")
+    return y.astype(np.int64)
 
 
 def _teacher(cfg: Mapping[str, Any]):
@@ -140,6 +159,10 @@ def _mnist_arrays(directory: Path) -> dict[str, np.ndarray]:
         raise DataError(f"data.path={directory}: no such directory (expected MNIST-format IDX files or mnist.npz)")
     npz = sorted(directory.glob("*.npz"))
     if npz:
+        import zipfile
+
+        if not zipfile.is_zipfile(npz[0]):
+            raise DataError(f"{npz[0]}: not an .npz archive (expected a zip of arrays {list(_IDX_NAMES)}, as numpy.savez writes)")
         try:
             with np.load(npz[0]) as f:
                 return {k: f[k] for k in _IDX_NAMES}
@@ -164,6 +187,8 @@ def _mnist(cfg: Mapping[str, Any]):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{path}: {split} images {x.shape} and labels {y.shape} do not match [N, H, W] and [N]")
+        if len(x) == 0:
+            raise DataError(f"{path}: the {split} split is empty")
         images = torch.from_numpy(x.astype(np.float64) / 255.0)
         size = cfg.get("downsample")
         if size and not 1 <= int(size) <= min(x.shape[1:]):
@@ -171,10 +196,14 @@ def _mnist(cfg: Mapping[str, Any]):
                             f"(the images are {x.shape[1]}x{x.shape[2]}; larger values would upsample)")
         if size:
             images = torch.nn.functional.adaptive_avg_pool2d(images[:, None], int(size))[:, 0]
-        out += [images.reshape(len(images), -1).numpy(), y.astype(np.int64)]
+        out += [images.reshape(len(images), -1).numpy(), _integer_labels(y, f"{path}: {split} split")]
     x_train, y_train, x_test, y_test = out
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{path}: training images {arrays['x_train'].shape[1:]} and test images "
+                        f"{arrays['x_test'].shape[1:]} differ in size")
     subset = cfg.get("train_size")
     if subset is not None:
+        _check_subset(subset, len(x_train), "mnist")
         keep = np.random.default_rng(cfg.get("split_seed", 0)).permutation(len(x_train))[: int(subset)]
         x_train, y_train = x_train[keep], y_train[keep]
     return x_train, y_train, x_test, y_test
@@ -205,6 +234,9 @@ def load_data(cfg: Mapping[str, Any]) -> Dataset:
     if name not in _SOURCES:
         raise DataError(f"data.name={name!r} is unknown; choose one of {sorted(_SOURCES)}")
     x_train, y_train, x_test, y_test = _SOURCES[name](cfg)
+    for split, arr in (("training", x_train), ("test", x_test)):
+        if len(arr) == 0:
+            raise DataError(f"data.name={name}: the {split} split is empty")
     for label, arr in (("inputs", x_train), ("inputs", x_test), ("targets", y_train), ("targets", y_test)):
         if not np.all(np.isfinite(arr)):
             raise DataError(f"data.name={name}: {label} contain NaN or inf")

@@ -33,6 +33,10 @@ class JobError(RuntimeError):
     """A job cannot run as asked (its directory is in use, or holds other results); one line."""
 
 
+class DirectoryInUse(JobError):
+    """Another process holds the job's directory: nothing may be written into it."""
+
+
 # ----------------------------------------------------------------------------------- run directories
 
 def settings_hash(cfg: DictConfig) -> str:
@@ -81,7 +85,7 @@ def directory_lock(out_dir: Path) -> Iterator[None]:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise JobError(f"{out_dir} is in use by another surfacekit process (pid {holder}); wait for it or stop it") from None
+        raise DirectoryInUse(f"{out_dir} is in use by another surfacekit process (pid {holder}); wait for it or stop it") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

@@ -9,7 +9,7 @@ For a population (``surfacekit.population``): member k of a job with seed s has 
 ``member_seed(s, k) = derive_seed(s, k)`` (stored in ``/members/seed``); its initialization draws
 from ``torch.Generator(member seed)``, and each further stream of the member (``STREAMS``:
 minibatch order, training noise, a method's auxiliary initialization, the statistics samples of
-PRONG and K-FAC) from
+PRONG and K-FAC, the random start vectors of ``trainer.track_sharpness``) from
 ``derive_seed(member seed, STREAMS[name])``. A member's streams depend only on its own seed, so a
 population equals its members trained separately.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-STREAMS = {"order": 1, "noise": 2, "aux_init": 3, "statistics": 4}
+STREAMS = {"order": 1, "noise": 2, "aux_init": 3, "statistics": 4, "lanczos": 5}
 
 
 def derive_seed(seed: int, *key: int) -> int:

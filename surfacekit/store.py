@@ -155,10 +155,12 @@ def write_atomic(path: str | os.PathLike, fill, *, replace: bool = False) -> Pat
 
 
 def write_results(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, Any],
-                  dims: Mapping[str, str] | None = None, *, replace: bool = False) -> Path:
+                  dims: Mapping[str, str] | None = None, *, replace: bool = False,
+                  group_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write a results file atomically (temporary name, then rename); returns the path.
 
-    ``dims`` maps a group ("members") or a dataset ("curves/step") to a comma-separated axis list.
+    ``dims`` maps a group ("members") or a dataset ("curves/step") to a comma-separated axis list;
+    ``group_attrs`` maps a group ("centre") to its attributes.
     A ``run_id`` attribute (random, unique) is added when ``attrs`` has none: analyses use it to
     join their results to this file. Raises ResultsError if ``path`` exists and not ``replace``.
     """
@@ -167,6 +169,8 @@ def write_results(path: str | os.PathLike, groups: Groups, attrs: Mapping[str, A
     def fill(f: h5py.File) -> None:
         set_attrs(f, attrs)
         _write_groups(f, groups, dims)
+        for group, values in (group_attrs or {}).items():
+            set_attrs(f.require_group(group), values)
 
     return write_atomic(path, fill, replace=replace)
 
@@ -446,22 +450,32 @@ def _job_config(g: h5py.Group) -> dict[str, Any]:
     return yaml.safe_load(str(g.attrs.get("config", ""))) or {}
 
 
-def _members_frame(g: h5py.Group) -> pd.DataFrame:
+def _members_frame(g: h5py.Group, centre: bool = True) -> pd.DataFrame:
+    """The ``members`` table of a job (or an analysis' job group); with ``centre``, a coupled
+    population's centre (``/centre/members``, ``trainer.coupling``) is its last row."""
     if "members" not in g:
         return pd.DataFrame()
     columns = g["members"]
     order = json.loads(columns.attrs.get("order", "[]")) or list(columns)
-    return pd.DataFrame({name: _read(columns[name]) for name in order if name in columns})
+    frame = pd.DataFrame({name: _read(columns[name]) for name in order if name in columns})
+    if centre and "centre/members" in g:
+        frame = pd.concat([frame, _members_frame(g["centre"])], ignore_index=True)
+    return frame
 
 
 def _analysis_columns(analysis: AnalysisRef, job: str) -> pd.DataFrame:
+    """The members rows an analysis holds for ``job`` (only members it analysed, when it says which),
+    with its provenance: ``<task>_objective``, ``<task>_weight_decay``, ``<task>_bn_mode`` (from the
+    job's own attributes) and ``<task>_analysis`` (the analysis's name)."""
     f, g = _open(analysis, f"jobs/{job}")
     with f:
         frame = _members_frame(g)
-        root = f[analysis.group] if analysis.group else f
         for key in ("objective", "weight_decay", "bn_mode"):
-            if key in root.attrs:
-                frame[f"{analysis.task}_{key}"] = _attr_value(root.attrs[key])
+            if key in g.attrs:
+                frame[f"{analysis.task}_{key}"] = _attr_value(g.attrs[key])
+    if "analysed" in frame:
+        frame = frame[frame.pop("analysed").astype(bool)]
+    frame[f"{analysis.task}_analysis"] = analysis.name
     return frame
 
 
@@ -469,19 +483,29 @@ def _attr_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def load_members(source: str | os.PathLike, analyses: str = "latest") -> pd.DataFrame:
+def load_members(source: str | os.PathLike, analyses: str | list[str] = "latest") -> pd.DataFrame:
     """One row per network: the training members table, joined on (job, member) with the members
-    columns of the analyses of each job (``analyses="latest"``: the newest of each task;
-    ``"none"``: training columns only), plus ``job`` and one column per command-line override.
+    columns of the analyses of each job, plus ``job`` and one column per command-line override.
 
-    ``source``: a job's results.h5 or run directory, a sweep directory or sweep.h5. An override
-    whose name is also a members column (``seed``) becomes ``job_<name>``; its value has the type
-    the job used (read from the resolved config). Jobs that cannot be read are skipped with a line
-    on stderr. Raises ResultsError when nothing is readable.
+    ``analyses``: ``"latest"`` (default) fills each member's columns of each task from the newest
+    analysis of that task that analysed the member (so a later partial analysis does not hide an
+    earlier complete one; ``<task>_analysis`` names the analysis each row came from); a list of
+    analysis names (the folder names, e.g. ``["spectrum-1a2b3c4d"]``) joins exactly those, in
+    that order of preference; ``"none"`` gives the training columns only. Members no analysis
+    covered hold NaN there. ``source``: a job's results.h5 or run directory, a sweep directory or
+    sweep.h5. An override whose name is also a members column (``seed``) becomes ``job_<name>``; its
+    value has the type the job used (read from the resolved config). A coupled population
+    (``trainer.coupling``) has one more row, its centre, flagged ``is_centre`` (False for every
+    other row). Jobs that cannot be read are skipped with a line on stderr. Raises ResultsError
+    when nothing is readable or a named analysis does not exist.
     """
-    if analyses not in ("latest", "none"):
-        raise ValueError(f"analyses={analyses!r}; use 'latest' or 'none'")
     col = collect(source)
+    if isinstance(analyses, str) and analyses not in ("latest", "none"):
+        raise ValueError(f"analyses={analyses!r}; use 'latest', 'none' or a list of analysis names")
+    if not isinstance(analyses, str):
+        unknown = sorted(set(analyses) - {a.name for a in col.analyses})
+        if unknown:
+            raise ResultsError(f"{source}: no analyses named {unknown}; there are {sorted({a.name for a in col.analyses})}")
     _report_skipped(col)
     frames = []
     for job in col.jobs.values():
@@ -493,16 +517,8 @@ def load_members(source: str | os.PathLike, analyses: str = "latest") -> pd.Data
             frame = _members_frame(g)
             overrides = json.loads(str(g.attrs.get("overrides", "[]")) or "[]")
             typed = _typed_overrides(overrides, _job_config(g))
-        if analyses == "latest" and "member" in frame:
-            done: set[str] = set()
-            for analysis in analyses_of(col, job):
-                if analysis.task in done:
-                    continue
-                done.add(analysis.task)
-                extra = _analysis_columns(analysis, job.name)
-                if "member" in extra and len(extra):
-                    new = [c for c in extra.columns if c == "member" or c not in frame.columns]
-                    frame = frame.merge(extra[new], on="member", how="left")
+        if analyses != "none" and "member" in frame:
+            frame = _join_analyses(frame, col, job, analyses)
         for key, value in typed.items():
             name = f"job_{key}" if key in frame.columns else key
             frame[name] = [value] * len(frame)
@@ -510,7 +526,35 @@ def load_members(source: str | os.PathLike, analyses: str = "latest") -> pd.Data
         frames.append(frame)
     if not frames:
         raise ResultsError(f"{source}: no readable training jobs" + (f" (skipped: {col.skipped})" if col.skipped else ""))
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    if "is_centre" in frame:
+        frame["is_centre"] = frame["is_centre"].astype("boolean").fillna(False).astype(bool)
+    return frame
+
+
+def _join_analyses(frame: pd.DataFrame, col: Collection, job: JobRef, analyses: str | list[str]) -> pd.DataFrame:
+    found = analyses_of(col, job)
+    if not isinstance(analyses, str):
+        order = {name: i for i, name in enumerate(analyses)}
+        found = sorted((a for a in found if a.name in order), key=lambda a: order[a.name])
+    by_task: dict[str, list[AnalysisRef]] = {}
+    for analysis in found:
+        by_task.setdefault(analysis.task, []).append(analysis)
+    for task, candidates in by_task.items():
+        rows = []
+        covered: set[int] = set()
+        for analysis in candidates:  # newest (or first named) first
+            extra = _analysis_columns(analysis, job.name)
+            if "member" not in extra or extra.empty:
+                continue
+            extra = extra[~extra["member"].isin(covered)]
+            covered |= set(int(m) for m in extra["member"])
+            rows.append(extra)
+        if rows:
+            joined = pd.concat(rows, ignore_index=True)
+            new = [c for c in joined.columns if c == "member" or c not in frame.columns]
+            frame = frame.merge(joined[new], on="member", how="left")
+    return frame
 
 
 def _report_skipped(col: Collection) -> None:
@@ -654,7 +698,8 @@ def load_tidy(source: str | os.PathLike, group: str, axes: tuple[str, ...] | Non
         f, g = _open(job)
         with f:
             has = group in g
-            ids = _members_frame(g).get("member", pd.Series(dtype=int)).to_numpy()
+            owner = g["centre"] if group.startswith("centre/") and "centre" in g else g  # whose member ids
+            ids = _members_frame(owner, centre=False).get("member", pd.Series(dtype=int)).to_numpy()
             typed = _typed_overrides(json.loads(str(g.attrs.get("overrides", "[]")) or "[]"), _job_config(g))
         ref, sub = (job, group) if has else (None, None)
         if ref is None:
@@ -703,7 +748,8 @@ def iter_jobs(source: str | os.PathLike) -> Iterator[JobRef]:
 class Job:
     """A finished training job rebuilt from its results: config, spec, data (float64, on ``device``)
     and stacked parameters [K, ...] in the canonical order of ``models.param_shapes`` (so
-    ``population.flatten`` gives valid thetas), plus the members table."""
+    ``population.flatten`` gives valid thetas), plus the members table (a coupled population's centre
+    is its last member, in both)."""
 
     name: str
     path: Path
@@ -779,6 +825,10 @@ def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "c
             raise ResultsError(f"{ref.file}: job {ref.name!r} has no /params (not a trained population)")
         cfg = OmegaConf.create(_job_config(g))
         groups = {name: _group_arrays(g[name]) if name in g else {} for name in ("params", "init_params", "buffers")}
+        for name in ("params", "init_params"):  # a coupled population's centre is its last member
+            if f"centre/{name}" in g:
+                centre = _group_arrays(g[f"centre/{name}"])
+                groups[name] = {n: np.concatenate([v, centre[n]]) if n in centre else v for n, v in groups[name].items()}
         members = _members_frame(g)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, torch.float64)
     spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)

@@ -56,6 +56,14 @@ def merge(sweep_dir: str | os.PathLike, output: str | os.PathLike | None = None)
     output = Path(output) if output else sweep_dir / SWEEP_NAME
     if not output.parent.is_dir():
         raise ResultsError(f"-o {output}: no such directory {output.parent}")
+    if output.exists():
+        try:
+            kind = check_results(output)
+        except ResultsError:
+            kind = "not a results file"
+        if kind != "sweep":
+            raise ResultsError(f"-o {output}: exists and is {'a ' + kind + ' file' if kind in ('job', 'analysis') else kind}; "
+                               "the merge only replaces an earlier sweep file")
     report: dict[str, Any] = {"output": output, "merged": [], "analyses": [], "skipped": {}, "failed": []}
 
     def fill(out: h5py.File) -> None:
@@ -145,18 +153,54 @@ except ImportError:  # pragma: no cover - hydra is a dependency
     Callback = object
 
 
+_SWEEP_LOCK = None  # the open lock file of the running sweep (held until the sweep ends)
+
+
+def release_sweep_lock() -> None:
+    """Release the sweep directory's lock (at the end of the sweep, also when it failed or was
+    interrupted: one process may run several sweeps in turn)."""
+    global _SWEEP_LOCK
+    if _SWEEP_LOCK is not None:
+        _SWEEP_LOCK.close()
+        _SWEEP_LOCK = None
+
+
 class MergeCallback(Callback):
-    """Hydra callback: merge the sweep directory when a multirun ends (the command then exits
-    non-zero if any job failed, see ``surfacekit.app``)."""
+    """Hydra callback: one sweep per directory (a lock taken when the multirun starts), and the merge
+    of the sweep directory when it ends (the command then exits non-zero if any job failed, see
+    ``surfacekit.app``)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        import fcntl
+
+        global _SWEEP_LOCK
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(sweep_dir / ".surfacekit-sweep.lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            print(f"surfacekit: error: {sweep_dir} is in use by another sweep (pid {handle.read().strip() or '?'}); "
+                  "wait for it or choose another hydra.sweep.dir", file=sys.stderr)
+            sys.exit(2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _SWEEP_LOCK = handle
 
     def on_multirun_end(self, config, **kwargs) -> None:
         global LAST_REPORT
         sweep_dir = config.hydra.sweep.dir
         try:
-            report = merge(sweep_dir)
-        except ResultsError as exc:
-            print(f"[surfacekit] nothing merged: {exc}", file=sys.stderr)
-            LAST_REPORT = {"sweep_dir": sweep_dir, "failed": [], "error": str(exc)}
-            return
-        print("[surfacekit] " + describe(report))
-        LAST_REPORT = {**report, "sweep_dir": sweep_dir}
+            try:
+                report = merge(sweep_dir)
+            except ResultsError as exc:
+                print(f"[surfacekit] nothing merged: {exc}", file=sys.stderr)
+                LAST_REPORT = {"sweep_dir": sweep_dir, "failed": [], "error": str(exc)}
+                return
+            print("[surfacekit] " + describe(report))
+            LAST_REPORT = {**report, "sweep_dir": sweep_dir}
+        finally:
+            release_sweep_lock()

@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from support import ROOT, TINY, compose_config
 from surfacekit.config import ConfigError, validate
@@ -13,7 +15,7 @@ CONF = ROOT / "conf"
 OPTIONS = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
 NEEDS = {("data", "mnist"): ["data.path=/tmp"], ("experiment", "choromanska_mnist"): ["data.path=/tmp"],
          ("data", "teacher"): ["model.loss=mse"], ("task", "spectrum"): ["source=x"], ("task", "critical"): ["source=x"],
-         ("task", "landscape"): ["source=x"], ("task", "certify"): ["source=x"]}
+         ("task", "landscape"): ["source=x"], ("task", "sharpness"): ["source=x"], ("task", "certify"): ["source=x"]}
 
 
 def test_every_yaml_option_is_listed():
@@ -78,13 +80,23 @@ BAD = [  # (overrides, text the one-line message must contain)
     (["spectrum.top_k=3"], "the spectrum.* settings belong to task=spectrum"),
     (["data=mnist", "data.path=~/data"], "a path starting with ~"),
     (["model.width=3,x"], "model.width=x is invalid"),  # every value of a sweep is checked (with -m)
+    (["++model.widht=10"], "++model.widht=10: no such setting; did you mean model.width"),
+    (["~model.width"], "~model.width: deleting a setting is not supported"),
+    (["task=spectrum", "source=x", "optimizer.lr=0.1"], "optimizer.lr has no effect on task=spectrum"),
+    (["task=landscape", "source=x", "landscape.slice.lo=1", "landscape.slice.hi=0"],
+     "landscape.slice.hi=0 is invalid: expected > landscape.slice.lo=1"),
+    (["model.widths=[5,5]", "model.width=7"], "model.width has no effect when model.widths is set"),
+    (["task=critical", "source=x", "critical.options.newton.krylov_dimm=3"],
+     "critical.options.newton.krylov_dimm: no such setting; did you mean critical.options.newton.krylov_dim"),
 ]
 
 
 @pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_command_line_is_one_line_before_any_work(run_cli, tmp_path, overrides, message):
     multirun = ["-m"] if any("," in o for o in overrides) else []
-    out = run_cli(*multirun, *TINY[1:], *overrides, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/s")
+    posthoc = any(o.startswith("task=") for o in overrides)  # training settings would be refused first
+    out = run_cli(*multirun, *([] if posthoc else TINY[1:]), *overrides, f"hydra.run.dir={tmp_path}/run",
+                  f"hydra.sweep.dir={tmp_path}/s")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("surfacekit: error: ") and message in lines[0], out.stderr
@@ -155,3 +167,33 @@ def test_subprocess_smoke_run(run_cli, tmp_path):
     out = run_cli(*TINY, f"hydra.run.dir={tmp_path}/run", subprocess=True)
     assert out.returncode == 0, out.stderr
     assert len(load_members(tmp_path / "run")) == 2
+
+
+def test_memory_sizes_keep_significant_digits():
+    from surfacekit.config import format_gib
+
+    assert format_gib(3.24) == "3.2 GiB"
+    assert format_gib(41 / 1024) == "41 MiB"
+    assert format_gib(7.2 / 1024) == "7.20 MiB"
+    assert format_gib(0.0031 / 1024) == "0.0031 MiB"
+
+
+def test_training_summary_statistics_leave_out_diverged_members():
+    from surfacekit.tasks.train import SUMMARY_COLUMNS, summary
+
+    members = {c: np.array([1.0, 3.0, 1e30]) for c in SUMMARY_COLUMNS}
+    members["member"] = np.arange(3)
+    members["diverged"] = np.array([False, False, True])
+    text = summary(members)
+    mean_row = next(line for line in text.splitlines() if line.startswith("mean"))
+    assert mean_row.split()[3] == "2" and "1 of 3" in mean_row
+
+
+def test_finder_options_are_checked_against_the_finder():
+    """A preset or YAML that names an option the finder does not take is refused by the boundary."""
+    cfg = compose_config(["task=critical", "source=x"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.critical.options.newton["krylov_dimm"] = 3
+    with pytest.raises(ConfigError, match="critical.options.newton.krylov_dimm: newton has no option krylov_dimm; "
+                                          "did you mean krylov_dim"):
+        validate(cfg)

@@ -94,3 +94,36 @@ def test_bad_inputs_give_one_line_errors(tmp_path, mnist_dir):
     with pytest.raises(DataError) as info:
         load_data({"name": "mnist", "path": str(tmp_path / "nope")})
     assert "\n" not in str(info.value) and str(tmp_path / "nope") in str(info.value)
+
+
+def _npz(path, **changes):
+    rng = np.random.default_rng(2)
+    arrays = dict(x_train=rng.integers(0, 256, (8, 28, 28)), y_train=rng.integers(0, 10, 8),
+                  x_test=rng.integers(0, 256, (4, 28, 28)), y_test=rng.integers(0, 10, 4))
+    path.mkdir()
+    np.savez(path / "data.npz", **{**arrays, **changes})
+    return str(path)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(y_train=np.array([0.0, 1.5, 2, 3, 4, 5, 6, 7])), "labels must be integers; found 1.5"),
+    (dict(y_train=np.array([0.0, np.nan, 2, 3, 4, 5, 6, 7])), "labels must be integers; found nan"),
+    (dict(y_train=np.array(list("abcdefgh"))), "are not integers"),
+    (dict(x_test=np.zeros((0, 28, 28)), y_test=np.zeros(0, dtype=int)), "the test split is empty"),
+    (dict(x_test=np.zeros((4, 14, 14))), "differ in size"),
+])
+def test_bad_npz_contents_are_one_line_errors(tmp_path, changes, message):
+    with pytest.raises(DataError, match=message) as info:
+        load_data({"name": "mnist", "path": _npz(tmp_path / "d", **changes)})
+    assert "\n" not in str(info.value)
+
+
+def test_whole_valued_float_labels_are_accepted_and_a_fake_npz_refused(tmp_path):
+    d = load_data({"name": "mnist", "path": _npz(tmp_path / "d", y_train=np.arange(8.0))})
+    assert d.y_train.tolist() == list(range(8))
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "mnist.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not an .npz archive"):
+        load_data({"name": "mnist", "path": str(tmp_path / "fake")})
+    with pytest.raises(DataError, match="data.train_size=99 is invalid: data=mnist has 8 training examples"):
+        load_data({"name": "mnist", "path": _npz(tmp_path / "e"), "train_size": 99})

@@ -20,8 +20,8 @@ def net2net():
 
 def run(root, name, *args):
     """A training job in ROOT/name; a post-hoc task (name None) writes beside its source."""
-    where = [f"hydra.run.dir={root / name}"] if name else []
-    result = _in_process([*TINY, *args, *where], root.parent)
+    command = [*TINY, *args, f"hydra.run.dir={root / name}"] if name else ["progress=false", *args]
+    result = _in_process(command, root.parent)
     assert result.returncode == 0, result.stderr
 
 

@@ -26,16 +26,19 @@ def job_file(path, width, k=3, overrides=None, config=None):
     return write_results(path, groups, attrs, dims={"members": "member", "curves": "member,eval", "curves/step": "eval"})
 
 
-def analysis_file(root, job, run_id, task="spectrum", name="spectrum-0000abcd", end="2026-01-01T00:00:00+00:00", value=1.0):
+def analysis_file(root, job, run_id, task="spectrum", name="spectrum-0000abcd", end="2026-01-01T00:00:00+00:00", value=1.0,
+                  analysed=(True, True, True), weight_decay=0.0):
     path = root / "analyses" / name / f"{task}.h5"
     path.parent.mkdir(parents=True)
 
     def fill(f):
         store.set_attrs(f, {**store.provenance(), "kind": "analysis", "task": task, "end_time": end,
-                            "objective": "trained", "weight_decay": 0.0, "bn_mode": "batch"})
+                            "objective": "trained", "bn_mode": "batch"})
         g = f.create_group(f"jobs/{job}")
-        store.set_attrs(g, {"source_run_id": run_id, "source_path": "x"})
-        store._write_groups(g, {"members": {"member": np.arange(3), "lambda_max": np.full(3, value)},
+        store.set_attrs(g, {"source_run_id": run_id, "source_path": "x", "objective": "trained",
+                            "weight_decay": weight_decay, "bn_mode": "batch"})
+        store._write_groups(g, {"members": {"member": np.arange(3), "analysed": np.array(analysed),
+                                            "lambda_max": np.where(analysed, value, np.nan)},
                                 task: {"top": np.full((3, 2), value)}}, {})
 
     return store.write_atomic(path, fill)
@@ -127,6 +130,25 @@ def test_analysis_files_join_on_job_and_member(tmp_path):
                                   "0__analyses__spectrum-stale000"]
     assert load_members(tmp_path / "sweep.h5")["lambda_max"].tolist() == [2.0] * 3
     assert load_members(tmp_path)["lambda_max"].tolist() == [2.0] * 3
+
+
+def test_a_partial_newer_analysis_does_not_hide_a_complete_older_one(tmp_path):
+    path = job_file(tmp_path / "0" / "results.h5", 5)
+    run_id = store.load_attrs(path)["run_id"]
+    analysis_file(tmp_path / "0", "0", run_id, name="spectrum-complete", value=1.0, weight_decay=0.01,
+                  end="2026-01-01T00:00:00+00:00")
+    analysis_file(tmp_path / "0", "0", run_id, name="spectrum-partial", value=2.0, analysed=(True, False, False),
+                  end="2026-02-01T00:00:00+00:00")
+    members = load_members(path)
+    assert members["lambda_max"].tolist() == [2.0, 1.0, 1.0]
+    assert members["spectrum_analysis"].tolist() == ["spectrum-partial", "spectrum-complete", "spectrum-complete"]
+    assert members["spectrum_weight_decay"].tolist() == [0.0, 0.01, 0.01]  # each row's own analysis, per job
+    chosen = load_members(path, analyses=["spectrum-complete"])
+    assert chosen["lambda_max"].tolist() == [1.0] * 3
+    only_partial = load_members(path, analyses=["spectrum-partial"])
+    assert only_partial["lambda_max"].iloc[0] == 2.0 and np.isnan(only_partial["lambda_max"].iloc[1:]).all()
+    with pytest.raises(ResultsError, match="no analyses named"):
+        load_members(path, analyses=["spectrum-nope"])
 
 
 def test_schema_1_files_still_load():

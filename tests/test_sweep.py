@@ -72,3 +72,27 @@ def test_merge_replaces_an_older_sweep_file(tmp_path):
     assert sweep.merge(tmp_path)["merged"] == ["0", "1"]
     assert len(load_members(tmp_path / "sweep.h5")) == 6
     assert np.isfinite(load_members(tmp_path / "sweep.h5")["final_test_loss"]).all()
+
+
+def test_merge_output_never_replaces_a_job_file(tmp_path, capsys):
+    job_file(tmp_path / "s" / "0" / "results.h5", 5)
+    job_file(tmp_path / "keep.h5", 5)
+    before = (tmp_path / "keep.h5").read_bytes()
+    assert sweep.merge_main([str(tmp_path / "s"), "-o", str(tmp_path / "keep.h5")]) == 2
+    assert "exists and is a job file" in capsys.readouterr().err
+    assert (tmp_path / "keep.h5").read_bytes() == before
+
+
+def test_a_second_sweep_into_a_directory_in_use_is_refused(run_cli, tmp_path):
+    import fcntl
+
+    (tmp_path / "s").mkdir()
+    with open(tmp_path / "s" / ".surfacekit-sweep.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running sweep holds
+        out = run_cli("-m", "population.size=1", "model.width=2", "trainer.epochs=1", "data.train_size=50",
+                      "progress=false", "seed=0,1", f"hydra.sweep.dir={tmp_path}/s")
+    assert out.returncode == 2 and "is in use by another sweep" in out.stderr
+    assert not (tmp_path / "s" / "0").exists()
+    again = run_cli("-m", "population.size=1", "model.width=2", "trainer.epochs=1", "data.train_size=50",
+                    "progress=false", "seed=0,1", f"hydra.sweep.dir={tmp_path}/s")
+    assert again.returncode == 0, again.stderr  # released: the same process may sweep again

@@ -75,6 +75,24 @@ def test_chunks_resume_to_the_rows_of_one_run(run_cli, tmp_path, monkeypatch):
     np.testing.assert_array_equal(members["index"], ref["index"])
 
 
+def test_resume_with_another_chunk_size_is_refused(run_cli, tmp_path, monkeypatch):
+    """Parts of 2-start chunks are never mixed into a run of 3-start chunks (their rows differ)."""
+    args = ["task=spinglass", "spinglass.N=8", "seed=3", "spinglass.starts=6", "spinglass.max_steps=5000",
+            "progress=false", f"hydra.run.dir={tmp_path}/run"]
+    original = sg.simulate
+
+    def stop_after_one(**kwargs):
+        monkeypatch.setattr(sg, "simulate", lambda **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+        return original(**kwargs)
+
+    monkeypatch.setattr(sg, "simulate", stop_after_one)
+    assert run_cli(*args, "spinglass.chunk_starts=2").returncode == 130
+    monkeypatch.setattr(sg, "simulate", original)
+    out = run_cli(*args, "spinglass.chunk_starts=3", "resume=true")
+    assert out.returncode != 0
+    assert len(list((tmp_path / "run" / "parts").glob("*.npz"))) == 1  # the finished chunk is kept
+
+
 def test_job_writes_members_per_start(sweep):
     path = sweep / "1" / "results.h5"  # job 1 of the sweep: spinglass.N=10, seed=3
     members = store.load_members(path)

@@ -148,6 +148,7 @@ def test_certified_starting_points(sources, run_cli):
     ("relu", ["population.init_point=certify"], "population.init_point=certify is invalid: expected final, or run task=certify"),
     (None, ["population.transform=widen"], "population.transform=widen is invalid: expected none without population.init_from"),
     ("relu", ["population.transform=spread"], "population.transform=spread is invalid: expected one of"),
+    ("relu", ["population.shared_init=true"], "population.shared_init=true is invalid: expected false with population.init_from"),
 ])
 def test_refusals(sources, source, overrides, message):
     args = [*BASE, *([f"population.init_from={sources[source]}"] if source else []), *overrides]

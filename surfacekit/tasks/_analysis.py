@@ -26,12 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from surfacekit.config import ConfigError, resolve_device
 from surfacekit.data import DataError
-from surfacekit.jobs import JobError, job_attributes
+from surfacekit.jobs import JobError, analysis_root, job_attributes, warn
 from surfacekit.progress import bar
 from surfacekit.store import (
-    PARTS_DIR, Job, JobRef, Parts, ResultsError, _members_frame, _open, collect, file_sha256, job_objective, load_job,
-    now_iso,
-    set_attrs, write_atomic, _write_groups,
+    ANALYSES_DIR, PARTS_DIR, Job, JobRef, Parts, ResultsError, _members_frame, _open, collect, file_sha256,
+    job_objective, load_job, now_iso, set_attrs, write_atomic, _write_groups,
 )
 
 SOURCE_ERRORS = (ConfigError, DataError, ResultsError)
@@ -98,42 +97,78 @@ def member_objective(job: Job, member: int, ctx: dict):
     return cache[member]
 
 
-def _done_jobs(path: Path, col_jobs: dict[str, JobRef], cfg: DictConfig, settings: dict) -> set[str]:
-    """Jobs of an existing output file whose source is unchanged (same run_id). Raises JobError when
-    that file was written with other settings (never mixed with, never replaced by, this run)."""
+def _existing_jobs(path: Path, cfg: DictConfig, settings: dict) -> dict[str, str]:
+    """Job name -> source run_id of the jobs in an existing output file. Raises JobError when that
+    file was written with other settings (never mixed with, never replaced by, this run)."""
     if not path.exists():
-        return set()
+        return {}
     with h5py.File(path, "r") as f:
         stored = (json.loads(str(f.attrs.get("settings", "null"))), str(f.attrs.get("objective", "")),
                   str(f.attrs.get("bn_mode", "")))
         if stored[0] != settings or (f.get("jobs") and stored[1:] != (str(cfg.objective), str(cfg.bn_mode))):
             raise JobError(f"{path} holds an analysis with other settings; use another directory or delete it")
-        return {name for name, g in f.get("jobs", {}).items()
-                if name in col_jobs and col_jobs[name].run_id and str(g.attrs.get("source_run_id", "")) == col_jobs[name].run_id}
+        return {name: str(g.attrs.get("source_run_id", "")) for name, g in f.get("jobs", {}).items()}
+
+
+def _parts_of(parts: Parts, ref: JobRef) -> None:
+    """Forget a job's finished units when they were computed from another training file (a job retrained
+    into the same directory): units are only reused for the same source ``run_id``."""
+    stamp = parts.directory / ref.name / "source_run_id.txt"
+    if stamp.exists() and stamp.read_text() != ref.run_id:
+        shutil.rmtree(parts.directory / ref.name)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(ref.run_id)
+
+
+def _plan_job(task: Task, ref: JobRef, settings: dict) -> Plan:
+    f, g = _open(ref)
+    with f:
+        if "params" not in g:
+            raise ResultsError(f"{ref.file}: job {ref.name!r} has no /params (not a trained population: "
+                               f"task={g.attrs.get('task', '?')})")
+        members = _members_frame(g)
+    return Plan(ref, members, task.plan(ref, members, settings))
 
 
 def run(task: Task, cfg: DictConfig, out_dir: Path) -> Path:
-    """Plan, compute (resumably) and write ``out_dir/<task>.h5`` for every job of ``source``."""
+    """Plan, compute (resumably) and write ``out_dir/<task>.h5`` for every job of ``source``.
+
+    Jobs already in the output file with the same source ``run_id`` are kept as they are; jobs of
+    the file whose source is missing now (moved, unreadable) are kept too; a job whose training file
+    changed (another ``run_id``) is analysed again. A job with nothing to analyse (every selected
+    member diverged) is reported and skipped.
+    """
     started = now_iso()
     settings = settings_of(cfg)
     device = resolve_device(cfg.device)
     col = collect(cfg.source)
+    if not col.jobs and col.analyses:
+        raise ConfigError(f"source={cfg.source} is an analysis file; name the training job, run directory or sweep")
     failed: dict[str, str] = dict(col.skipped)
+    analyses_dir = (analysis_root(cfg.source) / ANALYSES_DIR).resolve()
+    if analyses_dir not in out_dir.resolve().parents:
+        warn(f"the output directory {out_dir} is outside {analyses_dir}: load_members(source) will not join "
+             f"these results; read them with load_group({out_dir / (task.name + '.h5')}, GROUP)")
     output = out_dir / f"{task.name}.h5"
-    done = _done_jobs(output, col.jobs, cfg, settings)
+    existing = _existing_jobs(output, cfg, settings)
+    done = {name for name, run_id in existing.items() if name in col.jobs and run_id and run_id == col.jobs[name].run_id}
+    kept = {name for name in existing if name not in col.jobs}  # sources missing now: keep their results
     signature = json.dumps({"settings": settings, "objective": cfg.objective, "bn_mode": cfg.bn_mode}, sort_keys=True)
     parts = Parts(out_dir / PARTS_DIR, signature=signature)
     plans: list[Plan] = []
     for ref in col.jobs.values():
         if ref.name in done:
             continue
-        f, g = _open(ref)
-        with f:
-            members = _members_frame(g)
         try:
-            plans.append(Plan(ref, members, task.plan(ref, members, settings)))
+            plan = _plan_job(task, ref, settings)
         except SOURCE_ERRORS as exc:
             failed[ref.name] = str(exc).splitlines()[0]
+            continue
+        if not plan.units:
+            warn(f"{task.name}: job {ref.name}: nothing to analyse (every selected member diverged); skipped")
+            continue
+        _parts_of(parts, ref)
+        plans.append(plan)
     total = sum(len(p.units) for p in plans)
     finished = sum(parts.done(f"{p.job.name}/{key}") for p in plans for key in p.units)
     print(f"[surfacekit] {task.name}: {len(col.jobs)} job(s) in {cfg.source}; {len(done)} already analysed with these "
@@ -166,9 +201,11 @@ def run(task: Task, cfg: DictConfig, out_dir: Path) -> Path:
             failed[plan.job.name] = str(exc).splitlines()[0]
     progress.close()
     if results:
-        _write(output, cfg, started, col, done, results)
+        _write(output, cfg, started, col, done | kept, results)
         for name in results:
             shutil.rmtree(out_dir / PARTS_DIR / name, ignore_errors=True)
+    if not parts.keys():
+        parts.remove()
     for name, (groups, _, _) in results.items():
         print(f"[surfacekit] {task.name} of job {name}:\n{task.summary(groups)}")
     if failed:
@@ -180,18 +217,13 @@ def run(task: Task, cfg: DictConfig, out_dir: Path) -> Path:
     return output
 
 
-def _write(output: Path, cfg: DictConfig, started: str, col, done: set[str], results: dict) -> None:
-    infos = [info for _, _, info in results.values()]
-    common = {key: infos[0][key] for key in ("objective", "bn_mode")} if infos else {}
-    if infos:
-        common["weight_decay"] = sorted({i["weight_decay"] for i in infos})[-1] if len({i["weight_decay"] for i in infos}) == 1 else float("nan")
-
+def _write(output: Path, cfg: DictConfig, started: str, col, keep: set[str], results: dict) -> None:
     def fill(f: h5py.File) -> None:
         attrs = {**job_attributes(cfg, started, kind="analysis"), "source": str(cfg.source),
-                 "settings": settings_of(cfg), **common}
-        if done and output.exists():
+                 "settings": settings_of(cfg), "objective": str(cfg.objective), "bn_mode": str(cfg.bn_mode)}
+        if keep and output.exists():
             with h5py.File(output, "r") as old:
-                for name in done:
+                for name in keep:
                     old.copy(old["jobs"][name], f.require_group("jobs"), name=name)
         set_attrs(f, attrs)
         for name, (groups, dims, info) in results.items():

@@ -92,7 +92,7 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
         arrays[name] = out
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
     arrays["index_method"] = np.array([str(by_pos[p]["index_method"]) if p in by_pos else "" for p in range(k)])
-    columns = {"member": members["member"].to_numpy(), "spectrum_loss": arrays["loss"],
+    columns = {"member": members["member"].to_numpy(), "analysed": arrays["analysed"], "spectrum_loss": arrays["loss"],
                "spectrum_grad_norm": arrays["grad_norm"], "index_count": arrays["index_count"],
                "index_fraction": arrays["index_fraction"], "lambda_max": arrays["top"][:, 0],
                "lambda_min": arrays["bottom"][:, 0], "trace": arrays["trace"]}

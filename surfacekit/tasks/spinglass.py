@@ -100,8 +100,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     opts = settings(cfg)
     device = resolve_device(cfg.device)
     e_0, e_inf = sg.thresholds(opts["p"])
-    parts = Parts(out_dir / PARTS_DIR, signature=json.dumps(opts, sort_keys=True))
     chunk = int(cfg.spinglass.chunk_starts)
+    parts = Parts(out_dir / PARTS_DIR, signature=json.dumps({**opts, "chunk_starts": chunk}, sort_keys=True))
     chunks = [(lo, min(lo + chunk, opts["num_starts"])) for lo in range(0, opts["num_starts"], chunk)]
     todo = [c for c in chunks if not parts.done(f"starts-{c[0]:07d}")]
     print(f"[surfacekit] spin glass N={opts['n']} p={opts['p']}: {opts['num_starts']} starts in {len(chunks)} chunk(s), "

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from surfacekit import warm_start
 from surfacekit.config import DTYPES, ConfigError, check_memory, resolve_device, validate_training, validate_with_data
 from surfacekit.data import Dataset, load_data
-from surfacekit.jobs import JobError, finished_results, job_attributes, warn
+from surfacekit.jobs import JobError, finished_results, job_attributes
 from surfacekit.models import MLPSpec, num_params, spec_from_config
 from surfacekit.population import init_population, member_seed
 from surfacekit.store import RESULTS_NAME, now_iso, write_results
@@ -25,8 +25,7 @@ SUMMARY_COLUMNS = ["member", "final_train_loss", "final_test_loss", "train_error
 
 def build(cfg: DictConfig) -> tuple[MLPSpec, Dataset, list[int]]:
     """Validated spec, data on the job's device and dtype, and member seeds."""
-    for message in validate_training(cfg):
-        warn(message)
+    validate_training(cfg)  # errors only: the command's validation already printed and stored the warnings
     device = resolve_device(cfg.device)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, DTYPES[cfg.dtype])
     validate_with_data(cfg, len(data.x_train))
@@ -84,14 +83,25 @@ def result_groups(cfg: DictConfig, spec: MLPSpec, seeds: list[int], result: Trai
     if result.trajectory is not None:
         groups["trajectory"] = {"theta": result.trajectory, "step": result.curve_steps}
         dims.update({"trajectory/theta": "eval,member,param", "trajectory/step": "eval"})
+    centre = result.groups.get("centre/members")
+    if centre is not None:  # trainer.coupling: the centre's own row, with the next member id
+        members["is_centre"] = np.zeros(len(seeds), dtype=bool)
+        centre.arrays = {**{c: v[:1] for c, v in members.items()}, "member": np.array([first + len(seeds)]),
+                         "seed": np.array([-1]), "lr_scale": np.array([np.nan]), **centre.arrays}
+    for name, group in result.groups.items():
+        groups[name] = group.arrays
+        dims.update(group.dims)
     return groups, dims
 
 
 def summary(members: dict[str, np.ndarray]) -> str:
-    """Per-member table (first 20 rows) with mean and std rows (``diverged``: the count, not a mean)."""
+    """Per-member table (first 20 rows) with mean and std rows over the members that did not diverge
+    (``diverged``: the count, not a mean; a diverged member's frozen values would dominate both)."""
     frame = pd.DataFrame({c: members[c] for c in SUMMARY_COLUMNS}).set_index("member")
     shown = frame.head(20)
-    stats = frame.drop(columns="diverged").astype(float).agg(["mean", "std"])
+    healthy = frame[~frame["diverged"].astype(bool)]
+    stats = healthy.drop(columns="diverged").astype(float).agg(["mean", "std"])
+    stats.index = ["mean (not diverged)", "std (not diverged)"]
     stats["diverged"] = [f"{int(frame['diverged'].sum())} of {len(frame)}", ""]
     more = f"\n... {len(frame) - 20} more members in the results file" if len(frame) > 20 else ""
     return shown.to_string(float_format="%.4g") + more + "\n" + stats.to_string(float_format="%.4g")
@@ -113,6 +123,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
         params = begin.params
     else:
         params = init_population(spec, seeds, DTYPES[cfg.dtype], data.x_train.device)
+    if cfg.population.get("shared_init"):  # one start for every member; seeds still order the minibatches
+        params = {name: value[:1].expand_as(value).clone() for name, value in params.items()}
     trainer = trainer_module(cfg.trainer.method)
     lr_scale = cfg.population.get("lr_scale")
     if lr_scale is not None:
@@ -125,8 +137,13 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     if begin is not None:
         groups["members"].update(begin.members)
         groups.update(begin.groups)
-    path = write_results(path, groups, job_attributes(cfg, started), dims)
+    path = write_results(path, groups, job_attributes(cfg, started), dims,
+                         group_attrs={name: g.attrs for name, g in result.groups.items() if g.attrs})
     print(summary(groups["members"]))
+    if "centre/members" in groups:
+        c = groups["centre/members"]
+        print(f"centre (member {int(c['member'][0])}, trainer.coupling={cfg.trainer.coupling}): final train loss "
+              f"{c['final_train_loss'][0]:.4g}, test loss {c['final_test_loss'][0]:.4g}, test error {c['test_error'][0]:.4g}")
     print(f"[surfacekit] {len(seeds)} networks, P={num_params(spec)} each -> {path}")
     diverged = groups["members"]["diverged"]
     if diverged.all():

@@ -19,6 +19,7 @@ from surfacekit.objective import check_choices, l2_coefficients as objective_l2
 from surfacekit.optim import build_optimizer, coupled_weight_decay, learning_rate, optimizer_config
 from surfacekit.population import Params
 from surfacekit.seeds import stream_generators
+from surfacekit.train import coupling as couplings, tracking
 from surfacekit.train.common import (
     Freezer, Recorder, TrainResult, epochs_with_checkpoints, final_buffers, minibatches,
 )
@@ -101,6 +102,8 @@ def train(
     freezer = Freezer({**leaves, **running})
     l2 = objective_l2(spec, "backprop", optimizer_cfg, trainer_cfg, objective)
     recorder = Recorder(spec, data, loss, chunk_size, bool(trainer_cfg["snapshots"]), l2, bn_mode)
+    coupling = couplings.start(trainer_cfg, leaves, recorder)  # None unless trainer.coupling is set
+    tracker = tracking.start(trainer_cfg, optimizer_cfg, spec, data, loss, seeds, objective, chunk_size, leaves)
 
     steps_per_epoch = 1 if batch_size is None else math.ceil(n / int(batch_size))
     diverged = torch.zeros(k, dtype=torch.bool, device=device)
@@ -110,6 +113,8 @@ def train(
 
     def checkpoint(epoch: float) -> None:
         now = recorder.record(leaves, step, epoch, running)
+        if coupling is not None:
+            couplings.record(coupling, leaves, step, epoch, freezer.active)
         if grad_tol > 0:
             done = (now["grad_norm"] < grad_tol) & freezer.active
             converged.logical_or_(done)
@@ -130,21 +135,26 @@ def train(
             active = freezer.active
             optimizer.zero_grad()
             torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
-            before = None if lr_scale is None else {name: v.detach().clone() for name, v in leaves.items()}
+            keep = lr_scale is not None or coupling is not None
+            before = {name: v.detach().clone() for name, v in leaves.items()} if keep else None
             optimizer.step()
-            if before is not None:
+            if lr_scale is not None:
                 scale_updates(leaves, before, lr_scale)
+            if coupling is not None:
+                couplings.step(coupling, leaves, before, active)
             for i_layer in range(len(spec.widths) if spec.batch_norm else 0):
                 mean, var = param_name(i_layer, "bn_mean"), param_name(i_layer, "bn_var")
                 update_running(running[mean], running[var], moments[mean], moments[var], x.shape[-2])
             freezer.restore({**leaves, **running})
             steps_taken += active
             step += 1
+            if tracker is not None:
+                tracking.observe(tracker, leaves, step, epoch + (i + 1) / steps_per_epoch, freezer.active)
 
     final = {name: v.detach() for name, v in leaves.items()}
     buffers = final_buffers(spec, final, data.x_train, chunk_size, running)
     recorder.finish(final, buffers)
-    return TrainResult(
+    result = TrainResult(
         params=final,
         init_params=init_params,
         diverged=diverged.cpu().numpy(),
@@ -153,3 +163,8 @@ def train(
         **recorder.result_fields(),
         buffers=buffers,
     )
+    if coupling is not None:
+        result = couplings.finish(coupling, result, divergence_loss)
+    if tracker is not None:
+        result = tracking.finish(tracker, result, final, step, float(recorder.epochs[-1]), freezer.active)
+    return result

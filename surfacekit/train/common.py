@@ -33,7 +33,9 @@ class TrainResult:
     buffers: batch-norm statistics [K, width] per hidden layer i (empty without batch norm), stored under
     /buffers: ``layers.{i}.bn_mean`` / ``bn_var``, the exact full-training-set mean and variance (divisor N)
     of the final parameters, which evaluation mode uses, and ``layers.{i}.bn_running_mean`` /
-    ``bn_running_var``, torch's running averages (momentum 0.1, unbiased batch variances) at the end.
+    ``bn_running_var``, torch's running averages (momentum 0.1, unbiased batch variances) at the end;
+    groups: further HDF5 groups of a method or option by path (e.g. ``centre/params`` of a coupled
+    population, ``tracked_sharpness``), each a :class:`ResultGroup`.
     """
 
     params: Params
@@ -49,6 +51,17 @@ class TrainResult:
     aux_params: Params = field(default_factory=dict)
     init_aux_params: Params = field(default_factory=dict)
     buffers: Params = field(default_factory=dict)
+    groups: dict[str, "ResultGroup"] = field(default_factory=dict)
+
+
+@dataclass
+class ResultGroup:
+    """One HDF5 group of a :class:`TrainResult`: arrays by name, axis names (``dims``: the group's path
+    or ``path/name`` -> e.g. ``"member,eval"``) and the group's attributes."""
+
+    arrays: dict[str, Any]
+    dims: dict[str, str] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from critical_problems import F64, NEAR, SURFACES, saddle, two_weight
 
 from surfacekit.critical import (
     armijo,
@@ -16,11 +15,12 @@ from surfacekit.critical import (
     saddle_free,
 )
 from surfacekit.critical.evaluate import Evaluations
+from surfacekit.problems import F64, NEAR_ORIGIN, SURFACES, saddle, two_weight
 
 
 @pytest.mark.parametrize("name", list(SURFACES))
 @pytest.mark.parametrize("method", ["newton", "newton_mr", "levenberg_marquardt"])
-@pytest.mark.parametrize("start", NEAR)
+@pytest.mark.parametrize("start", NEAR_ORIGIN)
 def test_newton_converges_to_the_saddle(name, method, start):
     fn = SURFACES[name]
     point = find(fn, torch.tensor(start, **F64), method, max_iter=60)
@@ -34,7 +34,7 @@ def test_newton_converges_to_the_saddle(name, method, start):
 
 
 @pytest.mark.parametrize("name", list(SURFACES))
-@pytest.mark.parametrize("start", NEAR)
+@pytest.mark.parametrize("start", NEAR_ORIGIN)
 def test_saddle_free_newton_escapes_and_decreases_f(name, start):
     fn = SURFACES[name]
     run = saddle_free(fn, torch.tensor(start, **F64), max_iter=20, damping=1e-3)

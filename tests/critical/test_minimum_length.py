@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from critical_problems import F64
 
 from surfacekit.critical import minimum_length_solve
+from surfacekit.problems import F64
 
 
 def symmetric(eigenvalues, seed=0):

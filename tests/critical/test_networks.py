@@ -5,17 +5,18 @@ import itertools
 
 import numpy as np
 import torch
-from critical_problems import F64, linear_autoencoder, memorization_net, trained_to_a_minimum
 
 from surfacekit.critical import find, sample_uniform_in_loss
 from surfacekit.curvature import dense_hessian, index
 from surfacekit.models import MLPSpec
 from surfacekit.population import member_loss_fn
+from surfacekit.problems import F64, gd_trajectory, linear_autoencoder, memorization_minimum, memorization_net
 
 
 def test_linear_autoencoder_newton_mr_finds_exact_critical_points():
     d, p = 5, 2
-    loss, critical_point, lam, gen = linear_autoencoder(d, p)
+    ae = linear_autoencoder(d, p)
+    loss, critical_point, lam, gen = ae.loss_fn, ae.critical_point, ae.eigenvalues, ae.generator
     results = []
     for subset in itertools.combinations(range(d), p):
         # Expected index from the closed form: every pair (i in I, j not in I) with lambda_j > lambda_i
@@ -40,8 +41,8 @@ def test_levenberg_marquardt_from_random_starts_reaches_baldi_hornik_points():
     # Baldi-Hornik's: W2 W1 the projection onto span(Q_I), loss = half the left-out eigenvalue sum,
     # and (|I| = p) the index equal to the pair count.
     d, p = 5, 2
-    loss, _, lam, gen = linear_autoencoder(d, p)
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0), **F64))
+    ae = linear_autoencoder(d, p)
+    loss, lam, gen, q = ae.loss_fn, ae.eigenvalues, ae.generator, ae.q
     accepted = 0
     for _ in range(3):
         start = torch.randn(2 * d * p, generator=gen, **F64)
@@ -60,11 +61,15 @@ def test_levenberg_marquardt_from_random_starts_reaches_baldi_hornik_points():
         if len(kept) == p:
             expected = sum(1 for i in kept for j in range(d) if j not in kept and lam[j] > lam[i])
             assert point.index.count == expected
+        form = ae.closed_form(point.theta)  # the library's classifier agrees with the checks above
+        assert form is not None and list(form[0]) == kept and abs(form[1] - point.loss) < 1e-8
+        assert form[2] == (point.index.count if len(kept) == p else None)
     assert accepted >= 2
 
 
 def test_gradient_flat_endpoints_of_a_memorization_net_are_not_critical():
-    loss_fn, thetas, losses = memorization_net()
+    loss_fn, theta0, _ = memorization_net()
+    thetas, losses = gd_trajectory(loss_fn, theta0, steps=1500)
     assert thetas.shape[1] == 71
     starts = np.unique(sample_uniform_in_loss(np.asarray(losses), 4, seed=1))
     assert len(starts) == 3
@@ -84,7 +89,7 @@ def test_gradient_flat_endpoints_of_a_memorization_net_are_not_critical():
 
 
 def test_newton_mr_converges_quadratically_near_a_trained_minimum():
-    loss_fn, theta_min = trained_to_a_minimum()
+    loss_fn, theta_min = memorization_minimum()
     # Start at the final trained point itself: accepted at once, index 0, the same minimum.
     point = find(loss_fn, theta_min, "newton_mr", max_iter=10)
     assert point.accepted and point.iterations <= 2 and point.index.count == 0

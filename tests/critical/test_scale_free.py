@@ -7,24 +7,25 @@ multiplying a loss by 1e-6 turned a rejected point into an accepted one without 
 
 import pytest
 import torch
-from critical_problems import F64, NEAR, SingularQuadratic, linear_autoencoder, start, two_weight
 
 from surfacekit.critical import METHODS, classify_endpoint, find, levenberg_marquardt
 from surfacekit.critical.trace import FinderRun
+from surfacekit.problems import F64, NEAR_ORIGIN, SingularQuadratic, linear_autoencoder, random_point, two_weight
 
 SCALES = (1e-9, 1.0, 1e6)
 
 
 def problems():
-    loss, critical_point, _, _ = linear_autoencoder()
+    ae = linear_autoencoder()
+    loss, critical_point = ae.loss_fn, ae.critical_point
     u = torch.randn(20, generator=torch.Generator().manual_seed(3), **F64)
     near_saddle = critical_point((0, 2), torch.eye(2, **F64)) + 0.05 * u  # index 2 Baldi-Hornik point
     psd = SingularQuadratic(eigenvalues=(3.0, 2.0, 1.5, 0.7, 1.0, 0.5))
     indefinite = SingularQuadratic(kernel=0.3)
     return {  # name: (loss, start, finders, endpoint tolerance relative to max(1, ||theta||))
-        "two_weight": (two_weight, torch.tensor(NEAR[0], **F64), METHODS, 1e-10),
-        "singular psd": (psd, start(8), METHODS, 1e-10),
-        "singular inconsistent": (indefinite, start(8), ("newton_mr", "newton", "gradnorm", "levenberg_marquardt"),
+        "two_weight": (two_weight, torch.tensor(NEAR_ORIGIN[0], **F64), METHODS, 1e-10),
+        "singular psd": (psd, random_point(8), METHODS, 1e-10),
+        "singular inconsistent": (indefinite, random_point(8), ("newton_mr", "newton", "gradnorm", "levenberg_marquardt"),
                                   1e-8),
         # critical points of the autoencoder form GL(2) orbits: flat directions, so rounding may
         # move the endpoint along the orbit; compare to 1e-6
@@ -71,7 +72,8 @@ def test_acceptance_ratio_is_scale_free_and_the_absolute_cutoff_is_not():
 def test_levenberg_marquardt_solves_tiny_losses_like_unit_ones():
     # scipy's LSQR has absolute terms in its stopping tests; on the unnormalized problem the
     # 1e-9-scaled autoencoder ran to max_iter (60) where the unit one stopped after 8 steps.
-    loss, critical_point, _, _ = linear_autoencoder()
+    ae = linear_autoencoder()
+    loss, critical_point = ae.loss_fn, ae.critical_point
     u = torch.randn(20, generator=torch.Generator().manual_seed(3), **F64)
     x0 = critical_point((0, 2), torch.eye(2, **F64)) + 0.05 * u
     runs = [levenberg_marquardt(lambda t, c=c: c * loss(t), x0, max_iter=60) for c in (1e-9, 1.0)]

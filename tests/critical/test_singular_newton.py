@@ -1,7 +1,7 @@
 """Issue 22, section 1: Newton steps on singular Hessians go to the nearest critical point.
 
 Measured before the fix (scipy MINRES in Newton-MR) on ``SingularQuadratic`` (P = 8, two zero
-eigenvalues, start ``start(8)``): with a kernel component of 0.3 in g the endpoint drifted 1.5e14
+eigenvalues, start ``random_point(8)``): with a kernel component of 0.3 in g the endpoint drifted 1.5e14
 along the kernel (line-search stop; Levenberg-Marquardt and Krylov Newton stayed within 2e-9);
 with a kernel component of 1e-6 it was *accepted* (||g||^2 = 7.7e-13 < 1e-10) 1.1e10 away from the
 start, with a loss of 9,835 where the least-squares point nearest the start has -1.09. The issue's
@@ -9,9 +9,9 @@ own quadratic gave 6.9e8 and "accepted 2e6 away, loss -13.83 vs -11.84": the sam
 """
 
 import pytest
-from critical_problems import SingularQuadratic, start
 
 from surfacekit.critical import find
+from surfacekit.problems import SingularQuadratic, random_point
 
 LEAST_SQUARES = ["newton_mr", "levenberg_marquardt", "newton", "gradnorm"]
 
@@ -20,7 +20,7 @@ LEAST_SQUARES = ["newton_mr", "levenberg_marquardt", "newton", "gradnorm"]
 @pytest.mark.parametrize("kernel", [0.0, 0.3, 1e-6])
 def test_endpoint_is_the_nearest_least_squares_point(method, kernel):
     quadratic = SingularQuadratic(kernel=kernel)  # indefinite: eigenvalues 3, -2, 1.5, -0.7, 1, 0.5, 0, 0
-    x0 = start(quadratic.size)
+    x0 = random_point(quadratic.size)
     nearest = quadratic.nearest(x0)
     point = find(quadratic, x0, method, max_iter=60, compute_index=False)
     assert (point.theta - nearest).norm() < 1e-8, (point.theta - nearest).norm()
@@ -43,7 +43,7 @@ def test_saddle_free_reaches_the_nearest_minimum_or_runs_downhill(kernel):
     # the point nearest the start; inconsistent -> f is linear along the kernel and unbounded below,
     # and saddle-free Newton follows it down: never accepted.
     quadratic = SingularQuadratic(eigenvalues=(3.0, 2.0, 1.5, 0.7, 1.0, 0.5), kernel=kernel)
-    x0 = start(quadratic.size)
+    x0 = random_point(quadratic.size)
     point = find(quadratic, x0, "saddle_free", max_iter=60)
     if kernel == 0:
         assert point.accepted and point.index.count == 0
@@ -57,7 +57,7 @@ def test_larger_singular_systems():
     eigenvalues = [2.0] * 8 + [-1.0] * 8 + [0.5, -3.0, 4.0, 1e-2] * 3 + [7.0, -0.2]
     for kernel in (0.0, 0.5):
         quadratic = SingularQuadratic(eigenvalues=eigenvalues, zeros=10, kernel=kernel, seed=3)
-        x0 = start(quadratic.size, seed=7)
+        x0 = random_point(quadratic.size, seed=7)
         point = find(quadratic, x0, "newton_mr", compute_index=False)
         assert (point.theta - quadratic.nearest(x0)).norm() < 1e-8
         assert point.accepted == (kernel == 0)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from critical_problems import F64
+from surfacekit.problems import F64
 from scipy.optimize import LbfgsInvHessProduct
 
 from surfacekit.critical import two_loop

@@ -31,7 +31,7 @@ def kinked(t: torch.Tensor) -> torch.Tensor:
     return (t.abs() ** 1.5).sum() + 0.5 * t @ t
 
 
-KINK = torch.tensor([0.0, 1.0, -2.0, 0.5, 1.5, -0.7, 0.3, 2.0])
+KINK = torch.tensor([0.0, 1.0, -2.0, 0.5, 1.5, -0.7, 0.3, 2.0], dtype=torch.float64)
 
 
 # ---- one threshold convention ---------------------------------------------------------------------

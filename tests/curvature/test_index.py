@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from conftest import toy_loss
 from surfacekit.curvature import index
+from surfacekit.problems import two_weight as toy_loss
 
 
 @pytest.mark.parametrize("relative", [1e-6, 1e-5, 1e-3])

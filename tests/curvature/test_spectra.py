@@ -1,4 +1,4 @@
-"""Every routine on the library of hard spectra (tests/curvature/spectra.py), each against dense
+"""Every routine on the library of hard spectra (surfacekit.problems), each against dense
 eigvalsh of the HVP-assembled Hessian: repeated eigenvalues (x2, x3, x8, x20, x30 at the top, the
 bottom and inside the negative tail), clusters split by 1e-10, a zero block of half the dimension, and
 networks at symmetric points (a trained net with a unit split into copies; identical hidden units)."""
@@ -10,23 +10,23 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-import spectra
+from surfacekit import problems
 from surfacekit.curvature import extreme_eigenvalues, index, spectral_density
 from surfacekit.curvature.clusters import cluster_sizes
 
-DESIGNED = spectra.multiplicity_cases() + spectra.cluster_cases()
+DESIGNED = problems.multiplicity_cases() + problems.cluster_cases()
 
 
 @pytest.fixture(scope="module", params=DESIGNED, ids=lambda c: c.name)
 def case(request):
     c = request.param
-    return c, spectra.reference(c)
+    return c, c.eigenvalues
 
 
 @pytest.fixture(scope="module", params=["split", "identical"])
 def network(request):
-    c = spectra.split_network(5) if request.param == "split" else spectra.identical_units_network()
-    return c, spectra.reference(c)
+    c = problems.split_network(5) if request.param == "split" else problems.identical_units_network()
+    return c, c.eigenvalues
 
 
 def thresholds(eig: torch.Tensor) -> list[tuple[float | None, float]]:
@@ -124,11 +124,11 @@ def test_split_network_is_a_degenerate_saddle(network):
 def test_old_single_vector_failure_is_fixed(m):
     """The issue's case: 5 repeated m times at the top; a single start vector returned the next
     distinct value in place of the extra copies, flagged converged."""
-    c = spectra.designed(f"top x{m}", spectra._base(600 - m, [-0.2]) + [5.0] * m, seed=1, k=m + 1)
+    c = problems.designed(f"top x{m}", problems.background(600 - m, [-0.2]) + [5.0] * m, seed=1, k=m + 1)
     res = extreme_eigenvalues(c.loss_fn, c.theta, m + 1, "largest")
     np.testing.assert_allclose(res.eigenvalues.numpy(), [5.0] * m + [4.0], rtol=1e-9)
     assert res.summary() == f"5 (x{m}), 4"
     assert res.converged and res.certificate_hvps > 0 and res.certificate_steps > 0
     # the certificate is an eigenvalue (of the operator without the locked vectors) below the k-th
     assert res.certificate <= 4.0 + 1e-8
-    assert float((spectra.reference(c) - res.certificate).abs().min()) <= res.certificate_residual + 1e-8
+    assert float((c.eigenvalues - res.certificate).abs().min()) <= res.certificate_residual + 1e-8
