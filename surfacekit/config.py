@@ -250,14 +250,14 @@ TRAINER = {
             "weight_decay": number(0)},
 }
 SPECTRUM = {"members": int_list(0), "top_k": integer(1), "bottom_k": integer(1), "tol": number(0, lo_open=True),
-            "max_steps": integer(1), "threshold": number(hi=0, hi_open=True, null=True),
+            "max_steps": integer(1), "threshold": number(hi=0, null=True),
             "relative_threshold": number(0, lo_open=True), "index_method": choice(("auto", "dense", "lanczos")),
             "dense_limit": integer(1), "index_cap": integer(1), "trace_probes": integer(2), "density_probes": integer(1),
             "density_steps": integer(2)}
 CRITICAL = {"members": int_list(0), "starts": integer(1), "seed": integer(0), "cutoff": number(0, lo_open=True),
             "criterion": choice(("scale_free", "absolute")), "rtol": number(0, lo_open=True), "htol": number(0),
             "flat_threshold": number(0, 1, lo_open=True), "compute_index": boolean, "store_theta": boolean,
-            "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
+            "index.threshold": number(hi=0, null=True), "index.relative_threshold": number(0, lo_open=True),
             "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
             "finders": lambda v: None if isinstance(v, (list, ListConfig)) and v and all(f in FINDERS for f in v)
             else f"a non-empty list from {list(FINDERS)}"}
@@ -388,8 +388,19 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     if task == "landscape" and not get(cfg, "landscape.slice.hi") > get(cfg, "landscape.slice.lo"):
         _fail("landscape.slice.hi", get(cfg, "landscape.slice.hi"), f"> landscape.slice.lo={get(cfg, 'landscape.slice.lo')}")
     if task != "train":
-        return []
+        return _zero_thresholds(cfg, task)
     return validate_training(cfg, overrides)
+
+
+def _zero_thresholds(cfg: DictConfig, task: str) -> list[str]:
+    """An index threshold of exactly 0 is legal (as in ``curvature.index``) but counts eigenvalues that
+    are zero up to rounding (every flat direction of a network) as negative: a warning."""
+    keys = {"spectrum": "spectrum.threshold", "critical": "critical.index.threshold"}
+    key = keys.get(task)
+    if key and get(cfg, key) is not None and float(get(cfg, key)) == 0:
+        return [f"{key}=0 counts eigenvalues that are zero up to rounding as negative; the default (null) uses "
+                f"-relative_threshold x max|lambda|"]
+    return []
 
 
 TRAINING_GROUPS = ("data", "model", "optimizer", "trainer", "population")

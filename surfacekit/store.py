@@ -552,9 +552,21 @@ def _join_analyses(frame: pd.DataFrame, col: Collection, job: JobRef, analyses: 
             rows.append(extra)
         if rows:
             joined = pd.concat(rows, ignore_index=True)
+            _warn_mixed(joined, task, job.name)
             new = [c for c in joined.columns if c == "member" or c not in frame.columns]
             frame = frame.merge(joined[new], on="member", how="left")
     return frame
+
+
+def _warn_mixed(joined: pd.DataFrame, task: str, job: str) -> None:
+    """Members of one job filled from analyses of different objectives or batch-norm modes: a mean over
+    them mixes two functions, so say so (the ``<task>_objective``/``<task>_bn_mode`` columns tell which)."""
+    for key in ("objective", "bn_mode"):
+        column = f"{task}_{key}"
+        if column in joined and joined[column].nunique() > 1:
+            kinds = ", ".join(f"{value} ({int(count)} members)" for value, count in joined[column].value_counts().items())
+            print(f"surfacekit: warning: job {job}: the {task} columns mix analyses of {key} {kinds}; see the "
+                  f"{column} column, or choose with analyses=[...]", file=sys.stderr)
 
 
 def _report_skipped(col: Collection) -> None:

@@ -197,3 +197,11 @@ def test_finder_options_are_checked_against_the_finder():
     with pytest.raises(ConfigError, match="critical.options.newton.krylov_dimm: newton has no option krylov_dimm; "
                                           "did you mean krylov_dim"):
         validate(cfg)
+
+
+def test_a_zero_index_threshold_is_legal_with_a_warning():
+    """As in curvature.index: 0 is allowed and warned about (rounding zeros would count as negative)."""
+    for task, key in (("spectrum", "spectrum.threshold"), ("critical", "critical.index.threshold")):
+        warnings = validate(compose_config([f"task={task}", "source=x", f"{key}=0"]))
+        assert len(warnings) == 1 and warnings[0].startswith(f"{key}=0 counts eigenvalues")
+        assert validate(compose_config([f"task={task}", "source=x", f"{key}=-0.01"])) == []
