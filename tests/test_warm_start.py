@@ -110,6 +110,10 @@ def test_the_job_stores_mapping_and_provenance_and_continues_the_curves(sources,
     for name in ("train_loss", "test_loss", "train_error", "test_error"):
         assert np.allclose(after[name][:, 0], before[name][:, -1], rtol=0, atol=1e-12), name
     assert not np.allclose(after["train_loss"][:, -1], after["train_loss"][:, 0])  # it trained on
+    again = run_cli(*BASE, f"population.init_from={source}", "population.transform=widen", "population.new_width=6",
+                    "population.transform_seed=3", "trainer.epochs=1", "trainer.batch_size=20", f"hydra.run.dir={out}",
+                    "resume=true")
+    assert again.returncode == 0 and "is complete, skipping this job" in again.stdout, again.stderr
 
 
 def test_certified_starting_points(sources, run_cli):

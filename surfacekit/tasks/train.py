@@ -112,10 +112,10 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
 
     Raises JobError after writing the file when every member diverged (the job failed)."""
     path = out_dir / RESULTS_NAME
+    cfg = warm_start.configure(cfg)  # the derived model, as stored: resume compares it
     if finished_results(cfg, path):
         return path
     started = now_iso()
-    cfg = warm_start.configure(cfg)
     spec, data, seeds = build(cfg)
     begin = None
     if cfg.population.init_from is not None:
