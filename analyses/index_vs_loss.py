@@ -128,7 +128,7 @@ def certified_points(source: Path, members: pd.DataFrame) -> pd.DataFrame:
     if "cert_class" not in members:
         return pd.DataFrame(rows)
     for job, group in members.groupby("job", sort=False):
-        analysed = group[group["cert_class"].astype(str) != ""]
+        analysed = group[group["cert_class"].notna() & (group["cert_class"].astype(str) != "")]  # NaN: job not certified
         if not len(analysed):
             continue
         arrays = store.load_group(source, "certify", job or None)

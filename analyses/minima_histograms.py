@@ -132,7 +132,9 @@ def certified_counts(members: pd.DataFrame) -> pd.DataFrame:
     """Per width: networks, certified minima, saddles (with their indices), not certified (by reason)."""
     rows = []
     for width, group in members.groupby("width"):
-        done = group[group["cert_class"].astype(str) != ""] if "cert_class" in group else group.iloc[:0]
+        analysed = group["cert_class"].notna() & (group["cert_class"].astype(str) != "") if "cert_class" in group \
+            else pd.Series(False, index=group.index)  # NaN: the job has no certify analysis; "": member not analysed
+        done = group[analysed]
         cls = done["cert_class"].value_counts()
         reasons = done.loc[done["cert_class"] == "not certified", "cert_reason"].value_counts()
         saddle_index = sorted(set(done.loc[done["cert_class"] == "saddle", "cert_index"].astype(int)))

@@ -94,15 +94,24 @@ def test_certified_minima_beside_endpoints(tmp_path):
         (tmp_path / str(job)).mkdir()
         store.write_results(tmp_path / str(job) / "results.h5", {"members": members},
                             {**store.provenance(), "kind": "job", "config": "", "overrides": [f"model.width={width}"]})
+    # a third job not certified (yet): its certify columns load as NaN and count as not analysed
+    uncertified = {"member": np.arange(k), "width": np.full(k, 50), "final_train_loss": rng.normal(0.02, 0.002, k),
+                   "final_test_loss": rng.normal(0.03, 0.002, k), "test_error": np.full(k, 0.1),
+                   "diverged": np.zeros(k, dtype=bool)}
+    (tmp_path / "2").mkdir()
+    store.write_results(tmp_path / "2" / "results.h5", {"members": uncertified},
+                        {**store.provenance(), "kind": "job", "config": "", "overrides": ["model.width=50"]})
     assert minima_histograms.main([str(tmp_path), "--bootstrap", "100"]) == 0
     out = tmp_path / "analysis" / "minima_histograms"
     for name in ("certified_counts.csv", "minima_by_width_certified.csv", "test_loss_histograms_certified.png",
                  "train_loss_histograms_certified.pdf", "std_ratios_certified.csv"):
         assert (out / name).stat().st_size > 0
-    counts = pd.read_csv(out / "certified_counts.csv")
+    counts = pd.read_csv(out / "certified_counts.csv", dtype={"saddle_indices": str})
     row = counts[counts.width == 5].iloc[0]
     assert (row.minima, row.saddles, row.not_certified, row.reasons) == (27, 1, 2, "budget 2")
     assert row.certified_fraction == pytest.approx(28 / 30) and str(row.saddle_indices) == "3"
+    row = counts[counts.width == 50].iloc[0]
+    assert (row.networks, row.analysed, row.minima, row.not_certified) == (30, 0, 0, 0) and np.isnan(row.certified_fraction)
     table = pd.read_csv(out / "minima_by_width_certified.csv")
     members = store.load_members(tmp_path)
     minima = members[(members.width == 25) & (members.cert_class == "minimum")]
