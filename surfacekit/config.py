@@ -26,8 +26,8 @@ from surfacekit.models import ACTIVATION_NAMES, INITS, LOSSES, MAXOUT
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "sharpness")
-POSTHOC_TASKS = ("spectrum", "critical", "landscape", "sharpness")
+TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "sharpness", "certify")
+POSTHOC_TASKS = ("spectrum", "critical", "landscape", "sharpness", "certify")
 DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist", "cifar10", "cifar100")
 TRAINERS = ("backprop", "dtp", "penalty", "prong", "kfac", "hessian_free", "scg")
 # Trainers that take any module (``model._target_``: cnn, resnet, a user's class); the others are MLP-only.
@@ -192,7 +192,11 @@ TOP = {
     "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()))
     else "cpu, cuda or cuda:N",
 }
-POPULATION = {"size": integer(1), "first_member": integer(0), "shared_init": boolean}
+POPULATION = {"size": integer(1), "first_member": integer(0), "shared_init": boolean,
+              "init_from": lambda v: None if v is None or (isinstance(v, str) and v.strip()) else "null or a path",
+              "init_point": choice(("final", "certify")), "transform": choice(("none", "widen", "deepen")),
+              "transform_layer": integer(0), "new_width": integer(1, null=True), "transform_noise": number(0),
+              "transform_seed": integer(0)}
 DATA_COMMON = {"name": choice(DATA_SOURCES), "standardize": boolean, "split_seed": integer(0),
                "train_size": integer(1, null=True), "test_size": integer(1, null=True)}
 DATA = {
@@ -291,8 +295,15 @@ SHARPNESS = {"members": int_list(0), "tol": number(0, lo_open=True), "max_steps"
              "keskar_epsilon": number(0, lo_open=True), "keskar_iterations": integer(1), "adaptive_eta": number(0),
              "pac_bayes_drop": number(0, 1, lo_open=True), "pac_bayes_epsilon": number(0), "pac_bayes_draws": integer(1),
              "pac_bayes_iterations": integer(1), "seed": integer(0)}
+CERTIFY = {"members": int_list(0), "cutoff": number(0, lo_open=True), "relative_cutoff": number(0, lo_open=True),
+           "margin": number(0, 1, lo_open=True), "max_iter": integer(1), "memory": integer(1),
+           "newton": choice(("trust-ncg", "trust-krylov", "none")), "newton_max_iter": integer(1),
+           "max_distance": number(0, lo_open=True), "flat_threshold": number(0, 1, lo_open=True), "store_theta": boolean,
+           "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
+           "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
+           "index.tol": number(0, 1, lo_open=True, hi_open=True)}
 TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
-              "sharpness": SHARPNESS}
+              "sharpness": SHARPNESS, "certify": CERTIFY}
 GROUPS = ("data", "model", "optimizer", "trainer", "population")
 
 
@@ -451,7 +462,8 @@ def _check_finder_options(cfg: DictConfig) -> None:
 def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     """The data, model, optimizer, trainer and population keys of a training job, and their
     combinations; returns warnings. ``overrides`` (the command line) lets it name settings that
-    were given but have no effect."""
+    were given but have no effect. With ``population.init_from`` the model is derived from the source
+    (:func:`validate_init_from`) and the later rules see the derived model."""
     warnings: list[str] = []
     keys = _override_keys(overrides)
     method_name = get(cfg, "trainer.method")
@@ -469,6 +481,7 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
             raise ConfigError(f"{given[0]} has no effect when model.widths is set (widths={show(get(cfg, 'model.widths'))}); "
                               "set model.widths=null to use model.width and model.depth")
     _check(cfg, POPULATION, "population.")
+    cfg = validate_init_from(cfg, overrides)
     _check(cfg, DATA_COMMON, "data.")
     _check(cfg, DATA.get(get(cfg, "data.name"), {}), "data.")
     widths = get(cfg, "model.widths")
@@ -531,6 +544,102 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
         warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
                         "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
     return warnings
+
+
+def _model_defaults() -> dict[str, Any]:
+    return group_defaults("model", "mlp")
+
+
+def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictConfig:
+    """The keys of a warm start (``population.init_from``, ``init_point``, ``transform``,
+    ``transform_layer``, ``new_width``, ``transform_noise``, ``transform_seed``; see
+    :mod:`surfacekit.warm_start`) against the source job: it must be readable, hold as many members
+    as ``population.size`` and have been trained on the job's data settings; the transform must fit
+    its network; a model setting given on the command line (``overrides``) must equal the derived
+    one, and one that differs from ``conf/model/mlp.yaml`` (a preset's) must equal the derived or
+    the source's (a preset describing the source network). Returns a copy of ``cfg`` with the derived
+    model (``cfg`` itself without ``init_from``).
+
+    Raises:
+        ConfigError: one line naming the key, its value and the expectation.
+    """
+    from surfacekit import warm_start
+    from surfacekit.store import ResultsError
+    from surfacekit.transforms import IDEMPOTENT
+
+    source_path = get(cfg, "population.init_from")
+    transform = get(cfg, "population.transform")
+    noise, new_width = get(cfg, "population.transform_noise"), get(cfg, "population.new_width")
+    if source_path is None:
+        for key, value, default in (("transform", transform, "none"), ("init_point", get(cfg, "population.init_point"), "final")):
+            if value != default:
+                _fail(f"population.{key}", value, f"{default} without population.init_from (the source job to start from)")
+        return cfg
+    if get(cfg, "population.shared_init"):
+        _fail("population.shared_init", True, "false with population.init_from (every member starts from its source member)")
+    try:
+        source = warm_start.read_source(source_path)
+    except (ResultsError, OSError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail("population.init_from", source_path, f"a finished training job's results.h5 or run directory ({text})")
+    if get(cfg, "population.init_point") == "certify" and not source.certified:
+        _fail("population.init_point", "certify", "final, or run task=certify on population.init_from first (it has no "
+              "certify analysis)")
+    k = len(source.members)
+    if get(cfg, "population.size") != k:
+        _fail("population.size", get(cfg, "population.size"), f"{k}, the members of population.init_from (one start each)")
+    data = source.config.get("data", {})
+    for key, value in data.items():
+        if show(get(cfg, f"data.{key}")) != show(value):
+            _fail(f"data.{key}", get(cfg, f"data.{key}"), f"{show(value)}, the data population.init_from was trained on")
+    model = source.config["model"]
+    widths = warm_start.source_widths(model)
+    layer = get(cfg, "population.transform_layer")
+    if transform != "widen" and (new_width is not None or noise != 0):
+        key, value = ("new_width", new_width) if new_width is not None else ("transform_noise", noise)
+        _fail(f"population.{key}", value, f"{'null' if key == 'new_width' else '0'} with population.transform={transform} "
+              "(a setting of population.transform=widen)")
+    if transform != "none":
+        if not widths:
+            _fail("population.transform", transform, "none: the source has no hidden layer to transform")
+        if layer >= len(widths):
+            _fail("population.transform_layer", layer, f"a hidden layer of the source, 0..{len(widths) - 1} (widths {widths})")
+        if model.get("residual"):
+            _fail("population.transform", transform, "none: the source is a residual network (the transforms change "
+                  "which layers have skip connections)")
+        if model.get("activation") == "maxout":
+            _fail("population.transform", transform, "none: the source is a maxout network (the transforms map units, "
+                  "not maxout pieces)")
+    if transform == "widen" and (new_width is None or new_width < widths[layer]):
+        _fail("population.new_width", new_width, f"an integer >= {widths[layer]}, the width of hidden layer {layer} "
+              "of the source, with population.transform=widen")
+    if transform == "deepen":
+        if model.get("activation") not in IDEMPOTENT:
+            _fail("population.transform", transform, f"none or widen: the source's model.activation={model.get('activation')} "
+                  f"has phi(phi(x)) != phi(x), so an identity layer changes the function (deepen needs {list(IDEMPOTENT)})")
+        if model.get("batch_norm"):
+            _fail("population.transform", transform, "none or widen: deepen does not support batch norm (the identity "
+                  "layer's normalization would need data statistics)")
+    derived = warm_start.derived_model(model, transform, layer, new_width)
+    defaults = _model_defaults()
+    named = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    mine = warm_start.source_widths(OmegaConf.to_container(cfg.model, resolve=True))
+    for key in warm_start.MODEL_KEYS:
+        value = get(cfg, f"model.{key}")
+        explicit = f"model.{key}" in named
+        given = explicit or show(value) != show(defaults.get(key))
+        if given and key in ("width", "depth", "widths"):
+            # a preset's value may describe the source (the narrow network of experiment=net2net)
+            if mine != derived["widths"] and (explicit or mine != widths):
+                _fail(f"model.{key}", value, f"unset or {show(derived[key])}: population.init_from with "
+                      f"population.transform={transform} gives the hidden widths {derived['widths']}")
+        elif given and show(value) != show(derived.get(key)):
+            _fail(f"model.{key}", value, f"unset or {show(derived.get(key))}, the source's (population.init_from "
+                  "derives the model)")
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key, value in derived.items():
+        out.model[key] = value
+    return out
 
 
 def _coupling_checks(cfg: DictConfig) -> list[str]:

@@ -17,7 +17,7 @@ NEEDS = {("data", "mnist"): ["data.path=/tmp"], ("experiment", "choromanska_mnis
          ("data", "cifar10"): ["data.path=/tmp"], ("data", "cifar100"): ["data.path=/tmp"],
          ("model", "module"): ["model._target_=surfacekit.models.CNN"],
          ("data", "teacher"): ["model.loss=mse"], ("task", "spectrum"): ["source=x"], ("task", "critical"): ["source=x"],
-         ("task", "landscape"): ["source=x"], ("task", "sharpness"): ["source=x"]}
+         ("task", "landscape"): ["source=x"], ("task", "sharpness"): ["source=x"], ("task", "certify"): ["source=x"]}
 
 
 def test_every_yaml_option_is_listed():

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from surfacekit import warm_start
 from surfacekit.config import DTYPES, ConfigError, check_memory, resolve_device, validate_training, validate_with_data
 from surfacekit.data import Dataset, load_data
 from surfacekit.jobs import JobError, finished_results, job_attributes
@@ -130,21 +131,31 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
 
     Raises JobError after writing the file when every member diverged (the job failed)."""
     path = out_dir / RESULTS_NAME
+    cfg = warm_start.configure(cfg)  # the derived model, as stored: resume compares it
     if finished_results(cfg, path):
         return path
     started = now_iso()
     spec, data, seeds = build(cfg)
-    params = init_population(spec, seeds, DTYPES[cfg.dtype], data.x_train.device)
+    begin = None
+    if cfg.population.init_from is not None:
+        begin = warm_start.start(cfg, spec, DTYPES[cfg.dtype], data.x_train.device)
+        params = begin.params
+    else:
+        params = init_population(spec, seeds, DTYPES[cfg.dtype], data.x_train.device)
     if cfg.population.get("shared_init"):  # one start for every member; seeds still order the minibatches
         params = {name: value[:1].expand_as(value).clone() for name, value in params.items()}
     trainer = trainer_module(cfg.trainer.method)
     lr_scale = cfg.population.get("lr_scale")
     if lr_scale is not None:
         lr_scale = torch.tensor(list(lr_scale), dtype=DTYPES[cfg.dtype], device=data.x_train.device)
+    extra = {"statistics": begin.statistics} if begin is not None and begin.statistics else {}
     result = trainer.train(spec, data, params, seeds, cfg.optimizer, cfg.trainer, cfg.model.loss,
                            chunk_size=cfg.chunk_size, progress=cfg.progress, lr_scale=lr_scale,
-                           objective=str(cfg.objective), bn_mode=str(cfg.bn_mode))
+                           objective=str(cfg.objective), bn_mode=str(cfg.bn_mode), **extra)
     groups, dims = result_groups(cfg, spec, seeds, result)
+    if begin is not None:
+        groups["members"].update(begin.members)
+        groups.update(begin.groups)
     path = write_results(path, groups, job_attributes(cfg, started), dims,
                          group_attrs={name: g.attrs for name, g in result.groups.items() if g.attrs})
     print(summary(groups["members"]))

@@ -58,6 +58,7 @@ def train(
     lr_scale: torch.Tensor | None = None,
     objective: str = "trained",
     bn_mode: str = "batch",
+    statistics: Params | None = None,
 ) -> TrainResult:
     """Train stacked ``params`` [K, ...] on ``data`` (already on the target device and dtype).
 
@@ -71,6 +72,8 @@ def train(
     objective, bn_mode: the objective whose gradient norm is recorded and tested against grad_tol
     (``surfacekit.objective``): by default the trained one (data loss + the optimizer's coupled
     weight decay), batch norm with full-training-set statistics.
+    statistics: initial running batch-norm statistics [K, width] (``layers.{i}.bn_mean`` / ``bn_var``;
+    a warm start's, :mod:`surfacekit.warm_start`); None: torch's means 0 and variances 1.
 
     Raises:
         ValueError: batch norm with a batch of one example (running variance undefined), an invalid
@@ -92,6 +95,8 @@ def train(
     leaves = {name: v.detach().clone().requires_grad_(True) for name, v in params.items()}
     init_params = {name: v.detach().clone() for name, v in params.items()}
     running = init_statistics(spec, k, data.x_train.dtype, device)
+    for name, value in (statistics or {}).items():
+        running[name] = value.detach().to(running[name]).clone()
     optimizer = build_optimizer(leaves.values(), optimizer_cfg)
     gens = stream_generators(seeds, "order", device)
     freezer = Freezer({**leaves, **running})
