@@ -884,7 +884,7 @@ def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "c
     from omegaconf import OmegaConf
 
     from surfacekit.data import load_data
-    from surfacekit.models import param_shapes, spec_from_config
+    from surfacekit.models import build_spec, param_shapes
 
     col = collect(source)
     ref = _one_job(col, source, job)
@@ -900,7 +900,10 @@ def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "c
                 groups[name] = {n: np.concatenate([v, centre[n]]) if n in centre else v for n, v in groups[name].items()}
         members = _members_frame(g)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, torch.float64)
-    spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)
+    try:
+        spec = build_spec(cfg.model, data)
+    except ValueError as exc:
+        raise ResultsError(f"{ref.file}: job {ref.name!r}: its model cannot be rebuilt: {exc}") from None
 
     def tensors(arrays: dict, names) -> dict:
         return {n: torch.from_numpy(np.asarray(arrays[n])).to(device, torch.float64) for n in names if n in arrays}

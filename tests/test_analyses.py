@@ -75,7 +75,7 @@ def test_missing_path_and_empty_sweeps_are_one_line(name, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("hessian_spectra", "no /spectrum group"), ("index_vs_loss", "no /critical group"),
+    ("hessian_spectra", "no /spectrum group"), ("index_vs_loss", "no certified points"),
     ("interpolation", "no /landscape/interpolation"), ("landscape_2d", "no group /landscape/slice2d"),
     ("spinglass", "no spin-glass members"),
 ])
@@ -119,7 +119,8 @@ def test_hessian_spectra_writes_beside_the_sweep(tmp_path):
 
 def critical_group(n, rng, slope):
     loss = np.sort(rng.random(n))
-    return {"loss": loss, "index_fraction": slope * loss + rng.normal(0, 0.01, n), "accepted": np.arange(n) % 4 != 0,
+    return {"loss": loss, "index_fraction": slope * loss + rng.normal(0, 0.01, n), "index_count": np.arange(n) % 5,
+            "accepted": np.arange(n) % 4 != 0,
             "gradient_flat": np.arange(n) % 8 == 0, "grad_norm2": np.where(np.arange(n) % 4 != 0, 1e-12, 1e-3)}
 
 
@@ -131,14 +132,18 @@ def test_index_vs_loss_table_and_figure(tmp_path, capsys):
     assert "no accepted critical point with a stored endpoint; skipped" in capsys.readouterr().err
     out = tmp_path / "run" / "analysis" / "index_vs_loss"
     assert (out / "index_vs_loss.png").stat().st_size > 0 and (out / "index_vs_loss.pdf").exists()
-    table = pd.read_csv(out / "index_vs_loss.csv").set_index("finder")
+    table = pd.read_csv(out / "index_vs_loss.csv").set_index("source")
     g = groups["critical/newton_mr"]
     acc = g["accepted"]
-    assert table.loc["newton_mr", "accepted"] == acc.sum() and table.loc["newton_mr", "starts"] == 16
-    assert table.loc["newton_mr", "spearman_rho_accepted"] == pytest.approx(sps.spearmanr(g["loss"][acc], g["index_fraction"][acc]).statistic)
+    row = table.loc["finder runs (newton_mr)"]
+    assert row["accepted"] == acc.sum() and row["points"] == 16
+    assert row["spearman_rho_accepted"] == pytest.approx(sps.spearmanr(g["loss"][acc], g["index_fraction"][acc]).statistic)
+    assert table.loc["all accepted", "accepted"] == acc.sum() + groups["critical/gradnorm"]["accepted"].sum()
     assert "nan" not in (out / "index_vs_loss.md").read_text()  # Bray-Dean not fitted: blank, not nan
     assert script("index_vs_loss").main([str(path), "--finders", "newton"]) == 2
-    assert "no finder(s) ['newton']" in one_error_line(capsys, "index_vs_loss")
+    assert "no finder runs" in one_error_line(capsys, "index_vs_loss")
+    assert script("index_vs_loss").main([str(path), "--finders", "bfgs"]) == 2
+    assert "no finder(s) ['bfgs']" in one_error_line(capsys, "index_vs_loss")
 
 
 def analysis_file(source, task, groups, settings=None):
@@ -169,7 +174,8 @@ def test_index_vs_loss_reads_the_critical_analysis_beside_the_job(tmp_path):
     analysis_file(path, "critical", {"critical/levenberg_marquardt": group})
     assert script("index_vs_loss").main([str(path), "--permutations", "200"]) == 0
     table = pd.read_csv(tmp_path / "run" / "analysis" / "index_vs_loss" / "index_vs_loss.csv")
-    assert table.finder.tolist() == ["levenberg_marquardt"] and table.accepted[0] == group["accepted"].sum()
+    assert table.source.tolist() == ["finder runs (levenberg_marquardt)", "all accepted"]
+    assert table.accepted[0] == group["accepted"].sum()
 
 
 def test_landscape_direction_label_comes_from_the_landscape_analysis(tmp_path):

@@ -14,8 +14,10 @@ from surfacekit.store import load_curves, load_members
 CONF = ROOT / "conf"
 OPTIONS = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
 NEEDS = {("data", "mnist"): ["data.path=/tmp"], ("experiment", "choromanska_mnist"): ["data.path=/tmp"],
+         ("data", "cifar10"): ["data.path=/tmp"], ("data", "cifar100"): ["data.path=/tmp"],
+         ("model", "module"): ["model._target_=surfacekit.models.CNN"],
          ("data", "teacher"): ["model.loss=mse"], ("task", "spectrum"): ["source=x"], ("task", "critical"): ["source=x"],
-         ("task", "landscape"): ["source=x"], ("task", "sharpness"): ["source=x"]}
+         ("task", "landscape"): ["source=x"], ("task", "sharpness"): ["source=x"], ("task", "certify"): ["source=x"]}
 
 
 def test_every_yaml_option_is_listed():
