@@ -75,6 +75,9 @@ def _check_hidden(spec: MLPSpec, layer: int, what: str) -> None:
     if spec.residual:
         raise ValueError(f"{what}: residual networks are not supported (changing a width changes which layers "
                          "have skip connections)")
+    if spec.activation == "maxout":
+        raise ValueError(f"{what}: maxout networks are not supported (the maps act on units, and a maxout unit has "
+                         f"{spec.maxout_pieces} rows of weights)")
     if not 0 <= int(layer) < len(spec.widths):
         raise ValueError(f"{what}: layer={layer} is not a hidden layer; the network has hidden layers "
                          f"0..{len(spec.widths) - 1} (widths {list(spec.widths)})")
@@ -127,7 +130,7 @@ def split_unit(spec: MLPSpec, params: Params, layer: int, unit: int, fractions: 
 
     Raises:
         ValueError: not a hidden layer or unit, fewer than 2 fractions, fractions that do not sum
-            to 1 (to 1e-12), or a residual network.
+            to 1 (to 1e-12), or a residual or maxout network.
     """
     _check_hidden(spec, layer, "split_unit")
     width = spec.widths[layer]
@@ -153,7 +156,7 @@ def add_zero_units(spec: MLPSpec, params: Params, layer: int, count: int = 1,
 
     Raises:
         ValueError: phi(0) != 0 for the spec's activation (e.g. sigmoid), ``count`` < 1, not a
-            hidden layer, or a residual network.
+            hidden layer, or a residual or maxout network.
     """
     _check_hidden(spec, layer, "add_zero_units")
     phi0 = float(ACTIVATIONS[spec.activation](torch.zeros(1, dtype=torch.float64)))
@@ -182,7 +185,7 @@ def widen(spec: MLPSpec, params: Params, layer: int, new_width: int, *, noise: f
 
     Raises:
         ValueError: ``new_width`` below the current width, negative or non-finite ``noise``, not a
-            hidden layer, or a residual network.
+            hidden layer, or a residual or maxout network.
     """
     _check_hidden(spec, layer, "widen")
     width = spec.widths[layer]

@@ -13,7 +13,8 @@ import importlib
 
 from surfacekit.reproduce.entry import Reproduction
 
-NAMES = ("toy_surfaces", "choromanska", "spinglass", "dauphin", "training_methods", "penalty", "interpolation", "slices")
+NAMES = ("toy_surfaces", "choromanska", "spinglass", "dauphin", "training_methods", "penalty", "interpolation", "slices",
+         "edge_of_stability", "easgd")
 
 
 def registry() -> dict[str, Reproduction]:
