@@ -252,7 +252,8 @@ SPECTRUM = {"members": int_list(0), "top_k": integer(1), "bottom_k": integer(1),
             "density_steps": integer(2)}
 CRITICAL = {"members": int_list(0), "starts": integer(1), "seed": integer(0), "cutoff": number(0, lo_open=True),
             "criterion": choice(("scale_free", "absolute")), "rtol": number(0, lo_open=True), "htol": number(0),
-            "flat_threshold": number(0, 1, lo_open=True), "compute_index": boolean, "store_theta": boolean,
+            "flat_threshold": number(0, 1, lo_open=True), "stol": number(0, lo_open=True), "compute_index": boolean,
+            "store_theta": boolean,
             "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
             "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
             "finders": lambda v: None if isinstance(v, (list, ListConfig)) and v and all(f in FINDERS for f in v)
