@@ -1,14 +1,15 @@
 """Dauphin et al. (2014) Fig. 1 style: index against loss at critical points, and their spectra.
 
     surfacekit task=critical source=RUN/results.h5
-    python analyses/index_vs_loss.py RUN/results.h5 [--out DIR] [--bray-dean] [--finders newton_mr ...]
+    python analyses/index_vs_loss.py RUN/results.h5 [--job NAME] [--out DIR] [--bray-dean] [--finders newton_mr ...]
 
-Reads ``/critical/<finder>`` of a job's results file. Writes into --out (default
-RUN/analysis/index_vs_loss):
+Reads ``/critical/<finder>`` of one job (a results file, run directory, or a sweep with ``--job``)
+from the newest critical analysis of that job that holds it (``SOURCE/analyses/critical-HASH/``).
+Writes into --out (default RUN/analysis/index_vs_loss):
 
 * ``index_vs_loss``: index fraction against loss per finder. Accepted critical points
-  (||g||^2 < cutoff) are filled dots; rejected endpoints are grey crosses (gradient-flat) or
-  grey circles, shown for honesty and never fitted. With --bray-dean, the Bray-Dean curve
+  (``accepted``: the task's criterion, see docs/critical.md) are filled dots; rejected endpoints
+  (asymptotic, gradient-flat or rejected) are grey crosses (gradient-flat) or grey circles, shown for honesty and never fitted. With --bray-dean, the Bray-Dean curve
   alpha = F((eps - eps_c) / w), F(t) = 1/2 + [x sqrt(1 - x^2) + arcsin x] / pi, x = t - 1
   (clipped to [0, 1]) is fitted to the accepted points (eps_c, w) and overlaid.
 * ``eigenvalue_histograms``: Hessian eigenvalues (dense eigvalsh, log y) at three accepted critical
@@ -34,8 +35,8 @@ from scipy.optimize import curve_fit
 from surfacekit import store
 from surfacekit.critical import METHODS
 from surfacekit.curvature import dense_hessian
-from surfacekit.plots import (AnalysisError, histogram_edges, log_axis, loss_label, one_line_errors, output_dir, results_path,
-                              save_figure, save_table)
+from surfacekit.plots import (AnalysisError, analysis_with, has_group, histogram_edges, log_axis, loss_label, one_job, one_line_errors,
+                              output_dir, results_path, save_figure, save_table)
 from surfacekit.stats import spearman_permutation
 from surfacekit.store import load_job
 
@@ -61,17 +62,16 @@ def fit_bray_dean(loss: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
     return float(eps_c), float(w)
 
 
-def load_critical(path: Path, finders: list[str] | None) -> dict[str, pd.DataFrame]:
-    """One frame per finder from ``/critical/<finder>`` of the job's newest critical analysis (or of
-    the training file itself, schema 1), theta kept as a column of arrays."""
+def load_critical(path: Path, job: str, finders: list[str] | None) -> dict[str, pd.DataFrame]:
+    """One frame per finder from ``/critical/<finder>`` of job ``job``'s newest critical analysis that
+    holds it (or of the training file itself, schema 1), theta kept as a column of arrays."""
     stored = {}
     for name in METHODS:
-        try:
-            stored[name] = store.load_group(path, f"critical/{name}")
-        except store.ResultsError:
-            continue
+        if has_group(path, f"critical/{name}", job):
+            stored[name] = store.load_group(path, f"critical/{name}", job)
     if not stored:
-        raise AnalysisError(f"{path}: no /critical group; run surfacekit task=critical source={path} first")
+        raise AnalysisError(f"{path}: job {job!r} has no /critical/<finder> group in its file or its analyses; "
+                            f"run surfacekit task=critical source={path} first")
     names = finders or sorted(stored)
     unknown = sorted(set(names) - set(stored))
     if unknown:
@@ -136,19 +136,19 @@ def plot_index(frames: dict[str, pd.DataFrame], table: pd.DataFrame, fit: bool, 
     return fig
 
 
-def analysed_objective(path: Path) -> tuple[str, str]:
-    """(objective, bn_mode) the newest critical analysis of the job used (its root attributes); the
-    task's defaults (trained, batch) for a schema-1 file whose critical group sits in the training file."""
-    col = store.collect(path)
-    found = store.analyses_of(col, next(iter(col.jobs.values())), "critical") if col.jobs else []
-    if not found:
+def analysed_objective(path: Path, job: str, finder: str) -> tuple[str, str]:
+    """(objective, bn_mode) that the critical analysis the frames came from used (the newest one of
+    the job holding ``/critical/<finder>``; its root attributes); the task's defaults (trained,
+    batch) for a schema-1 file whose critical group sits in the training file."""
+    found = analysis_with(path, job, "critical", f"critical/{finder}")
+    if found is None:
         return "trained", "batch"
-    with h5py.File(found[0].file, "r") as f:
-        attrs = (f[found[0].group] if found[0].group else f).attrs
+    with h5py.File(found.file, "r") as f:
+        attrs = (f[found.group] if found.group else f).attrs
         return str(attrs.get("objective", "trained")), str(attrs.get("bn_mode", "batch"))
 
 
-def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
+def plot_spectra(path: Path, job_name: str, frames: dict[str, pd.DataFrame], dense_limit: int):
     accepted = pd.concat([f[f.accepted] for f in frames.values()], ignore_index=True) if frames else pd.DataFrame()
     if len(accepted) == 0 or "theta" not in accepted:
         print("eigenvalue histograms: no accepted critical point with a stored endpoint; skipped", file=sys.stderr)
@@ -162,8 +162,8 @@ def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
     if p > dense_limit:
         print(f"eigenvalue histograms: P = {p} > --dense-limit {dense_limit}; skipped", file=sys.stderr)
         return None
-    job = load_job(path)
-    objective, bn_mode = analysed_objective(path)
+    job = load_job(path, job_name)
+    objective, bn_mode = analysed_objective(path, job_name, next(iter(frames)))
     fig, axes = plt.subplots(1, len(picks), figsize=(4.4 * len(picks), 3.6), squeeze=False, sharex=True, sharey=True)
     for ax, i in zip(axes[0], picks):
         theta = torch.from_numpy(np.asarray(accepted.theta[i], dtype=np.float64))
@@ -185,7 +185,8 @@ def plot_spectra(path: Path, frames: dict[str, pd.DataFrame], dense_limit: int):
 @one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="a job's results.h5 holding /critical (from task=critical)")
+    parser.add_argument("source", type=Path, help="a job's results.h5 or run directory analysed by task=critical, or a sweep")
+    parser.add_argument("--job", help="the job to read when SOURCE is a sweep (e.g. 0)")
     parser.add_argument("--out", type=Path, help="output folder (default SOURCE_DIR/analysis/index_vs_loss)")
     parser.add_argument("--finders", nargs="+", help="finders to show (default: all in the file)")
     parser.add_argument("--bray-dean", action="store_true", help="fit and overlay the Bray-Dean curve (accepted points)")
@@ -193,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-limit", type=int, default=3000, help="largest P for the eigenvalue histograms")
     args = parser.parse_args(argv)
     path = results_path(args.source)
-    frames = load_critical(path, args.finders)
+    job = one_job(path, args.job)
+    frames = load_critical(path, job, args.finders)
     out = output_dir(path, PROG, args.out)
     table = pd.DataFrame([summary_row(n, f, args.permutations, args.bray_dean) for n, f in frames.items()])
     written = save_table(table, out, "index_vs_loss")
     written += save_figure(plot_index(frames, table, args.bray_dean, loss_label(path, "training loss")), out, "index_vs_loss")
-    spectra = plot_spectra(path, frames, args.dense_limit)
+    spectra = plot_spectra(path, job, frames, args.dense_limit)
     if spectra is not None:
         written += save_figure(spectra, out, "eigenvalue_histograms")
     print(table.to_markdown(index=False, floatfmt=".4g"))
