@@ -418,8 +418,3 @@ def slice_2d(spec: MLPSpec, theta: torch.Tensor, directions: torch.Tensor, data,
                                data.x_train)
         out[f"{split}_loss"], out[f"{split}_error"] = l.reshape(len(xs), len(ys)), e.reshape(len(xs), len(ys))
     return out
-
-
-def as_numpy(result: Mapping[str, torch.Tensor]) -> dict:
-    """A result dict with numpy arrays (for ``store.add_groups``)."""
-    return {k: v.detach().cpu().numpy() for k, v in result.items()}
