@@ -36,24 +36,22 @@ the loss is multiplied by a constant, and degenerate critical points pass it (at
 where H = 0, ``step_ratio = r / 2`` at distance r from it).
 
 **Classification.** Accepted endpoints are "critical", except "asymptotic" ones, which are never
-accepted (under either criterion): an endpoint whose gradient passes the criterion's test but
-whose Newton step ``n = ||H^+ g||`` is neither small relative to the point nor longer than the
-way the finder ran outward,
+accepted (under either criterion): an endpoint whose gradient passes the criterion's test, that
+the finder moved outward, and whose Newton step ``n = ||H^+ g||`` is not small relative to it,
 
-    stol max(||theta||, 1) < n < ||theta|| - ||theta_0||.
+    ||theta|| - ||theta_0|| > stol max(||theta||, 1)   and   n > stol max(||theta||, 1).
 
 There the gradient vanished because the finder ran off towards an infimum at infinity (``exp(t)``
 as ``t -> -inf``: ``n = 1`` at every t; separable logistic regression as ``||w|| -> inf``;
 cross-entropy networks without weight decay that interpolate): the curvature along the escape
 direction vanished with the gradient, so the Newton model keeps predicting a critical point a
-fixed distance further out, however far the finder went. At a critical point n shrinks with the
+fixed distance further out (or further), however far the finder went. At a critical point n shrinks with the
 distance to it (quadratically at a nondegenerate one, linearly at a degenerate one), and a point
 whose g lies in the exact kernel of H (``n`` = 0 with the pseudo-inverse: f is linear along g there,
 a nearly critical point when g is small) is not asymptotic. ``n`` is the minimum-length solution
 of ``H d = g`` (:func:`~surfacekit.critical.minimum_length.minimum_length_solve`, singular values
 below ``1e-14 ||H||`` treated as kernel so that a curvature that decayed with g still counts); it
-is computed only where the first two conditions can hold (gradient test passed, ``||theta||``
-grew). Otherwise a rejected endpoint is "gradient_flat" when its flatness ratio
+is computed only where the other conditions hold (gradient test passed, ``||theta||`` grew). Otherwise a rejected endpoint is "gradient_flat" when its flatness ratio
 ``||H g|| / (||H||_2 ||g||)`` is below ``flat_threshold`` (default 0.05): g lies nearly in the
 kernel of H, so ``||g||^2`` is (nearly) stationary though g is not zero (Frye et al.); otherwise
 "rejected". Non-finite endpoints (a non-finite start included: every finder stops at once with
@@ -285,7 +283,7 @@ def classify_endpoint(loss_fn: LossFn, run: FinderRun, method: str, *, criterion
         if ok else float("nan")
     outward = theta_norm - run.start_norm  # nan (never asymptotic) if the start's norm was not recorded
     step = newton_step(loss_fn, theta, g) if ok and gradient_test and outward > stol * size else float("nan")
-    asymptotic = bool(stol * size < step < outward)  # False for nan
+    asymptotic = bool(step > stol * size)  # False for nan
     accepted = gradient_test and not asymptotic and (criterion == "absolute" or bool(point_ratio <= stol))
     status = classify(accepted, ratio, flat_threshold, asymptotic=asymptotic) if ok else "rejected"
     idx = index(loss_fn, theta, **(index_options or {})) if compute_index and ok else None

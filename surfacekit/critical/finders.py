@@ -42,7 +42,8 @@ def find(loss_fn: LossFn, theta0: Tensor, method: str = "newton_mr", *, criterio
     Acceptance: ``criterion="scale_free"`` (default) accepts ``||g|| <= rtol ||g_0|| + htol ||H||_2``;
     ``"absolute"`` accepts ``||g||^2 < cutoff``; both are recorded; either way the point must also
     pass the point test ``(||g||^2 / ||H g||) / max(||theta||, 1) <= stol``, and an endpoint that
-    passes the gradient test only, farther out than its start, is "asymptotic" (see
+    passes the gradient test, lies farther out than its start and has a Newton step ``||H^+ g||``
+    above ``stol max(||theta||, 1)`` is "asymptotic" (see
     :mod:`surfacekit.critical.classify`). A non-finite start returns at once, rejected with
     ``stop="nonfinite"`` (no exception). ``index_options`` go to
     :func:`surfacekit.curvature.index` (``threshold`` (negative), ``relative_threshold``,

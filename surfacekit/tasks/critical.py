@@ -23,8 +23,9 @@ of Newton-type finders, nan for others; ``kernel_component``: the part of g the 
 could not remove). ``accepted`` follows ``critical.criterion`` (scale-free by default:
 ``||g|| <= rtol ||g_start|| + htol ||H||_2``, ``acceptance_ratio`` <= 1, and the point test
 ``step_ratio = ||g|| / (||H||_2 max(||theta||, 1)) <= critical.stol``) and is false for
-"asymptotic" endpoints (the gradient vanished on the way to an infimum at infinity; ``newton_step``
-``= ||H^+ g||``, nan where that test did not need it); ``accepted_absolute`` is
+"asymptotic" endpoints (the gradient vanished on the way to an infimum at infinity: the finder ran
+outward and the Newton step ``newton_step = ||H^+ g||`` stayed above ``stol max(||theta||, 1)``; nan
+where that test did not need it); ``accepted_absolute`` is
 ``||g||^2 < critical.cutoff``. See docs/critical.md.
 """
 
