@@ -9,7 +9,8 @@ Writes into --out (default RUN/analysis/index_vs_loss):
 
 * ``index_vs_loss``: index fraction against loss per finder. Accepted critical points
   (``accepted``: the task's criterion, see docs/critical.md) are filled dots; rejected endpoints
-  (asymptotic, gradient-flat or rejected) are grey crosses (gradient-flat) or grey circles, shown for honesty and never fitted. With --bray-dean, the Bray-Dean curve
+  (asymptotic, gradient-flat or rejected) are grey crosses (gradient-flat) or grey circles,
+  shown for honesty and never fitted. With --bray-dean, the Bray-Dean curve
   alpha = F((eps - eps_c) / w), F(t) = 1/2 + [x sqrt(1 - x^2) + arcsin x] / pi, x = t - 1
   (clipped to [0, 1]) is fitted to the accepted points (eps_c, w) and overlaid.
 * ``eigenvalue_histograms``: Hessian eigenvalues (dense eigvalsh, log y) at three accepted critical
