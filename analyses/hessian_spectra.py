@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -61,6 +62,21 @@ def index_threshold_label(path: Path) -> str:
             if "spectrum_relative_threshold" in attrs:
                 values.add(float(attrs["spectrum_relative_threshold"]))
     return ", ".join(rf"$\lambda < -{tex_number(v)}\,\max|\lambda|$" for v in sorted(values)) or "absolute threshold"
+
+
+def objectives_used(path: Path) -> str:
+    """Which objective and batch-norm mode the spectra describe (the newest spectrum analysis per job),
+    e.g. 'trained objective, bn_mode batch (analysis spectrum-1a2b3c4d)'; several when jobs differ."""
+    col = store.collect(path)
+    used = set()
+    for job in col.jobs.values():
+        found = store.analyses_of(col, job, "spectrum")
+        if found:
+            with h5py.File(found[0].file, "r") as f:
+                attrs = f[f"{found[0].group}/jobs/{job.name}".lstrip("/")].attrs
+                used.add(f"{attrs.get('objective', '?')} objective, bn_mode {attrs.get('bn_mode', '?')} "
+                         f"(analysis {found[0].name})")
+    return "; ".join(sorted(used)) or "the training files' own spectra (schema 1)"
 
 
 def density_figure(spectra: dict[int, dict[str, np.ndarray]]) -> plt.Figure:
@@ -132,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 out, "index_vs_width")
     save_figure(scatter_figure(spectra, "top", 0, r"largest Hessian eigenvalue $\lambda_{\max}$", log_y=True),
                 out, "top_eigenvalue_vs_width")
+    print(f"spectra of: {objectives_used(path)}")
     print(table.to_string(index=False, float_format="%.4g"))
     print(f"wrote figures and tables to {out}")
     return 0

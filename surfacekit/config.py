@@ -26,16 +26,18 @@ from surfacekit.models import ACTIVATION_NAMES, INITS, LOSSES, MAXOUT
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "sharpness")
-POSTHOC_TASKS = ("spectrum", "critical", "landscape", "sharpness")
-DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist")
+TASKS = ("train", "spectrum", "critical", "landscape", "spinglass", "sharpness", "certify")
+POSTHOC_TASKS = ("spectrum", "critical", "landscape", "sharpness", "certify")
+DATA_SOURCES = ("digits", "mnist1d", "teacher", "mnist", "cifar10", "cifar100")
 TRAINERS = ("backprop", "dtp", "penalty", "prong", "kfac", "hessian_free", "scg")
+# Trainers that take any module (``model._target_``: cnn, resnet, a user's class); the others are MLP-only.
+MODULE_TRAINERS = ("backprop",)
 # Methods of issue 18: natural gradient (prong, kfac) and full-batch second-order (hessian_free, scg).
 NATURAL_GRADIENT = ("prong", "kfac")
 FULL_BATCH_SECOND_ORDER = ("hessian_free", "scg")
 FINDERS = ("newton_mr", "gradnorm", "newton", "saddle_free", "levenberg_marquardt")
 # Free-form mappings where ``+key=value`` may add entries (everything else exists in the YAML).
-FREE_FORM = ("hydra.", "critical.options.")
+FREE_FORM = ("hydra.", "critical.options.", "model.args.")
 _MISSING = object()
 
 
@@ -190,7 +192,11 @@ TOP = {
     "device": lambda v: None if isinstance(v, str) and (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()))
     else "cpu, cuda or cuda:N",
 }
-POPULATION = {"size": integer(1), "first_member": integer(0), "shared_init": boolean}
+POPULATION = {"size": integer(1), "first_member": integer(0), "shared_init": boolean,
+              "init_from": lambda v: None if v is None or (isinstance(v, str) and v.strip()) else "null or a path",
+              "init_point": choice(("final", "certify")), "transform": choice(("none", "widen", "deepen")),
+              "transform_layer": integer(0), "new_width": integer(1, null=True), "transform_noise": number(0),
+              "transform_seed": integer(0)}
 DATA_COMMON = {"name": choice(DATA_SOURCES), "standardize": boolean, "split_seed": integer(0),
                "train_size": integer(1, null=True), "test_size": integer(1, null=True)}
 DATA = {
@@ -199,9 +205,17 @@ DATA = {
     "teacher": {"input_dim": integer(1), "teacher_width": integer(1), "outputs": integer(1), "noise": number(0),
                 "classification": boolean, "teacher_seed": integer(0)},
     "mnist": {"path": text_value, "downsample": integer(1, null=True)},
+    "cifar10": {"path": text_value, "downsample": integer(1, null=True), "grayscale": boolean},
+    "cifar100": {"path": text_value, "downsample": integer(1, null=True), "grayscale": boolean,
+                 "labels": choice(("fine", "coarse"))},
 }
-MODEL = {"activation": choice(ACTIVATION_NAMES), "maxout_pieces": integer(2), "init": choice(INITS), "loss": choice(LOSSES), "bias": boolean,
-         "batch_norm": boolean, "residual": boolean, "init_std": number(0, lo_open=True)}
+MODEL = {"activation": choice(ACTIVATION_NAMES), "maxout_pieces": integer(2), "init": choice(INITS),
+         "loss": choice(LOSSES), "bias": boolean, "batch_norm": boolean, "residual": boolean,
+         "init_std": number(0, lo_open=True),
+         # the built-in modules (model=cnn, resnet) and model=module
+         "_target_": text_value, "kernel_size": lambda v: None if _is_int(v) and v >= 1 and v % 2 else "an odd integer >= 1",
+         "pool": choice(("max", "avg", "none")), "blocks": integer(1),
+         "args": lambda v: None if isinstance(v, (dict, DictConfig)) else "a mapping of constructor arguments"}
 OPTIMIZER_COMMON = {"name": choice(OPTIMIZERS), "lr": number(0, lo_open=True), "schedule": choice(SCHEDULES),
                     "decay_epochs": number(0, lo_open=True), "weight_decay": number(0)}
 OPTIMIZER = {
@@ -246,7 +260,7 @@ TRAINER = {
             "weight_decay": number(0)},
 }
 SPECTRUM = {"members": int_list(0), "top_k": integer(1), "bottom_k": integer(1), "tol": number(0, lo_open=True),
-            "max_steps": integer(1), "threshold": number(hi=0, hi_open=True, null=True),
+            "max_steps": integer(1), "threshold": number(hi=0, null=True),
             "relative_threshold": number(0, lo_open=True), "index_method": choice(("auto", "dense", "lanczos")),
             "dense_limit": integer(1), "index_cap": integer(1), "trace_probes": integer(2), "density_probes": integer(1),
             "density_steps": integer(2)}
@@ -254,7 +268,7 @@ CRITICAL = {"members": int_list(0), "starts": integer(1), "seed": integer(0), "c
             "criterion": choice(("scale_free", "absolute")), "rtol": number(0, lo_open=True), "htol": number(0),
             "flat_threshold": number(0, 1, lo_open=True), "stol": number(0, lo_open=True), "compute_index": boolean,
             "store_theta": boolean,
-            "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
+            "index.threshold": number(hi=0, null=True), "index.relative_threshold": number(0, lo_open=True),
             "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
             "finders": lambda v: None if isinstance(v, (list, ListConfig)) and v and all(f in FINDERS for f in v)
             else f"a non-empty list from {list(FINDERS)}"}
@@ -282,8 +296,15 @@ SHARPNESS = {"members": int_list(0), "tol": number(0, lo_open=True), "max_steps"
              "keskar_epsilon": number(0, lo_open=True), "keskar_iterations": integer(1), "adaptive_eta": number(0),
              "pac_bayes_drop": number(0, 1, lo_open=True), "pac_bayes_epsilon": number(0), "pac_bayes_draws": integer(1),
              "pac_bayes_iterations": integer(1), "seed": integer(0)}
+CERTIFY = {"members": int_list(0), "cutoff": number(0, lo_open=True), "relative_cutoff": number(0, lo_open=True),
+           "margin": number(0, 1, lo_open=True), "max_iter": integer(1), "memory": integer(1),
+           "newton": choice(("trust-ncg", "trust-krylov", "none")), "newton_max_iter": integer(1),
+           "max_distance": number(0, lo_open=True), "flat_threshold": number(0, 1, lo_open=True), "store_theta": boolean,
+           "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
+           "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
+           "index.tol": number(0, 1, lo_open=True, hi_open=True)}
 TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
-              "sharpness": SHARPNESS}
+              "sharpness": SHARPNESS, "certify": CERTIFY}
 GROUPS = ("data", "model", "optimizer", "trainer", "population")
 
 
@@ -378,7 +399,7 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     if task == "landscape":
         _check_landscape_grids(cfg)
     if task != "train":
-        return []
+        return _zero_thresholds(cfg, task)
     return validate_training(cfg, overrides)
 
 
@@ -399,6 +420,17 @@ def _check_landscape_grids(cfg: DictConfig) -> None:
         enough = next(n for n in range(num + 1, 100 * num + 1000) if inside(n) >= 2)
         _fail("landscape.interpolation.num", num, f"a grid on [lo, hi] = [{show(lo)}, {show(hi)}] with at least 2 "
               f"points in [0, 1], where barriers and monotonicity are measured (it has {inside(num)}; num >= {enough})")
+
+
+def _zero_thresholds(cfg: DictConfig, task: str) -> list[str]:
+    """An index threshold of exactly 0 is legal (as in ``curvature.index``) but counts eigenvalues that
+    are zero up to rounding (every flat direction of a network) as negative: a warning."""
+    keys = {"spectrum": "spectrum.threshold", "critical": "critical.index.threshold"}
+    key = keys.get(task)
+    if key and get(cfg, key) is not None and float(get(cfg, key)) == 0:
+        return [f"{key}=0 counts eigenvalues that are zero up to rounding as negative; the default (null) uses "
+                f"-relative_threshold x max|lambda|"]
+    return []
 
 
 TRAINING_GROUPS = ("data", "model", "optimizer", "trainer", "population")
@@ -450,7 +482,8 @@ def _check_finder_options(cfg: DictConfig) -> None:
 def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
     """The data, model, optimizer, trainer and population keys of a training job, and their
     combinations; returns warnings. ``overrides`` (the command line) lets it name settings that
-    were given but have no effect."""
+    were given but have no effect. With ``population.init_from`` the model is derived from the source
+    (:func:`validate_init_from`) and the later rules see the derived model."""
     warnings: list[str] = []
     keys = _override_keys(overrides)
     method_name = get(cfg, "trainer.method")
@@ -468,6 +501,7 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
             raise ConfigError(f"{given[0]} has no effect when model.widths is set (widths={show(get(cfg, 'model.widths'))}); "
                               "set model.widths=null to use model.width and model.depth")
     _check(cfg, POPULATION, "population.")
+    cfg = validate_init_from(cfg, overrides)
     _check(cfg, DATA_COMMON, "data.")
     _check(cfg, DATA.get(get(cfg, "data.name"), {}), "data.")
     widths = get(cfg, "model.widths")
@@ -476,6 +510,14 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
     elif not (isinstance(widths, ListConfig) and widths and all(_is_int(w) and w >= 1 for w in widths)):
         _fail("model.widths", widths, "null or a non-empty list of integers >= 1")
     _check(cfg, MODEL, "model.")
+    target = get(cfg, "model._target_")
+    if target is not None:
+        from surfacekit.models.module import import_class
+
+        try:
+            import_class(target)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}: expected the import path of a torch.nn.Module class") from None
     _check(cfg, OPTIMIZER_COMMON, "optimizer.")
     name = get(cfg, "optimizer.name")
     _check(cfg, OPTIMIZER.get(name, {}), "optimizer.")
@@ -491,6 +533,12 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
             _fail("population.lr_scale", scale, "null with optimizer=rprop (its step is not proportional to lr)")
         if method == "penalty":
             _fail("population.lr_scale", scale, "null with trainer=penalty (its step sizes come from backtracking)")
+    if target is not None and method not in MODULE_TRAINERS:
+        _fail("trainer.method", method, f"one of {list(MODULE_TRAINERS)} with model._target_={target} (that trainer "
+              "supports the MLP only)")
+    if target is not None and get(cfg, "model.activation") == MAXOUT:
+        _fail("model.activation", MAXOUT, f"relu, tanh, sigmoid or linear with model._target_={target} (maxout is "
+              "an MLP activation)")
     loss = get(cfg, "model.loss")
     regression = get(cfg, "data.name") == "teacher" and not get(cfg, "data.classification")
     if regression and loss != "mse":
@@ -516,6 +564,102 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
         warnings.append(f"optimizer=rprop with trainer.batch_size={get(cfg, 'trainer.batch_size')}: Rprop adapts its "
                         "steps to gradient signs and is meant for full batches (trainer.batch_size=null)")
     return warnings
+
+
+def _model_defaults() -> dict[str, Any]:
+    return group_defaults("model", "mlp")
+
+
+def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictConfig:
+    """The keys of a warm start (``population.init_from``, ``init_point``, ``transform``,
+    ``transform_layer``, ``new_width``, ``transform_noise``, ``transform_seed``; see
+    :mod:`surfacekit.warm_start`) against the source job: it must be readable, hold as many members
+    as ``population.size`` and have been trained on the job's data settings; the transform must fit
+    its network; a model setting given on the command line (``overrides``) must equal the derived
+    one, and one that differs from ``conf/model/mlp.yaml`` (a preset's) must equal the derived or
+    the source's (a preset describing the source network). Returns a copy of ``cfg`` with the derived
+    model (``cfg`` itself without ``init_from``).
+
+    Raises:
+        ConfigError: one line naming the key, its value and the expectation.
+    """
+    from surfacekit import warm_start
+    from surfacekit.store import ResultsError
+    from surfacekit.transforms import IDEMPOTENT
+
+    source_path = get(cfg, "population.init_from")
+    transform = get(cfg, "population.transform")
+    noise, new_width = get(cfg, "population.transform_noise"), get(cfg, "population.new_width")
+    if source_path is None:
+        for key, value, default in (("transform", transform, "none"), ("init_point", get(cfg, "population.init_point"), "final")):
+            if value != default:
+                _fail(f"population.{key}", value, f"{default} without population.init_from (the source job to start from)")
+        return cfg
+    if get(cfg, "population.shared_init"):
+        _fail("population.shared_init", True, "false with population.init_from (every member starts from its source member)")
+    try:
+        source = warm_start.read_source(source_path)
+    except (ResultsError, OSError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail("population.init_from", source_path, f"a finished training job's results.h5 or run directory ({text})")
+    if get(cfg, "population.init_point") == "certify" and not source.certified:
+        _fail("population.init_point", "certify", "final, or run task=certify on population.init_from first (it has no "
+              "certify analysis)")
+    k = len(source.members)
+    if get(cfg, "population.size") != k:
+        _fail("population.size", get(cfg, "population.size"), f"{k}, the members of population.init_from (one start each)")
+    data = source.config.get("data", {})
+    for key, value in data.items():
+        if show(get(cfg, f"data.{key}")) != show(value):
+            _fail(f"data.{key}", get(cfg, f"data.{key}"), f"{show(value)}, the data population.init_from was trained on")
+    model = source.config["model"]
+    widths = warm_start.source_widths(model)
+    layer = get(cfg, "population.transform_layer")
+    if transform != "widen" and (new_width is not None or noise != 0):
+        key, value = ("new_width", new_width) if new_width is not None else ("transform_noise", noise)
+        _fail(f"population.{key}", value, f"{'null' if key == 'new_width' else '0'} with population.transform={transform} "
+              "(a setting of population.transform=widen)")
+    if transform != "none":
+        if not widths:
+            _fail("population.transform", transform, "none: the source has no hidden layer to transform")
+        if layer >= len(widths):
+            _fail("population.transform_layer", layer, f"a hidden layer of the source, 0..{len(widths) - 1} (widths {widths})")
+        if model.get("residual"):
+            _fail("population.transform", transform, "none: the source is a residual network (the transforms change "
+                  "which layers have skip connections)")
+        if model.get("activation") == "maxout":
+            _fail("population.transform", transform, "none: the source is a maxout network (the transforms map units, "
+                  "not maxout pieces)")
+    if transform == "widen" and (new_width is None or new_width < widths[layer]):
+        _fail("population.new_width", new_width, f"an integer >= {widths[layer]}, the width of hidden layer {layer} "
+              "of the source, with population.transform=widen")
+    if transform == "deepen":
+        if model.get("activation") not in IDEMPOTENT:
+            _fail("population.transform", transform, f"none or widen: the source's model.activation={model.get('activation')} "
+                  f"has phi(phi(x)) != phi(x), so an identity layer changes the function (deepen needs {list(IDEMPOTENT)})")
+        if model.get("batch_norm"):
+            _fail("population.transform", transform, "none or widen: deepen does not support batch norm (the identity "
+                  "layer's normalization would need data statistics)")
+    derived = warm_start.derived_model(model, transform, layer, new_width)
+    defaults = _model_defaults()
+    named = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    mine = warm_start.source_widths(OmegaConf.to_container(cfg.model, resolve=True))
+    for key in warm_start.MODEL_KEYS:
+        value = get(cfg, f"model.{key}")
+        explicit = f"model.{key}" in named
+        given = explicit or show(value) != show(defaults.get(key))
+        if given and key in ("width", "depth", "widths"):
+            # a preset's value may describe the source (the narrow network of experiment=net2net)
+            if mine != derived["widths"] and (explicit or mine != widths):
+                _fail(f"model.{key}", value, f"unset or {show(derived[key])}: population.init_from with "
+                      f"population.transform={transform} gives the hidden widths {derived['widths']}")
+        elif given and show(value) != show(derived.get(key)):
+            _fail(f"model.{key}", value, f"unset or {show(derived.get(key))}, the source's (population.init_from "
+                  "derives the model)")
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key, value in derived.items():
+        out.model[key] = value
+    return out
 
 
 def _coupling_checks(cfg: DictConfig) -> list[str]:
@@ -606,13 +750,16 @@ def format_gib(gib: float) -> str:
     return f"{mib:.2f} MiB" if mib >= 0.1 else f"{mib:.2g} MiB"
 
 
-def check_memory(cfg: DictConfig, num_params: int, num_examples: int) -> None:
-    """Refuse a population whose parameters, gradients, optimizer state and activations cannot fit."""
+def check_memory(cfg: DictConfig, num_params: int, num_examples: int, activations: int | None = None) -> None:
+    """Refuse a population whose parameters, gradients, optimizer state and activations cannot fit.
+
+    ``activations``: values of every layer's output for one example (``models.activation_size``); None
+    estimates them from the MLP's widest layer."""
     itemsize = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
     k = int(cfg.population.size)
-    widest = max(get(cfg, "model.widths") or [get(cfg, "model.width")])
     bs = get(cfg, "trainer.batch_size") or num_examples
-    estimate = itemsize * k * (5 * num_params + 4 * min(bs, num_examples) * widest * 4) / 2**30
+    per_example = 4 * activations if activations is not None else 4 * 4 * max(get(cfg, "model.widths") or [get(cfg, "model.width")])
+    estimate = itemsize * k * (5 * num_params + min(bs, num_examples) * per_example) / 2**30
     limit = get(cfg, "memory_limit_gb") or machine_memory_gb()
     if estimate > limit:
         raise ConfigError(

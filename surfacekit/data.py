@@ -1,13 +1,17 @@
 """Offline data sets as in-memory tensors.
 
 Sources: ``digits`` (scikit-learn's bundled 8x8 digits, the default), ``mnist1d`` (generated
-locally), ``teacher`` (a random teacher MLP, regression or classification) and ``mnist``
-(MNIST-format IDX or NPZ files, MNIST or Fashion-MNIST, read from a directory the user names).
+locally), ``teacher`` (a random teacher MLP, regression or classification), ``mnist``
+(MNIST-format IDX or NPZ files, MNIST or Fashion-MNIST, read from a directory the user names) and
+``cifar10`` / ``cifar100`` (the python-pickle batches of the CIFAR distribution, or an .npz, from a
+directory the user names). Image sources (digits, mnist, cifar) also record the image shape
+(channels, height, width) for convolutional models; the tensors hold flattened examples.
 """
 
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,11 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """Train and test splits: x [N, D] floating point, y [N] int64 labels or [N, C] targets."""
+    """Train and test splits: x [N, D] floating point, y [N] int64 labels or [N, C] targets.
+
+    ``image_shape``: one example's shape as an image, (channels, height, width), for convolutional
+    models (x holds the flattened examples, channel-major); None for feature vectors.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -32,10 +40,16 @@ class Dataset:
     y_test: torch.Tensor
     num_outputs: int
     classification: bool
+    image_shape: tuple[int, ...] | None = None
 
     @property
     def in_dim(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape as a model takes it: ``image_shape``, or (D,) for feature vectors."""
+        return tuple(self.image_shape) if self.image_shape is not None else (self.in_dim,)
 
     def to(self, device: str | torch.device, dtype: torch.dtype) -> "Dataset":
         """Move to ``device``; inputs (and regression targets) take ``dtype``."""
@@ -48,6 +62,7 @@ class Dataset:
             self.y_test.to(device, ydt),
             self.num_outputs,
             self.classification,
+            self.image_shape,
         )
 
 
@@ -73,7 +88,7 @@ def _digits(cfg: Mapping[str, Any]):
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = bunch.data.astype(np.float64)
+    x = bunch.images.astype(np.float64)[:, None]  # [N, 1, 8, 8]
     y = bunch.target.astype(np.int64)
     return _split(x, y, cfg.get("train_size", 1000), cfg.get("test_size"), cfg.get("split_seed", 0))
 
@@ -196,7 +211,7 @@ def _mnist(cfg: Mapping[str, Any]):
                             f"(the images are {x.shape[1]}x{x.shape[2]}; larger values would upsample)")
         if size:
             images = torch.nn.functional.adaptive_avg_pool2d(images[:, None], int(size))[:, 0]
-        out += [images.reshape(len(images), -1).numpy(), _integer_labels(y, f"{path}: {split} split")]
+        out += [images[:, None].numpy(), _integer_labels(y, f"{path}: {split} split")]
     x_train, y_train, x_test, y_test = out
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{path}: training images {arrays['x_train'].shape[1:]} and test images "
@@ -209,13 +224,128 @@ def _mnist(cfg: Mapping[str, Any]):
     return x_train, y_train, x_test, y_test
 
 
-_SOURCES = {"digits": _digits, "mnist1d": _mnist1d, "teacher": _teacher, "mnist": _mnist}
-_CLASSES = {"digits": 10, "mnist1d": 10, "mnist": 10}  # teacher: its outputs (2 for a single output)
+# CIFAR's python version: file names of the training and test batches, and the label key.
+_CIFAR_FILES = {
+    "cifar10": (["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"], ["test_batch"],
+                "cifar-10-batches-py"),
+    "cifar100": (["train"], ["test"], "cifar-100-python"),
+}
+_CIFAR_LABELS = {"cifar10": {"fine": b"labels"}, "cifar100": {"fine": b"fine_labels", "coarse": b"coarse_labels"}}
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as torchvision's Grayscale
+
+
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file of CIFAR's python version: images [n, 3, 32, 32] uint8 and labels [n] int64.
+
+    The file is a pickled dict with ``b"data"`` [n, 3072] (channel-major rows) and the labels under
+    ``label_key``. Raises DataError for a file that is not such a batch or whose counts disagree.
+    """
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path}: not a CIFAR python batch (a pickled dict with b'data' and {label_key!r}): "
+                        f"{type(exc).__name__}: {exc}") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: b'data' has shape {data.shape}; a CIFAR batch holds [n, 3072] rows")
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {labels.size} labels")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _cifar_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in _IDX_NAMES}
+    except (KeyError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: expected an NPZ with arrays {list(_IDX_NAMES)} ({exc})") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
+        if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            x = x.transpose(0, 3, 1, 2)  # channels last (keras layout) -> channels first
+        if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) != len(y):
+            raise DataError(f"{path}: {split} images {arrays[f'x_{split}'].shape} and labels {arrays[f'y_{split}'].shape} "
+                            "do not match [N, 32, 32, 3] (or [N, 3, 32, 32]) and [N]")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
+    return arrays
+
+
+def _cifar_arrays(cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    name, path = cfg["name"], cfg.get("path")
+    if not path:
+        raise DataError(f"data.path is not set: name the directory holding the {name} files")
+    directory = Path(path).expanduser()
+    train_files, test_files, subdir = _CIFAR_FILES[name]
+    if not directory.is_dir():
+        raise DataError(f"data.path={directory}: no such directory (expected {name}'s python batches or an .npz)")
+    if (directory / subdir).is_dir():
+        directory = directory / subdir
+    npz = sorted(directory.glob("*.npz"))
+    if npz:
+        return _cifar_npz(npz[0])
+    missing = [f for f in train_files + test_files if not (directory / f).is_file()]
+    if missing:
+        raise DataError(f"{directory}: missing {', '.join(missing)} (expected {name}'s python batches "
+                        f"{train_files + test_files} or an .npz)")
+    key = _CIFAR_LABELS[name][cfg.get("labels", "fine")]
+    arrays = {}
+    for split, files in (("train", train_files), ("test", test_files)):
+        parts = [read_cifar_batch(directory / f, key) for f in files]
+        arrays[f"x_{split}"] = np.concatenate([p[0] for p in parts])
+        arrays[f"y_{split}"] = np.concatenate([p[1] for p in parts])
+    return arrays
+
+
+def _cifar(cfg: Mapping[str, Any]):
+    arrays = _cifar_arrays(cfg)
+    rng = np.random.default_rng(cfg.get("split_seed", 0))
+    out = []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        subset = cfg.get(f"{split}_size")
+        if subset is not None:
+            if not 0 < int(subset) <= len(x):
+                raise DataError(f"data.{split}_size={subset} is invalid: expected 1 to {len(x)} (the {split} images)")
+            keep = np.sort(rng.permutation(len(x))[: int(subset)])
+            x, y = x[keep], y[keep]
+        images = torch.from_numpy(x.astype(np.float64) / (255.0 if x.dtype == np.uint8 else 1.0))
+        if cfg.get("grayscale") and images.shape[1] == 3:
+            images = torch.einsum("nchw,c->nhw", images, torch.tensor(GRAY_WEIGHTS, dtype=torch.float64))[:, None]
+        size = cfg.get("downsample")
+        if size and not 1 <= int(size) <= min(images.shape[2:]):
+            raise DataError(f"data.downsample={size} is invalid: expected an image size from 1 to {min(images.shape[2:])}")
+        if size:
+            images = torch.nn.functional.adaptive_avg_pool2d(images, int(size))
+        out += [images.numpy(), _integer_labels(y, f"data.name={cfg['name']}: {split} split")]
+    return tuple(out)
+
+
+def standardize_channels(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel standardization of images [N, C, H, W] with the training set's mean and std over
+    examples and pixels; a constant channel gets std 1."""
+    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
+    std = x_train.std(axis=(0, 2, 3), keepdims=True)
+    std[std < 1e-12] = 1.0
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+_SOURCES = {"digits": _digits, "mnist1d": _mnist1d, "teacher": _teacher, "mnist": _mnist, "cifar10": _cifar,
+            "cifar100": _cifar}
+_CLASSES = {"digits": 10, "mnist1d": 10, "mnist": 10, "cifar10": 10}  # teacher: its outputs (2 for a single output)
+# How ``standardize`` works per source: per feature (pixel) by default, per channel for CIFAR.
+_PER_CHANNEL = ("cifar10", "cifar100")
 
 
 def _teacher_classes(cfg: Mapping[str, Any]) -> int:
     outputs = int(cfg.get("outputs", 1))
     return 2 if outputs == 1 else outputs
+
+
+def _classes(name: str, cfg: Mapping[str, Any]) -> int:
+    if name == "cifar100":
+        return 20 if cfg.get("labels", "fine") == "coarse" else 100
+    return _CLASSES.get(name) or _teacher_classes(cfg)
 
 
 def _check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray, classes: int) -> int:
@@ -229,7 +359,13 @@ def _check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray, classes: i
 
 
 def load_data(cfg: Mapping[str, Any]) -> Dataset:
-    """Build the data set named by ``cfg["name"]`` (float64 tensors on the CPU)."""
+    """Build the data set named by ``cfg["name"]`` (float64 tensors on the CPU, examples flattened;
+    ``image_shape`` set for image sources).
+
+    Raises:
+        DataError: an unknown source, missing or malformed files, non-finite values, or labels outside
+            the classes (one-line messages).
+    """
     name = cfg.get("name")
     if name not in _SOURCES:
         raise DataError(f"data.name={name!r} is unknown; choose one of {sorted(_SOURCES)}")
@@ -240,13 +376,17 @@ def load_data(cfg: Mapping[str, Any]) -> Dataset:
     for label, arr in (("inputs", x_train), ("inputs", x_test), ("targets", y_train), ("targets", y_test)):
         if not np.all(np.isfinite(arr)):
             raise DataError(f"data.name={name}: {label} contain NaN or inf")
-    if cfg.get("standardize", True):
+    image_shape = tuple(int(d) for d in x_train.shape[1:]) if x_train.ndim == 4 else None
+    if cfg.get("standardize", True) and name in _PER_CHANNEL:
+        x_train, x_test = standardize_channels(x_train, x_test)
+    x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    if cfg.get("standardize", True) and name not in _PER_CHANNEL:
         x_train, x_test = standardize(x_train, x_test)
     classification = y_train.ndim == 1
     if classification:
-        num_outputs = _check_labels(name, y_train, y_test, _CLASSES.get(name) or _teacher_classes(cfg))
+        num_outputs = _check_labels(name, y_train, y_test, _classes(name, cfg))
     else:
         y_train, y_test = y_train.reshape(len(y_train), -1), y_test.reshape(len(y_test), -1)
         num_outputs = y_train.shape[1]
     t = torch.from_numpy
-    return Dataset(name, t(x_train), t(y_train), t(x_test), t(y_test), num_outputs, classification)
+    return Dataset(name, t(x_train), t(y_train), t(x_test), t(y_test), num_outputs, classification, image_shape)

@@ -151,7 +151,8 @@ def finished_results(cfg: DictConfig, path: Path) -> Path | None:
             stored = yaml.safe_load(str(f.attrs.get("config", ""))) or {}
     except (ResultsError, OSError, ValueError):
         raise JobError(f"{path} exists but is not a readable results file; move it away to rerun this job") from None
-    current = OmegaConf.to_container(cfg, resolve=True)
+    current = OmegaConf.to_container(stored_config(cfg), resolve=True)
+    stored = {k: v for k, v in stored.items() if k not in _unused_keys(str(cfg.task))}  # files of older versions
     differences = config_differences(stored, current)
     if not cfg.get("resume", False):
         raise JobError(f"{path.parent} already holds finished results; use resume=true to skip finished jobs, "
@@ -185,13 +186,30 @@ def job_overrides() -> list[str]:
         return []
 
 
+def _unused_keys(task: str) -> tuple[str, ...]:
+    from surfacekit.config import TRAINING_GROUPS
+
+    return () if task == "train" else (*TRAINING_GROUPS, "dtype")
+
+
+def stored_config(cfg: DictConfig) -> DictConfig:
+    """The config a results file records: all of it for training, without the training groups and
+    ``dtype`` for jobs that train nothing (see :func:`job_attributes`)."""
+    unused = _unused_keys(str(cfg.task))
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k not in unused]) if unused else cfg
+
+
 def job_attributes(cfg: DictConfig, started: str, kind: str = "job") -> dict[str, Any]:
-    """Root attributes of a results file: provenance, config, overrides, threads, device, times, warnings."""
+    """Root attributes of a results file: provenance, config, overrides, threads, device, times, warnings.
+
+    The stored ``config`` of a job that trains nothing (post-hoc tasks, the spin glass) leaves out the
+    training groups and ``dtype``: their defaults describe no network of this job (a post-hoc task
+    analyses each source job with that job's own config, stored in its training file)."""
     return {
         **provenance(),
         "kind": kind,
         "task": str(cfg.task),
-        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "config": OmegaConf.to_yaml(stored_config(cfg), resolve=True),
         "overrides": job_overrides(),
         "threads": torch.get_num_threads(),
         "device": str(cfg.device),

@@ -5,6 +5,10 @@ Everything here evaluates networks at many points of an affine family ``theta = 
 batched ``forward`` (``population.evaluate``), a chunk of points at a time, never a Python loop over
 points.
 
+Networks of a population spec (``MLPSpec``, ``ModuleSpec``) are evaluated in batches of points;
+any other ``loss_fn(theta)`` (a user's model through ``surfacekit.objective_from_module``, whose
+parameter shapes the direction helpers also take) point by point with :func:`evaluate_loss_fn`.
+
 * Linear interpolation (Goodfellow, Vinyals & Saxe 2015): theta(a) = (1 - a) theta0 + a theta1,
   a in [-0.5, 1.5] (401 points by default), from an initialization to its solution or between two
   solutions. ``barrier_height`` (the default definition) is
@@ -44,7 +48,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from surfacekit.models import MLPSpec, param_shapes
+from surfacekit.models import Spec, param_shapes
 from surfacekit.population import dataset_statistics, evaluate, unflatten
 
 NORMALIZATIONS = ("filter", "layer", "none")
@@ -59,22 +63,22 @@ Progress = Callable[[int], object]
 
 # ----------------------------------------------------------------------------- evaluation
 
-def points_per_batch(spec: MLPSpec, num_examples: int, chunk_size: int | None = None,
+def points_per_batch(spec: Spec, num_examples: int, chunk_size: int | None = None,
                      budget_bytes: int | None = None, device: str | torch.device = "cpu") -> int:
     """How many parameter vectors to evaluate at once so parameters and activations fit ``budget_bytes``
     (default ``MEMORY_BUDGET_BYTES`` of the device type)."""
-    from surfacekit.models import num_params
+    from surfacekit.models import activation_size, num_params
 
     if budget_bytes is None:
         budget_bytes = MEMORY_BUDGET_BYTES.get(torch.device(device).type, MEMORY_BUDGET_BYTES["cpu"])
     n = num_examples if chunk_size is None else min(num_examples, int(chunk_size))
-    per_point = 8 * (2 * num_params(spec) + 3 * n * sum(spec.dims[1:]))
+    per_point = 8 * (2 * num_params(spec) + 3 * n * activation_size(spec))
     return max(1, int(budget_bytes // per_point))
 
 
 @torch.no_grad()
 def evaluate_affine(
-    spec: MLPSpec, origin: torch.Tensor | None, basis: torch.Tensor, coords: torch.Tensor,
+    spec: Spec, origin: torch.Tensor | None, basis: torch.Tensor, coords: torch.Tensor,
     x: torch.Tensor, y: torch.Tensor, loss: str, chunk_size: int | None = None, batch_points: int | None = None,
     progress: Progress | None = None, statistics_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +110,30 @@ def evaluate_affine(
     return torch.cat(losses), torch.cat(errors)
 
 
-def _evaluate(spec: MLPSpec, params, x, y, loss, chunk_size, statistics_x):
+@torch.no_grad()
+def evaluate_loss_fn(loss_fn: Callable[[torch.Tensor], torch.Tensor], origin: torch.Tensor | None,
+                     basis: torch.Tensor, coords: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+    """``loss_fn`` [G] at the points ``origin + coords @ basis``, one call per point: interpolation and
+    slices of any ``loss_fn(theta)``, e.g. a user's model through ``surfacekit.objective_from_module``.
+
+    Interpolation from theta0 to theta1: ``origin=theta0``, ``basis=(theta1 - theta0)[None]``,
+    ``coords=alphas[:, None]`` (then :func:`barrier_height`); a filter-normalized plane:
+    ``basis=random_directions(objective, theta, 2, seed=...)`` (the objective gives its parameter
+    shapes) and ``coords`` the grid's (x, y) pairs. origin [P] or None (zero), basis [B, P],
+    coords [G, B]. Cost: G calls of ``loss_fn`` (for a module objective, G passes over its data);
+    ``progress(1)`` after each.
+    """
+    basis = basis.to(torch.float64)
+    values = []
+    for c in coords.to(basis.dtype):
+        point = c @ basis if origin is None else origin.to(basis.dtype) + c @ basis
+        values.append(loss_fn(point).detach().reshape(()))
+        if progress is not None:
+            progress(1)
+    return torch.stack(values)
+
+
+def _evaluate(spec: Spec, params, x, y, loss, chunk_size, statistics_x):
     statistics = None
     if spec.batch_norm and statistics_x is not None:
         statistics = dataset_statistics(spec, params, statistics_x.to(x.dtype), chunk_size)
@@ -114,7 +141,7 @@ def _evaluate(spec: MLPSpec, params, x, y, loss, chunk_size, statistics_x):
 
 
 @torch.no_grad()
-def evaluate_points(spec: MLPSpec, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str,
+def evaluate_points(spec: Spec, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: str,
                     chunk_size: int | None = None, batch_points: int | None = None,
                     statistics_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and error [G] of the networks ``thetas`` [G, P], a chunk of points at a time (batch norm
@@ -191,7 +218,7 @@ def _inside(alphas: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def interpolate(
-    spec: MLPSpec, theta0: torch.Tensor, theta1: torch.Tensor, data, loss: str,
+    spec: Spec, theta0: torch.Tensor, theta1: torch.Tensor, data, loss: str,
     alphas: torch.Tensor | None = None, splits: Sequence[str] = ("train", "test"),
     chunk_size: int | None = None, batch_points: int | None = None, progress: Progress | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -225,11 +252,12 @@ def fresh_seed() -> int:
     return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def normalization_blocks(spec: MLPSpec, normalization: str = "filter", bias_bn: str = "zero") -> tuple[torch.Tensor, int]:
+def normalization_blocks(spec: Spec, normalization: str = "filter", bias_bn: str = "zero") -> tuple[torch.Tensor, int]:
     """The blocks that ``normalization`` rescales: (block id [P] int64, number of blocks).
 
-    ``filter``: one block per row of every weight matrix (joined by its bias entry when
-    ``bias_bn="include"``), one per batch-norm tensor; ``layer``: one block per parameter tensor;
+    ``filter``: one block per row of every weight matrix and per output channel (filter) of every
+    convolution kernel [out, in, ...] (joined by its bias entry when ``bias_bn="include"``), one per
+    batch-norm tensor (a module's 1-D ``weight`` of a norm layer counts as one); ``layer``: one block per parameter tensor;
     ``none``: a single block. Entries whose direction is zero (biases and batch-norm vectors under
     ``bias_bn="zero"``) get id -1.
 
@@ -244,16 +272,17 @@ def normalization_blocks(spec: MLPSpec, normalization: str = "filter", bias_bn: 
     for name, shape in param_shapes(spec).items():
         size = math.prod(shape)
         layer = name.rsplit(".", 1)[0]
-        if not name.endswith("weight") and bias_bn == "zero":
+        weight = name.endswith("weight") and len(shape) >= 2  # a matrix or convolution kernel, not a norm's scale
+        if not weight and bias_bn == "zero":
             ids.append(torch.full((size,), -1, dtype=torch.long))
         elif normalization == "none":
             ids.append(torch.zeros(size, dtype=torch.long))
             count = 1
-        elif normalization == "filter" and name.endswith("weight"):
+        elif normalization == "filter" and weight:
             row_start[layer] = count
-            ids.append(count + torch.arange(shape[0]).repeat_interleave(shape[1]))
+            ids.append(count + torch.arange(shape[0]).repeat_interleave(math.prod(shape[1:])))
             count += shape[0]
-        elif normalization == "filter" and name.endswith("bias"):
+        elif normalization == "filter" and name.endswith("bias") and layer in row_start:
             ids.append(row_start[layer] + torch.arange(size))
         else:
             ids.append(torch.full((size,), count, dtype=torch.long))
@@ -268,7 +297,7 @@ def _block_sums(values: torch.Tensor, ids: torch.Tensor, count: int) -> torch.Te
     return out.index_add_(-1, ids[keep], values[..., keep])
 
 
-def normalize_direction(spec: MLPSpec, direction: torch.Tensor, theta: torch.Tensor,
+def normalize_direction(spec: Spec, direction: torch.Tensor, theta: torch.Tensor,
                         normalization: str = "filter", bias_bn: str = "zero", eps: float = 1e-300) -> torch.Tensor:
     """Rescale a raw direction [P] against theta [P] (``filter``, ``layer`` or ``none``; see the module docstring).
 
@@ -304,7 +333,7 @@ def orthogonalize_blocks(directions: torch.Tensor, ids: torch.Tensor, count: int
     return out
 
 
-def random_direction(spec: MLPSpec, theta: torch.Tensor, seed: int | None = None, generator: torch.Generator | None = None,
+def random_direction(spec: Spec, theta: torch.Tensor, seed: int | None = None, generator: torch.Generator | None = None,
                      normalization: str = "filter", bias_bn: str = "zero", return_seed: bool = False):
     """A Gaussian direction [P] (float64), normalized against theta [P].
 
@@ -325,7 +354,7 @@ def random_direction(spec: MLPSpec, theta: torch.Tensor, seed: int | None = None
     return (d, seed) if return_seed else d
 
 
-def random_directions(spec: MLPSpec, theta: torch.Tensor, count: int, seed: int | None = None, normalization: str = "filter",
+def random_directions(spec: Spec, theta: torch.Tensor, count: int, seed: int | None = None, normalization: str = "filter",
                       bias_bn: str = "zero", orthogonalize: bool = False, return_seed: bool = False):
     """``count`` directions [count, P] (float64) from one generator, each normalized against theta [P].
 
@@ -363,7 +392,7 @@ def random_directions(spec: MLPSpec, theta: torch.Tensor, count: int, seed: int 
     return (dirs, seed) if return_seed else dirs
 
 
-def _name_stops(spec: MLPSpec) -> list[tuple[str, int]]:
+def _name_stops(spec: Spec) -> list[tuple[str, int]]:
     """(parameter name, end offset in the flat vector), in the canonical order."""
     stops, end = [], 0
     for name, shape in param_shapes(spec).items():
@@ -384,7 +413,7 @@ def slice_grid(num: int = 51, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor
     return xs
 
 
-def slice_1d(spec: MLPSpec, theta: torch.Tensor, direction: torch.Tensor, data, loss: str,
+def slice_1d(spec: Spec, theta: torch.Tensor, direction: torch.Tensor, data, loss: str,
              xs: torch.Tensor | None = None, splits: Sequence[str] = ("train", "test"),
              chunk_size: int | None = None, batch_points: int | None = None,
              progress: Progress | None = None) -> dict[str, torch.Tensor]:
@@ -400,7 +429,7 @@ def slice_1d(spec: MLPSpec, theta: torch.Tensor, direction: torch.Tensor, data, 
     return out
 
 
-def slice_2d(spec: MLPSpec, theta: torch.Tensor, directions: torch.Tensor, data, loss: str,
+def slice_2d(spec: Spec, theta: torch.Tensor, directions: torch.Tensor, data, loss: str,
              xs: torch.Tensor | None = None, ys: torch.Tensor | None = None, splits: Sequence[str] = ("train", "test"),
              chunk_size: int | None = None, batch_points: int | None = None,
              progress: Progress | None = None) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from surfacekit.models import MLPSpec, buffer_shapes
+from surfacekit.models import Spec, buffer_shapes
 from surfacekit.population import full_loss, unflatten
 
 OBJECTIVES = ("trained", "data")
@@ -54,7 +54,7 @@ def check_choices(objective: str, bn_mode: str) -> None:
         raise ValueError(f"bn_mode={bn_mode!r} is invalid: expected one of {list(BN_MODES)}")
 
 
-def l2_coefficients(spec: MLPSpec, method: str, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any],
+def l2_coefficients(spec: Spec, method: str, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any],
                     objective: str = "trained") -> dict[str, float]:
     """The non-zero L2 coefficients c_p of the objective, by parameter name ({} for ``objective="data"``).
 
@@ -84,7 +84,7 @@ def l2_penalty(params: Mapping[str, torch.Tensor], l2: L2) -> torch.Tensor | flo
     return total
 
 
-def objective_values(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
+def objective_values(spec: Spec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
                      *, l2: L2 | None = None, statistics: Mapping[str, torch.Tensor] | None = None,
                      chunk_size: int | None = None) -> torch.Tensor:
     """F per member [K] for stacked ``params``: the full-data loss (``population.full_loss``, batch
@@ -93,7 +93,7 @@ def objective_values(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch
     return full_loss(spec, params, x, y, loss, chunk_size, statistics) + l2_penalty(params, l2 or {})
 
 
-def gradient_norms(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
+def gradient_norms(spec: Spec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
                    *, l2: L2 | None = None, statistics: Mapping[str, torch.Tensor] | None = None,
                    chunk_size: int | None = None) -> torch.Tensor:
     """Euclidean norm of each member's gradient of F (``objective_values``) [K]. Cost: one gradient."""
@@ -104,7 +104,7 @@ def gradient_norms(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.T
     return torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
 
 
-def mode_statistics(spec: MLPSpec, bn_mode: str, statistics: Mapping[str, torch.Tensor] | None
+def mode_statistics(spec: Spec, bn_mode: str, statistics: Mapping[str, torch.Tensor] | None
                     ) -> dict[str, torch.Tensor] | None:
     """The statistics to evaluate with in ``bn_mode``: None for batch mode (or without batch norm), the
     ``layers.{i}.bn_mean`` / ``bn_var`` entries of ``statistics`` for evaluation mode.
@@ -122,7 +122,7 @@ def mode_statistics(spec: MLPSpec, bn_mode: str, statistics: Mapping[str, torch.
 
 
 def objective_fn(
-    spec: MLPSpec,
+    spec: Spec,
     x: torch.Tensor,
     y: torch.Tensor,
     loss: str,

@@ -8,7 +8,10 @@ of examples at a time, every chunk weighted by its size, so chunking changes not
 Batch norm over the full data set has two definitions, chosen by ``statistics``: ``None`` (the
 default) normalizes with the statistics of the whole data set, computed exactly under chunking as a
 differentiable function of the parameters (``dataset_statistics``; *batch mode*); a dict of
-``layers.{i}.bn_mean`` / ``bn_var`` [K, width] normalizes with those fixed values (*evaluation mode*).
+``layers.{i}.bn_mean`` / ``bn_var`` [K, width] (``{norm}.bn_mean`` / ``bn_var`` [K, C] for a module
+population) normalizes with those fixed values (*evaluation mode*).
+
+Every function takes either spec (``MLPSpec`` or ``ModuleSpec``, see ``surfacekit.models.architecture``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Callable, Iterator, Mapping
 import torch
 
 from surfacekit.models import (
-    MLPSpec, Statistics, affine, forward, init_member, layer, member_errors, member_losses, param_name,
+    ModuleSpec, Spec, Statistics, affine, forward, init_member, layer, member_errors, member_losses, param_name,
     param_shapes, pooled_moments,
 )
+from surfacekit.models.module import norm_moments
 from surfacekit.seeds import member_seed
 
 __all__ = [
@@ -33,7 +37,7 @@ Params = dict[str, torch.Tensor]
 
 
 def init_population(
-    spec: MLPSpec, seeds: list[int], dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
+    spec: Spec, seeds: list[int], dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
 ) -> Params:
     """Stacked parameters [K, ...], member k initialized from ``seeds[k]``."""
     members = [init_member(spec, s, dtype) for s in seeds]
@@ -45,7 +49,7 @@ def flatten(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.reshape(p.shape[0], -1) for p in params.values()], dim=1)
 
 
-def unflatten(flat: torch.Tensor, spec: MLPSpec) -> Params:
+def unflatten(flat: torch.Tensor, spec: Spec) -> Params:
     """Inverse of ``flatten``: [K, P] -> stacked parameters; a single [P] vector gets K = 1.
 
     Raises:
@@ -70,7 +74,7 @@ def chunks(n: int, chunk_size: int | None) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def dataset_statistics(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+def dataset_statistics(spec: Spec, params: Mapping[str, torch.Tensor], x: torch.Tensor,
                        chunk_size: int | None = None) -> dict[str, torch.Tensor]:
     """Batch-norm statistics of the whole data set x [N, in], per member: ``layers.{i}.bn_mean`` and
     ``bn_var`` (biased, divisor N) [K, width]; {} without batch norm.
@@ -81,12 +85,16 @@ def dataset_statistics(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: tor
     0..i-1 again and the chunks' moments are pooled exactly (``models.pooled_moments``). Cost:
     one forward pass without chunking; with c > 1 chunks, D(D+1)/2 layer passes over the data for D
     hidden layers. Memory: one chunk's activations (plus autograd's graph when differentiating).
+    A module population (``ModuleSpec``) names them ``{norm}.bn_mean`` / ``bn_var`` [K, C] and is
+    chunked norm layer by norm layer the same way (a pass stops at the layer it measures).
     """
     if not spec.batch_norm:
         return {}
     n = x.shape[0]
     if chunk_size is None or chunk_size >= n:
         return forward(spec, params, x, return_statistics=True)[1]
+    if isinstance(spec, ModuleSpec):
+        return _module_statistics(spec, params, x, chunk_size)
     stats: dict[str, torch.Tensor] = {}
     for i in range(len(spec.widths)):
         counts, means, sums_sq = [], [], []
@@ -103,7 +111,24 @@ def dataset_statistics(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: tor
     return stats
 
 
-def _resolve(spec: MLPSpec, params, x, chunk_size, statistics: Statistics | None) -> Statistics | None:
+def _module_statistics(spec: ModuleSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                       chunk_size: int) -> dict[str, torch.Tensor]:
+    """``dataset_statistics`` of a module population in chunks: norm layer j's moments over every chunk,
+    the layers before it normalizing with their full-set statistics, pooled exactly."""
+    stats: dict[str, torch.Tensor] = {}
+    for norm in spec.norms:
+        counts, means, sums_sq = [], [], []
+        for sl in chunks(x.shape[0], chunk_size):
+            mean, var = norm_moments(spec, params, x[sl], stats, norm)
+            count = (sl.stop - sl.start) * norm.per_example
+            counts.append(count)
+            means.append(mean)
+            sums_sq.append(var * count)
+        stats[f"{norm.name}.bn_mean"], stats[f"{norm.name}.bn_var"] = pooled_moments(counts, means, sums_sq)
+    return stats
+
+
+def _resolve(spec: Spec, params, x, chunk_size, statistics: Statistics | None) -> Statistics | None:
     """The statistics to normalize every chunk with; None where one chunk's own moments are the full set's."""
     if not spec.batch_norm or statistics is not None:
         return statistics if spec.batch_norm else None
@@ -113,7 +138,7 @@ def _resolve(spec: MLPSpec, params, x, chunk_size, statistics: Statistics | None
 
 
 def full_loss(
-    spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
+    spec: Spec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
     chunk_size: int | None = None, statistics: Statistics | None = None,
 ) -> torch.Tensor:
     """Mean loss over all N examples per member [K], summed chunk by chunk weighted by chunk size.
@@ -131,7 +156,7 @@ def full_loss(
 
 @torch.no_grad()
 def evaluate(
-    spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
+    spec: Spec, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, loss: str,
     chunk_size: int | None = None, statistics: Statistics | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-data loss and classification error per member, each [K]; ``statistics`` as for ``full_loss``."""
@@ -147,7 +172,7 @@ def evaluate(
 
 
 def member_loss_fn(
-    spec: MLPSpec, x: torch.Tensor, y: torch.Tensor, loss: str, chunk_size: int | None = None
+    spec: Spec, x: torch.Tensor, y: torch.Tensor, loss: str, chunk_size: int | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``loss_fn(theta)``: one network's mean data loss over (x, y), batch norm in batch mode.
 

@@ -552,9 +552,21 @@ def _join_analyses(frame: pd.DataFrame, col: Collection, job: JobRef, analyses: 
             rows.append(extra)
         if rows:
             joined = pd.concat(rows, ignore_index=True)
+            _warn_mixed(joined, task, job.name)
             new = [c for c in joined.columns if c == "member" or c not in frame.columns]
             frame = frame.merge(joined[new], on="member", how="left")
     return frame
+
+
+def _warn_mixed(joined: pd.DataFrame, task: str, job: str) -> None:
+    """Members of one job filled from analyses of different objectives or batch-norm modes: a mean over
+    them mixes two functions, so say so (the ``<task>_objective``/``<task>_bn_mode`` columns tell which)."""
+    for key in ("objective", "bn_mode"):
+        column = f"{task}_{key}"
+        if column in joined and joined[column].nunique() > 1:
+            kinds = ", ".join(f"{value} ({int(count)} members)" for value, count in joined[column].value_counts().items())
+            print(f"surfacekit: warning: job {job}: the {task} columns mix analyses of {key} {kinds}; see the "
+                  f"{column} column, or choose with analyses=[...]", file=sys.stderr)
 
 
 def _report_skipped(col: Collection) -> None:
@@ -815,7 +827,7 @@ def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "c
     from omegaconf import OmegaConf
 
     from surfacekit.data import load_data
-    from surfacekit.models import param_shapes, spec_from_config
+    from surfacekit.models import build_spec, param_shapes
 
     col = collect(source)
     ref = _one_job(col, source, job)
@@ -831,7 +843,10 @@ def load_job(source: str | os.PathLike, job: str | None = None, device: Any = "c
                 groups[name] = {n: np.concatenate([v, centre[n]]) if n in centre else v for n, v in groups[name].items()}
         members = _members_frame(g)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, torch.float64)
-    spec = spec_from_config(cfg.model, data.in_dim, data.num_outputs)
+    try:
+        spec = build_spec(cfg.model, data)
+    except ValueError as exc:
+        raise ResultsError(f"{ref.file}: job {ref.name!r}: its model cannot be rebuilt: {exc}") from None
 
     def tensors(arrays: dict, names) -> dict:
         return {n: torch.from_numpy(np.asarray(arrays[n])).to(device, torch.float64) for n in names if n in arrays}

@@ -66,3 +66,17 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
+
+
+class UserNet(torch.nn.Module):
+    """A user's module class for ``model=module model._target_=support.UserNet`` in tests: flatten,
+    linear, BatchNorm1d, tanh, linear (takes in_shape and num_outputs from the data)."""
+
+    def __init__(self, in_shape, num_outputs, hidden=4):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(in_shape).prod()), hidden),
+                                        torch.nn.BatchNorm1d(hidden), torch.nn.Tanh())
+        self.out = torch.nn.Linear(hidden, num_outputs)
+
+    def forward(self, x):
+        return self.out(self.body(x))

@@ -75,7 +75,7 @@ def test_missing_path_and_empty_sweeps_are_one_line(name, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("hessian_spectra", "no /spectrum group"), ("index_vs_loss", "no /critical/<finder> group"),
+    ("hessian_spectra", "no /spectrum group"), ("index_vs_loss", "no certified points"),
     ("interpolation", "no /landscape/interpolation"), ("landscape_2d", "no group /landscape/slice2d"),
     ("spinglass", "no spin-glass members"),
 ])
@@ -119,7 +119,8 @@ def test_hessian_spectra_writes_beside_the_sweep(tmp_path):
 
 def critical_group(n, rng, slope):
     loss = np.sort(rng.random(n))
-    return {"loss": loss, "index_fraction": slope * loss + rng.normal(0, 0.01, n), "accepted": np.arange(n) % 4 != 0,
+    return {"loss": loss, "index_fraction": slope * loss + rng.normal(0, 0.01, n), "index_count": np.arange(n) % 5,
+            "accepted": np.arange(n) % 4 != 0,
             "gradient_flat": np.arange(n) % 8 == 0, "grad_norm2": np.where(np.arange(n) % 4 != 0, 1e-12, 1e-3)}
 
 
@@ -131,14 +132,18 @@ def test_index_vs_loss_table_and_figure(tmp_path, capsys):
     assert "no accepted critical point with a stored endpoint; skipped" in capsys.readouterr().err
     out = tmp_path / "run" / "analysis" / "index_vs_loss"
     assert (out / "index_vs_loss.png").stat().st_size > 0 and (out / "index_vs_loss.pdf").exists()
-    table = pd.read_csv(out / "index_vs_loss.csv").set_index("finder")
+    table = pd.read_csv(out / "index_vs_loss.csv").set_index("source")
     g = groups["critical/newton_mr"]
     acc = g["accepted"]
-    assert table.loc["newton_mr", "accepted"] == acc.sum() and table.loc["newton_mr", "starts"] == 16
-    assert table.loc["newton_mr", "spearman_rho_accepted"] == pytest.approx(sps.spearmanr(g["loss"][acc], g["index_fraction"][acc]).statistic)
+    row = table.loc["finder runs (newton_mr)"]
+    assert row["accepted"] == acc.sum() and row["points"] == 16
+    assert row["spearman_rho_accepted"] == pytest.approx(sps.spearmanr(g["loss"][acc], g["index_fraction"][acc]).statistic)
+    assert table.loc["all accepted", "accepted"] == acc.sum() + groups["critical/gradnorm"]["accepted"].sum()
     assert "nan" not in (out / "index_vs_loss.md").read_text()  # Bray-Dean not fitted: blank, not nan
     assert script("index_vs_loss").main([str(path), "--finders", "newton"]) == 2
-    assert "no finder(s) ['newton']" in one_error_line(capsys, "index_vs_loss")
+    assert "no finder runs" in one_error_line(capsys, "index_vs_loss")
+    assert script("index_vs_loss").main([str(path), "--finders", "bfgs"]) == 2
+    assert "no finder(s) ['bfgs']" in one_error_line(capsys, "index_vs_loss")
 
 
 def analysis_file(source, task, groups, settings=None, digest="0123abcd", end_time=None):
@@ -169,7 +174,8 @@ def test_index_vs_loss_reads_the_critical_analysis_beside_the_job(tmp_path):
     analysis_file(path, "critical", {"critical/levenberg_marquardt": group})
     assert script("index_vs_loss").main([str(path), "--permutations", "200"]) == 0
     table = pd.read_csv(tmp_path / "run" / "analysis" / "index_vs_loss" / "index_vs_loss.csv")
-    assert table.finder.tolist() == ["levenberg_marquardt"] and table.accepted[0] == group["accepted"].sum()
+    assert table.source.tolist() == ["finder runs (levenberg_marquardt)", "all accepted"]
+    assert table.accepted[0] == group["accepted"].sum()
 
 
 def test_landscape_direction_label_comes_from_the_landscape_analysis(tmp_path):
@@ -187,12 +193,11 @@ def test_landscape_direction_label_comes_from_the_landscape_analysis(tmp_path):
 
 
 def sweep_with_analyses(tmp_path, rng):
-    """A two-job sweep directory; job 0 has a critical analysis and an interpolation analysis hidden
-    behind a newer landscape analysis of slices only; job 1 has only a slice analysis."""
+    """A two-job sweep directory; job 0 has an interpolation analysis hidden behind a newer landscape
+    analysis of slices only; job 1 has only a slice analysis."""
     paths = [job(tmp_path / "sweep" / str(j) / "results.h5", train_members(8, 3, rng)) for j in (0, 1)]
     groups = landscape_groups(3, rng)
     groups["landscape/interpolation_init"]["train_objective_barrier"] = np.array([0.5, 0.25, 0.125])
-    analysis_file(paths[0], "critical", {"critical/newton_mr": critical_group(12, rng, 0.4)})
     analysis_file(paths[0], "landscape", {k: v for k, v in groups.items() if "interpolation" in k},
                   {"slice": {"normalization": "filter"}}, "aaaa0000", "2026-01-01T00:00:00")
     for path in paths:
@@ -201,20 +206,15 @@ def sweep_with_analyses(tmp_path, rng):
     return tmp_path / "sweep"
 
 
-@pytest.mark.parametrize("name", ["index_vs_loss", "landscape_2d"])
-def test_one_job_scripts_on_a_sweep_ask_for_the_job(name, tmp_path, capsys):
-    # before: index_vs_loss said "no /critical group" (the real "holds 2 jobs" error was swallowed);
-    # landscape_2d suggested "(job=...)", which is no command-line option
+def test_landscape_2d_on_a_sweep_asks_for_the_job(tmp_path, capsys):
+    # before: landscape_2d suggested "(job=...)", which is no command-line option
+    name = "landscape_2d"
     sweep = sweep_with_analyses(tmp_path, np.random.default_rng(6))
     assert script(name).main([str(sweep)]) == 2
     assert "holds 2 jobs ['0', '1']; name one with --job NAME" in one_error_line(capsys, name)
     assert script(name).main([str(sweep), "--job", "7"]) == 2
     assert "no job '7'; its jobs are ['0', '1']" in one_error_line(capsys, name)
-    assert script(name).main([str(sweep), "--job", "0", "--out", str(tmp_path / "out")]) == 0
-    capsys.readouterr()
-    if name == "index_vs_loss":
-        assert script(name).main([str(sweep), "--job", "1"]) == 2
-        assert "job '1' has no /critical/<finder> group" in one_error_line(capsys, name)
+    assert script(name).main([str(sweep), "--job", "1", "--out", str(tmp_path / "out")]) == 0
 
 
 def test_interpolation_reads_every_job_of_a_sweep_and_both_objectives(tmp_path, capsys):

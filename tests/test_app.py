@@ -14,8 +14,10 @@ from surfacekit.store import load_curves, load_members
 CONF = ROOT / "conf"
 OPTIONS = sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml"))
 NEEDS = {("data", "mnist"): ["data.path=/tmp"], ("experiment", "choromanska_mnist"): ["data.path=/tmp"],
+         ("data", "cifar10"): ["data.path=/tmp"], ("data", "cifar100"): ["data.path=/tmp"],
+         ("model", "module"): ["model._target_=surfacekit.models.CNN"],
          ("data", "teacher"): ["model.loss=mse"], ("task", "spectrum"): ["source=x"], ("task", "critical"): ["source=x"],
-         ("task", "landscape"): ["source=x"], ("task", "sharpness"): ["source=x"]}
+         ("task", "landscape"): ["source=x"], ("task", "sharpness"): ["source=x"], ("task", "certify"): ["source=x"]}
 
 
 def test_every_yaml_option_is_listed():
@@ -197,3 +199,11 @@ def test_finder_options_are_checked_against_the_finder():
     with pytest.raises(ConfigError, match="critical.options.newton.krylov_dimm: newton has no option krylov_dimm; "
                                           "did you mean krylov_dim"):
         validate(cfg)
+
+
+def test_a_zero_index_threshold_is_legal_with_a_warning():
+    """As in curvature.index: 0 is allowed and warned about (rounding zeros would count as negative)."""
+    for task, key in (("spectrum", "spectrum.threshold"), ("critical", "critical.index.threshold")):
+        warnings = validate(compose_config([f"task={task}", "source=x", f"{key}=0"]))
+        assert len(warnings) == 1 and warnings[0].startswith(f"{key}=0 counts eigenvalues")
+        assert validate(compose_config([f"task={task}", "source=x", f"{key}=-0.01"])) == []

@@ -80,7 +80,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, mnist_dir):
     with pytest.raises(DataError, match="data.path is not set"):
         load_data({"name": "mnist"})
     with pytest.raises(DataError, match="unknown"):
-        load_data({"name": "cifar100"})
+        load_data({"name": "imagenet"})
     truncated = struct.pack(">HBB3I", 0, 0x08, 3, 30, 28, 28) + bytes(10)
     (mnist_dir / "train-images-idx3-ubyte").write_bytes(truncated)
     with pytest.raises(DataError, match="train-images-idx3-ubyte.*IDX header"):

@@ -74,3 +74,48 @@ def test_choromanska_properties_at_reduced_size(tmp_path):
     assert (ratios.ci90_low > 1.2).all()
     table = minima_histograms.width_table(members, 200)
     assert table.pearson_r.iloc[0] > 0.6 and table.pearson_r.iloc[-2:].mean() < 0.5
+
+
+def test_certified_minima_beside_endpoints(tmp_path):
+    """With certify columns: counts per width, and the tables recomputed on certified minima only."""
+    rng = np.random.default_rng(1)
+    k = 30
+    for job, width in enumerate((5, 25)):
+        train = rng.normal(1.0 / width, 0.1 / width, k)
+        cls = np.array(["minimum"] * (k - 4) + ["saddle", "not certified", "not certified", "minimum"])
+        cert_train = train * 0.5
+        members = {"member": np.arange(k), "width": np.full(k, width), "final_train_loss": train,
+                   "final_test_loss": train + 0.01, "test_error": np.full(k, 0.1), "diverged": np.zeros(k, dtype=bool),
+                   "certified": cls != "not certified", "cert_class": cls,
+                   "cert_reason": np.where(cls == "not certified", "budget", ""),
+                   "cert_index": np.where(cls == "saddle", 3, np.where(cls == "minimum", 0, -1)),
+                   "cert_loss": cert_train, "cert_test_loss": cert_train + rng.normal(0, 0.01 / width, k),
+                   "cert_test_error": np.full(k, 0.05), "cert_distance": np.full(k, 2.0), "cert_seconds": np.ones(k)}
+        (tmp_path / str(job)).mkdir()
+        store.write_results(tmp_path / str(job) / "results.h5", {"members": members},
+                            {**store.provenance(), "kind": "job", "config": "", "overrides": [f"model.width={width}"]})
+    # a third job not certified (yet): its certify columns load as NaN and count as not analysed
+    uncertified = {"member": np.arange(k), "width": np.full(k, 50), "final_train_loss": rng.normal(0.02, 0.002, k),
+                   "final_test_loss": rng.normal(0.03, 0.002, k), "test_error": np.full(k, 0.1),
+                   "diverged": np.zeros(k, dtype=bool)}
+    (tmp_path / "2").mkdir()
+    store.write_results(tmp_path / "2" / "results.h5", {"members": uncertified},
+                        {**store.provenance(), "kind": "job", "config": "", "overrides": ["model.width=50"]})
+    assert minima_histograms.main([str(tmp_path), "--bootstrap", "100"]) == 0
+    out = tmp_path / "analysis" / "minima_histograms"
+    for name in ("certified_counts.csv", "minima_by_width_certified.csv", "test_loss_histograms_certified.png",
+                 "train_loss_histograms_certified.pdf", "std_ratios_certified.csv"):
+        assert (out / name).stat().st_size > 0
+    counts = pd.read_csv(out / "certified_counts.csv", dtype={"saddle_indices": str})
+    row = counts[counts.width == 5].iloc[0]
+    assert (row.minima, row.saddles, row.not_certified, row.reasons) == (27, 1, 2, "budget 2")
+    assert row.certified_fraction == pytest.approx(28 / 30) and str(row.saddle_indices) == "3"
+    row = counts[counts.width == 50].iloc[0]
+    assert (row.networks, row.analysed, row.minima, row.not_certified) == (30, 0, 0, 0) and np.isnan(row.certified_fraction)
+    table = pd.read_csv(out / "minima_by_width_certified.csv")
+    members = store.load_members(tmp_path)
+    minima = members[(members.width == 25) & (members.cert_class == "minimum")]
+    row = table[table.width == 25].iloc[0]
+    assert row.networks == 27 and row.test_max == pytest.approx(minima.cert_test_loss.max())
+    assert row.train_mean == pytest.approx(minima.cert_loss.mean())
+    assert row.pearson_r == pytest.approx(np.corrcoef(minima.cert_loss, minima.cert_test_loss)[0, 1])

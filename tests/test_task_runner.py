@@ -88,3 +88,25 @@ def test_an_output_directory_outside_the_source_warns(run_cli, job_copy, tmp_pat
     assert "surfacekit: warning: the output directory" in out.stderr and "will not join" in out.stderr
     assert "lambda_max" not in store.load_members(job_copy).columns
     assert np.isfinite(store.load_group(tmp_path / "elsewhere" / "spectrum.h5", "members")["lambda_max"]).all()
+
+
+def test_members_filled_from_analyses_of_two_objectives_are_flagged(run_cli, job_copy, capsys):
+    assert run_cli("task=spectrum", f"source={job_copy}", *FAST).returncode == 0
+    assert run_cli("task=spectrum", f"source={job_copy}", *FAST, "objective=data", "spectrum.members=[0]").returncode == 0
+    capsys.readouterr()
+    members = store.load_members(job_copy)
+    assert members["spectrum_objective"].tolist() == ["data", "trained"]  # the newest analysis that analysed each
+    assert "mix analyses of objective data (1 members), trained (1 members)" in capsys.readouterr().err
+
+
+def test_an_analysis_file_records_only_the_settings_it_used(run_cli, job_copy):
+    """Its root config leaves out the training groups (their defaults describe no analysed network)."""
+    import yaml
+
+    assert run_cli("task=spectrum", f"source={job_copy}", *FAST).returncode == 0
+    (analysis,) = job_copy.parent.glob("analyses/spectrum-*/spectrum.h5")
+    with h5py.File(analysis) as f:
+        config = yaml.safe_load(f.attrs["config"])
+        assert f["jobs/0"].attrs["dtype"] == "float64"  # the dtype the analysis used is the job's
+    assert config["spectrum"]["top_k"] == 2 and config["objective"] == "trained"
+    assert not {"data", "model", "optimizer", "trainer", "population", "dtype"} & set(config)

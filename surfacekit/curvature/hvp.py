@@ -196,8 +196,13 @@ def _checked_loss(loss: Tensor) -> Tensor:
 
 
 def hessian_operator(loss_fn: LossFn, theta: Tensor, backend: Backend = DEFAULT_BACKEND) -> HessianOperator:
-    """Return the Hessian of ``loss_fn`` at ``theta`` [P] as a reusable, product-counting operator."""
-    return HessianOperator(loss_fn, theta, backend)
+    """Return the Hessian of ``loss_fn`` at ``theta`` [P] as a reusable, product-counting operator.
+
+    A ``loss_fn`` with its own ``hessian_operator(theta, backend)`` method provides the operator
+    (``surfacekit.module_objective.ModuleObjective``: products a batch at a time, bounded memory).
+    """
+    own = getattr(loss_fn, "hessian_operator", None)
+    return own(theta, backend) if own is not None else HessianOperator(loss_fn, theta, backend)
 
 
 def hessian_vector_product(
@@ -207,4 +212,4 @@ def hessian_vector_product(
 
     For many products at one ``theta`` build :func:`hessian_operator` once instead.
     """
-    return HessianOperator(loss_fn, theta, backend)(v)
+    return hessian_operator(loss_fn, theta, backend)(v)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec, forward, init_statistics, member_losses, param_name, param_shapes, update_running
+from surfacekit.models import Spec, forward, init_statistics, member_losses, param_shapes, update_statistics
 from surfacekit.objective import check_choices, l2_coefficients as objective_l2
 from surfacekit.optim import build_optimizer, coupled_weight_decay, learning_rate, optimizer_config
 from surfacekit.population import Params
@@ -25,7 +25,7 @@ from surfacekit.train.common import (
 )
 
 
-def l2_coefficients(spec: MLPSpec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:
+def l2_coefficients(spec: Spec, optimizer_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any]) -> dict[str, float]:
     """The optimizer's coupled weight decay on every parameter (``optim.coupled_weight_decay``; 0 for rprop)."""
     wd = coupled_weight_decay(optimizer_config(optimizer_cfg))
     return {name: wd for name in param_shapes(spec)}
@@ -46,7 +46,7 @@ def _batch_sizes(n: int, batch_size: int | None) -> set[int]:
 
 
 def train(
-    spec: MLPSpec,
+    spec: Spec,
     data: Dataset,
     params: Params,
     seeds: list[int],
@@ -58,6 +58,7 @@ def train(
     lr_scale: torch.Tensor | None = None,
     objective: str = "trained",
     bn_mode: str = "batch",
+    statistics: Params | None = None,
 ) -> TrainResult:
     """Train stacked ``params`` [K, ...] on ``data`` (already on the target device and dtype).
 
@@ -71,6 +72,8 @@ def train(
     objective, bn_mode: the objective whose gradient norm is recorded and tested against grad_tol
     (``surfacekit.objective``): by default the trained one (data loss + the optimizer's coupled
     weight decay), batch norm with full-training-set statistics.
+    statistics: initial running batch-norm statistics [K, width] (``layers.{i}.bn_mean`` / ``bn_var``;
+    a warm start's, :mod:`surfacekit.warm_start`); None: torch's means 0 and variances 1.
 
     Raises:
         ValueError: batch norm with a batch of one example (running variance undefined), an invalid
@@ -92,6 +95,8 @@ def train(
     leaves = {name: v.detach().clone().requires_grad_(True) for name, v in params.items()}
     init_params = {name: v.detach().clone() for name, v in params.items()}
     running = init_statistics(spec, k, data.x_train.dtype, device)
+    for name, value in (statistics or {}).items():
+        running[name] = value.detach().to(running[name]).clone()
     optimizer = build_optimizer(leaves.values(), optimizer_cfg)
     gens = stream_generators(seeds, "order", device)
     freezer = Freezer({**leaves, **running})
@@ -137,9 +142,7 @@ def train(
                 scale_updates(leaves, before, lr_scale)
             if coupling is not None:
                 couplings.step(coupling, leaves, before, active)
-            for i_layer in range(len(spec.widths) if spec.batch_norm else 0):
-                mean, var = param_name(i_layer, "bn_mean"), param_name(i_layer, "bn_var")
-                update_running(running[mean], running[var], moments[mean], moments[var], x.shape[-2])
+            update_statistics(spec, running, moments, x.shape[-2])
             freezer.restore({**leaves, **running})
             steps_taken += active
             step += 1

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import trange
 
 from surfacekit.data import Dataset
-from surfacekit.models import MLPSpec, param_name
+from surfacekit.models import Spec, buffer_shapes
 from surfacekit.objective import L2, check_choices, gradient_norms, mode_statistics
 from surfacekit.population import Params, dataset_statistics, evaluate, flatten
 
@@ -65,15 +65,14 @@ class ResultGroup:
 
 
 @torch.no_grad()
-def final_buffers(spec: MLPSpec, params: Mapping[str, torch.Tensor], x_train: torch.Tensor, chunk_size: int | None,
+def final_buffers(spec: Spec, params: Mapping[str, torch.Tensor], x_train: torch.Tensor, chunk_size: int | None,
                   running: Mapping[str, torch.Tensor]) -> Params:
     """The buffers of a :class:`TrainResult`: the exact full-training-set statistics of ``params``
     (``population.dataset_statistics``, chunked without changing them) under the evaluation names,
     and the ``running`` statistics renamed ``bn_running_mean`` / ``bn_running_var``; {} without batch norm."""
     buffers = {name: value.detach() for name, value in dataset_statistics(spec, params, x_train, chunk_size).items()}
-    for i in range(len(spec.widths) if spec.batch_norm else 0):
-        for kind in ("mean", "var"):
-            buffers[param_name(i, f"bn_running_{kind}")] = running[param_name(i, f"bn_{kind}")].clone()
+    for name in buffer_shapes(spec):  # {layer}.bn_mean -> {layer}.bn_running_mean, likewise bn_var
+        buffers[name.replace(".bn_", ".bn_running_")] = running[name].clone()
     return buffers
 
 
@@ -130,7 +129,7 @@ class Recorder:
 
     NAMES = ("train_loss", "test_loss", "train_error", "test_error", "grad_norm")
 
-    def __init__(self, spec: MLPSpec, data: Dataset, loss: str, chunk_size: int | None, snapshot: bool,
+    def __init__(self, spec: Spec, data: Dataset, loss: str, chunk_size: int | None, snapshot: bool,
                  l2: L2 | None = None, bn_mode: str = "batch"):
         check_choices("trained", bn_mode)
         self.spec, self.data, self.loss, self.chunk_size, self.snapshot = spec, data, loss, chunk_size, snapshot

@@ -49,7 +49,7 @@ def critical_values(x: torch.Tensor, y: torch.Tensor, width: int) -> np.ndarray:
 
 def checks(ctx: Context) -> list[Check]:
     source = ctx.run_dir("linear") / "0" / "results.h5"
-    summary = table(ctx, "index_vs_loss", "index_vs_loss").set_index("finder").loc[FINDER]
+    summary = table(ctx, "index_vs_loss", "index_vs_loss").set_index("source").loc[f"finder runs ({FINDER})"]
     points = store.load_group(source, f"critical/{FINDER}")
     job = store.load_job(source)
     values = critical_values(job.data.x_train.double(), job.data.y_train.double(), int(job.cfg.model.width))

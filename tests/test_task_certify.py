@@ -1,0 +1,78 @@
+"""task=certify: certified points joined on (job, member), checked against the dense Hessian and the
+gradient of the trained objective at the stored points; ReLU endpoints never certified; resumable,
+one-line errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from support import TINY
+from surfacekit import store
+from surfacekit.curvature import dense_hessian
+from surfacekit.population import evaluate, unflatten
+
+FAST = ["progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tanh_job(tmp_path_factory):
+    """Two 64-3-10 tanh members trained with weight decay 0.01 (a job whose minima exist)."""
+    from support import _in_process
+
+    root = tmp_path_factory.mktemp("certify")
+    run_dir = root / "sweep" / "0"
+    out = _in_process([*TINY, "model.activation=tanh", "optimizer.weight_decay=0.01", "trainer.epochs=3",
+                       "dtype=float64", f"hydra.run.dir={run_dir}"], root)
+    assert out.returncode == 0, out.stderr
+    return run_dir / "results.h5"
+
+
+def test_certified_minima_match_dense_and_join_members(run_cli, tanh_job):
+    sweep = tanh_job.parent.parent
+    before = store.file_sha256(tanh_job)
+    out = run_cli("task=certify", f"source={sweep}", *FAST)
+    assert out.returncode == 0, out.stderr
+    assert "2 members: 2 certified (2 minima" in out.stdout
+    assert store.file_sha256(tanh_job) == before
+    group = store.load_group(sweep, "certify", job="0")
+    members = store.load_members(sweep)
+    assert members["certified"].all() and (members["cert_class"] == "minimum").all()
+    assert (members["certify_objective"] == "trained").all() and (members["certify_weight_decay"] == 0.01).all()
+    job = store.load_job(tanh_job)
+    for k in range(2):
+        loss_fn, _, _ = store.job_objective(job, k)
+        theta = torch.from_numpy(group["theta"][k])
+        t = theta.clone().requires_grad_(True)
+        value = loss_fn(t)
+        (g,) = torch.autograd.grad(value, t)
+        assert float(g @ g) < 1e-10 and float(g @ g) == pytest.approx(members["cert_grad_norm2"][k], rel=1e-6, abs=1e-24)
+        assert float(value.detach()) == pytest.approx(members["cert_objective"][k], rel=1e-12)
+        eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, theta))
+        assert members["cert_index"][k] == int((eig < -1e-5 * eig.abs().max()).sum()) == 0
+        assert members["cert_lambda_min"][k] == pytest.approx(float(eig[0]), rel=1e-6)
+        assert members["cert_lambda_max"][k] == pytest.approx(float(eig[-1]), rel=1e-6)
+        test_loss, _ = evaluate(job.spec, unflatten(theta, job.spec), job.data.x_test, job.data.y_test, "cross_entropy")
+        assert members["cert_test_loss"][k] == pytest.approx(float(test_loss[0]), rel=1e-12)
+        assert members["cert_distance"][k] == pytest.approx(float((theta - torch.from_numpy(
+            np.concatenate([v[k].reshape(-1) for v in store.load_params(tanh_job).values()]))).norm()), rel=1e-6)
+    assert (group["index_method"] == "dense").all() and (group["stop"] != "").all()
+    again = run_cli("task=certify", f"source={sweep}", *FAST)
+    assert again.returncode == 0 and "1 already analysed with these settings, 0 to do" in again.stdout
+
+
+def test_relu_endpoints_are_never_certified(run_cli, job_copy):
+    out = run_cli("task=certify", f"source={job_copy}", "certify.max_iter=300", "certify.newton_max_iter=20", *FAST)
+    assert out.returncode == 0, out.stderr
+    assert "without weight decay" in out.stderr  # the relu test job: cross-entropy, no weight decay
+    members = store.load_members(job_copy)
+    assert not members["certified"].any()
+    assert set(members["cert_reason"]) <= {"non-smooth", "diverged"}
+    assert (members["cert_index"] == -1).all()
+
+
+def test_bad_settings_are_one_line_errors(run_cli, job_copy):
+    bad = run_cli("task=certify", f"source={job_copy}", "certify.newton=bfgs", *FAST)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("surfacekit: error: certify.newton=bfgs is invalid")
+    missing = run_cli("task=certify", *FAST)
+    assert missing.returncode == 2 and "source is required for task=certify" in missing.stderr
