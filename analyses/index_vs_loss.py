@@ -53,8 +53,8 @@ from surfacekit import store, transforms
 from surfacekit.critical import METHODS
 from surfacekit.critical.certify import certify
 from surfacekit.curvature import dense_hessian
-from surfacekit.plots import (AnalysisError, histogram_edges, log_axis, loss_label, one_line_errors, output_dir,
-                              results_path, save_figure, save_table)
+from surfacekit.plots import (AnalysisError, analysis_with, histogram_edges, log_axis, loss_label, one_line_errors,
+                              output_dir, results_path, save_figure, save_table)
 from surfacekit.population import flatten, unflatten
 from surfacekit.stats import spearman_permutation
 
@@ -96,16 +96,15 @@ def distinct_levels(loss: np.ndarray, rtol: float = 1e-8) -> np.ndarray:
     return labels
 
 
-def analysed_objective(source: Path, job: str, task: str) -> tuple[str, str]:
-    """(objective, bn_mode) that the newest ``task`` analysis of ``job`` used (its root attributes); the
-    tasks' defaults (trained, batch) for a schema-1 file whose group sits in the training file."""
-    col = store.collect(source)
-    ref = col.jobs.get(job)
-    found = store.analyses_of(col, ref, task) if ref is not None else []
-    if not found:
+def analysed_objective(source: Path, job: str, task: str, group: str) -> tuple[str, str]:
+    """(objective, bn_mode) that the analysis the points of ``group`` came from used (the newest ``task``
+    analysis of ``job`` holding ``group``, the one ``store.load_group`` reads; its root attributes);
+    the tasks' defaults (trained, batch) for a schema-1 file whose group sits in the training file."""
+    found = analysis_with(source, job, task, group)
+    if found is None:
         return "trained", "batch"
-    with h5py.File(found[0].file, "r") as f:
-        attrs = (f[found[0].group] if found[0].group else f).attrs
+    with h5py.File(found.file, "r") as f:
+        attrs = (f[found.group] if found.group else f).attrs
         return str(attrs.get("objective", "trained")), str(attrs.get("bn_mode", "batch"))
 
 
@@ -205,7 +204,7 @@ def finder_points(source: Path, jobs: list[str], finders: list[str] | None) -> p
             theta = g.pop("theta", None)
             frame = pd.DataFrame({k: v.astype(str) if v.dtype.kind in "OSU" else v for k, v in g.items() if v.ndim == 1})
             frame["source"], frame["job"], frame["width"] = f"finder runs ({name})", job, _width(source, job)
-            frame["objective"], frame["bn_mode"] = analysed_objective(source, job, "critical")
+            frame["objective"], frame["bn_mode"] = analysed_objective(source, job, "critical", f"critical/{name}")
             frame["theta"] = list(theta) if theta is not None else None
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

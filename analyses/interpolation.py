@@ -1,16 +1,23 @@
 """Loss along linear interpolation paths (Goodfellow, Vinyals & Saxe 2015) and a barrier table.
 
 Reads the ``/landscape/interpolation_init`` and ``/landscape/interpolation_pairs`` groups that
-``surfacekit task=landscape`` adds to a job's results file, and writes into --out (default
+``surfacekit task=landscape`` writes to ``SOURCE/analyses/landscape-HASH/landscape.h5``, for every
+job of every source (a results file, run directory, sweep directory or merged ``sweep.h5``); each
+group comes from the newest landscape analysis of the job that holds it, so a later analysis that
+computed only slices does not hide it. Writes into --out (default
 FIRST_RESULTS_DIR/analysis/interpolation):
 
-* ``interpolation.png/.pdf``: train (solid) and test (dashed) loss against alpha, init -> solution
-  (one line per member) and solution -> solution (one line per pair); [0, 1] is shaded. Up to 8
-  lines are named in a legend; more are coloured along a colormap with a colour bar;
+* ``interpolation.png/.pdf``: train (solid) and test (dashed) data loss against alpha, init ->
+  solution (one line per member) and solution -> solution (one line per pair); [0, 1] is shaded.
+  Up to 8 lines are named in a legend; more are coloured along a colormap with a colour bar;
 * ``interpolation_barriers.csv/.md``: per path the endpoint losses, the barrier
   max_{a in [0,1]} L(a) - max(L(0), L(1)), the barrier above the chord, and monotonicity.
+  Columns ``train_*`` and ``test_*`` are the **data loss** of the split (no weight decay);
+  ``train_objective_barrier`` (present when the job trained with an L2 term) is the barrier of the
+  **trained objective**, the training data loss plus the L2 term the method applied, which is
+  what training minimized.
 
-    python analyses/interpolation.py outputs/runs/.../results.h5 [more results.h5 ...] [--out DIR]
+    python analyses/interpolation.py outputs/runs/.../results.h5 [more sources ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,23 +35,44 @@ from matplotlib.lines import Line2D
 
 from surfacekit.plots import (AnalysisError, log_axis, one_line_errors, output_dir, results_path, save_figure, save_table,
                               sequential_colors)
-from surfacekit.store import ResultsError, load_group
+from surfacekit.store import ResultsError, list_jobs, load_group
 
 PROG = "interpolation"
 GROUPS = {"interpolation_init": "initialization → solution", "interpolation_pairs": "solution → solution"}
 MAX_LEGEND = 8
+COLUMNS_NOTE = ("train_*, test_*: data loss of the split (no weight decay); train_objective_barrier: the trained "
+                "objective (training data loss + the L2 term the method applied)")
 
 
-def groups(path: Path) -> dict[str, dict[str, np.ndarray]]:
+def groups(path: Path, job: str) -> dict[str, dict[str, np.ndarray]]:
+    """The interpolation groups of one job (each from the newest analysis that holds it); {} if none."""
     out = {}
     for name in GROUPS:
         try:
-            out[name] = load_group(path, f"landscape/{name}")
-        except ResultsError:
+            out[name] = load_group(path, f"landscape/{name}", job)
+        except ResultsError:  # the job is named, so this is a missing group
             pass
-    if not out:
-        raise AnalysisError(f"{path}: no /landscape/interpolation_* groups; run surfacekit task=landscape source={path} first")
     return out
+
+
+def all_groups(paths: list[Path]) -> dict[tuple[Path, str], dict[str, dict[str, np.ndarray]]]:
+    """(source, job) -> its interpolation groups, for every job of every source that has them.
+
+    Raises:
+        AnalysisError: no job has an interpolation group (the message names the sources and jobs).
+    """
+    data, missing = {}, []
+    for path in paths:
+        for job in list_jobs(path):
+            found = groups(path, job)
+            if found:
+                data[(path, job)] = found
+            else:
+                missing.append(f"{path} job {job}")
+    if not data:
+        raise AnalysisError(f"no /landscape/interpolation_* group in {', '.join(missing)}; run surfacekit task=landscape "
+                            f"landscape.kind=interpolation source={paths[0]} first")
+    return data
 
 
 def path_names(g: dict[str, np.ndarray]) -> list[str]:
@@ -77,15 +105,17 @@ def draw_panel(fig: plt.Figure, ax: plt.Axes, title: str, lines: list[tuple[str,
         ax.legend(handles=styles)
 
 
-def barrier_rows(path: Path, name: str, g: dict[str, np.ndarray]) -> list[dict]:
+def barrier_rows(path: Path, job: str, name: str, g: dict[str, np.ndarray]) -> list[dict]:
     rows = []
     for i, ident in enumerate(path_names(g)):
-        row = {"job": str(path), "path": GROUPS[name].replace("→", "->"), "members": ident.split(" ", 1)[1]}
+        row = {"source": str(path), "job": job, "path": GROUPS[name].replace("→", "->"), "members": ident.split(" ", 1)[1]}
         for split in ("train", "test"):
             if f"{split}_loss" in g:
                 row.update({f"{split}_loss0": g[f"{split}_loss0"][i], f"{split}_loss1": g[f"{split}_loss1"][i],
                             f"{split}_barrier": g[f"{split}_barrier"][i],
                             f"{split}_barrier_linear": g[f"{split}_barrier_linear"][i]})
+        if "train_objective_barrier" in g:
+            row["train_objective_barrier"] = g["train_objective_barrier"][i]
         if "train_monotone" in g:
             row["train_monotone"] = bool(g["train_monotone"][i])
         rows.append(row)
@@ -95,29 +125,29 @@ def barrier_rows(path: Path, name: str, g: dict[str, np.ndarray]) -> list[dict]:
 @one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sources", nargs="+", help="job results.h5 files holding /landscape/interpolation_*")
+    parser.add_argument("sources", nargs="+", help="results files, run directories or sweeps analysed by task=landscape")
     parser.add_argument("--out", help="output directory (default FIRST_RESULTS_DIR/analysis/interpolation)")
     parser.add_argument("--ylim", type=float, nargs=2, default=None, help="loss axis limits")
     args = parser.parse_args(argv)
     paths = [results_path(p) for p in args.sources]
-    data = {p: groups(p) for p in paths}
+    data = all_groups(paths)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     rows = []
     for ax, name in zip(axes, GROUPS):
         lines = []
-        for path, gs in data.items():
+        for (path, job), gs in data.items():
             g = gs.get(name)
             if g is None:
                 continue
-            prefix = f"{path.parent.name}: " if len(data) > 1 else ""
+            prefix = f"{job}: " if len(data) > 1 else ""
             lines += [(prefix + ident, g["alpha"], g, i) for i, ident in enumerate(path_names(g))]
-            rows += barrier_rows(path, name, g)
+            rows += barrier_rows(path, job, name, g)
         if lines:
             draw_panel(fig, ax, GROUPS[name], lines)
         else:
             ax.set_title(f"{GROUPS[name]}: not computed")
             ax.set_axis_off()
-    axes[0].set_ylabel("loss")
+    axes[0].set_ylabel("data loss")
     losses = [g[k] for gs in data.values() for g in gs.values() for k in ("train_loss", "test_loss") if k in g]
     log_axis(axes[0], np.concatenate([v.ravel() for v in losses]), "y", ticks="round")
     if args.ylim:
@@ -126,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     written = save_figure(fig, out, "interpolation")
     table = pd.DataFrame(rows)
     written += save_table(table, out, "interpolation_barriers")
-    print(table.drop(columns="job").to_string(index=False, float_format="%.4g"))
+    print(COLUMNS_NOTE)
+    print(table.drop(columns="source").to_string(index=False, float_format="%.4g"))
     for p in written:
         print(p)
     return 0

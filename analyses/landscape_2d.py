@@ -1,8 +1,11 @@
 """Random-direction 2D slices (Li et al. 2018): contours and a 3D surface of one member's loss.
 
-Reads ``/landscape/slice2d`` (and ``/landscape/slice1d`` when present) that ``surfacekit
-task=landscape`` adds to a job's results file, and writes into --out (default
-RESULTS_DIR/analysis/landscape_2d):
+Reads ``/landscape/slice2d`` (and ``/landscape/slice1d`` when present) of one job: a results file,
+a run directory, or a sweep directory or merged ``sweep.h5`` with ``--job NAME``. ``surfacekit
+task=landscape`` writes them to ``SOURCE/analyses/landscape-HASH/landscape.h5`` (the training file
+is never modified); the newest landscape analysis of the job that holds the group is read, so a
+later analysis that computed only slice1d does not hide an earlier slice2d. Writes into --out
+(default RESULTS_DIR/analysis/landscape_2d):
 
 * ``slice2d_m<member>_<split>.png/.pdf``: filled contours of L(theta* + x d1 + y d2) (log colour
   scale, labelled round ticks) with the solution (x = y = 0) and the grid minimum marked, the 3D
@@ -10,7 +13,12 @@ RESULTS_DIR/analysis/landscape_2d):
 * ``slice2d_summary.csv/.md``: per member and split the loss at the centre, the min and max over the
   grid, and the fraction of grid points within 2x the centre loss (a crude flatness measure).
 
+L is the data loss of the split (``train_objective``, the loss plus the L2 term of training, is
+stored beside it by the task); batch-norm networks are evaluated with the training set's
+statistics at every grid point.
+
     python analyses/landscape_2d.py outputs/runs/.../results.h5 --member 0 --split train [--out DIR]
+    python analyses/landscape_2d.py SWEEP_DIR --job 0
 """
 
 from __future__ import annotations
@@ -26,21 +34,20 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 
-from surfacekit.plots import (AnalysisError, h5_attr, log_axis, log_colorbar, one_line_errors, output_dir, results_path,
-                              save_figure, save_table)
-from surfacekit import store
+from surfacekit.plots import (AnalysisError, analysis_with, h5_attr, log_axis, log_colorbar, one_job, one_line_errors,
+                              output_dir, results_path, save_figure, save_table)
 from surfacekit.store import ResultsError, load_group
 
 PROG = "landscape_2d"
 
 
-def direction_label(path: Path) -> str:
-    """'filter-normalized' etc.: the slice settings of the job's newest landscape analysis (a schema-1
-    file: its ``landscape_config`` attribute); '' when unknown."""
-    col = store.collect(path)
-    found = store.analyses_of(col, next(iter(col.jobs.values())), "landscape") if col.jobs else []
+def direction_label(path: Path, job: str) -> str:
+    """'filter-normalized' etc.: the slice settings of the landscape analysis the slice came from
+    (the job's newest one holding slice2d; a schema-1 file: its ``landscape_config`` attribute); ''
+    when unknown."""
+    found = analysis_with(path, job, "landscape", "landscape/slice2d")
     try:
-        settings = found[0].settings if found else json.loads(h5_attr(path, "landscape_config"))
+        settings = found.settings if found else json.loads(h5_attr(path, "landscape_config"))
         return f"{settings['slice']['normalization']}-normalized"
     except (TypeError, ValueError, KeyError):
         return ""
@@ -120,19 +127,21 @@ def summary_table(g: dict) -> pd.DataFrame:
 @one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a job results.h5 holding /landscape/slice2d")
+    parser.add_argument("source", help="a job's results.h5 or run directory analysed by task=landscape, or a sweep")
+    parser.add_argument("--job", help="the job to read when SOURCE is a sweep (e.g. 0)")
     parser.add_argument("--member", type=int, nargs="*", default=None, help="member ids to plot (default: the first)")
     parser.add_argument("--split", default="train", choices=["train", "test"], help="which loss (default train)")
     parser.add_argument("--levels", type=int, default=30, help="contour levels (default 30)")
     parser.add_argument("--out", help="output directory (default RESULTS_DIR/analysis/landscape_2d)")
     args = parser.parse_args(argv)
     path = results_path(args.source)
+    job = one_job(path, args.job)
     try:
-        g = load_group(path, "landscape/slice2d")
+        g = load_group(path, "landscape/slice2d", job)
     except ResultsError as exc:
         raise AnalysisError(f"{exc}; run surfacekit task=landscape landscape.kind=slice2d source={path} first") from None
     try:
-        g1 = load_group(path, "landscape/slice1d")
+        g1 = load_group(path, "landscape/slice1d", job)
     except ResultsError:
         g1 = None
     key = f"{args.split}_loss"
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     out = output_dir(path, PROG, args.out)
     written = []
     for m in chosen:
-        fig = slice_figure(g, g1, m, args.split, args.levels, direction_label(path))
+        fig = slice_figure(g, g1, m, args.split, args.levels, direction_label(path, job))
         written += save_figure(fig, out, f"slice2d_m{m}_{args.split}")
     table = summary_table(g)
     written += save_table(table, out, "slice2d_summary")

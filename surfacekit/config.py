@@ -267,7 +267,8 @@ SPECTRUM = {"members": int_list(0), "top_k": integer(1), "bottom_k": integer(1),
             "density_probes": integer(1), "density_steps": integer(2), "batch_size": integer(1)}
 CRITICAL = {"members": int_list(0), "starts": integer(1), "seed": integer(0), "cutoff": number(0, lo_open=True),
             "criterion": choice(("scale_free", "absolute")), "rtol": number(0, lo_open=True), "htol": number(0),
-            "flat_threshold": number(0, 1, lo_open=True), "compute_index": boolean, "store_theta": boolean,
+            "flat_threshold": number(0, 1, lo_open=True), "stol": number(0, lo_open=True), "compute_index": boolean,
+            "store_theta": boolean,
             "index.threshold": number(hi=0, null=True), "index.relative_threshold": number(0, lo_open=True),
             "index.method": choice(("auto", "dense", "inertia", "lanczos")), "index.dense_limit": integer(1, null=True),
             "index.cap": integer(1),
@@ -400,11 +401,30 @@ def validate(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[str]:
         _no_training_overrides(task, overrides)
     if task == "critical":
         _check_finder_options(cfg)
-    if task == "landscape" and not get(cfg, "landscape.slice.hi") > get(cfg, "landscape.slice.lo"):
-        _fail("landscape.slice.hi", get(cfg, "landscape.slice.hi"), f"> landscape.slice.lo={get(cfg, 'landscape.slice.lo')}")
+    if task == "landscape":
+        _check_landscape_grids(cfg)
     if task != "train":
         return _zero_thresholds(cfg, task)
     return validate_training(cfg, overrides)
+
+
+def _check_landscape_grids(cfg: DictConfig) -> None:
+    """The slice range is not empty; the interpolation grid has >= 2 points in [0, 1], where barriers
+    and monotonicity are measured (``interpolation.num=2`` on [-0.5, 1.5] has none)."""
+    from surfacekit.landscape import interpolation_alphas
+
+    if not get(cfg, "landscape.slice.hi") > get(cfg, "landscape.slice.lo"):
+        _fail("landscape.slice.hi", get(cfg, "landscape.slice.hi"), f"> landscape.slice.lo={get(cfg, 'landscape.slice.lo')}")
+    num, lo, hi = (get(cfg, f"landscape.interpolation.{k}") for k in ("num", "lo", "hi"))
+
+    def inside(n: int) -> int:
+        alphas = interpolation_alphas(n, lo, hi)
+        return int(((alphas >= 0) & (alphas <= 1)).sum())
+
+    if inside(num) < 2:
+        enough = next(n for n in range(num + 1, 100 * num + 1000) if inside(n) >= 2)
+        _fail("landscape.interpolation.num", num, f"a grid on [lo, hi] = [{show(lo)}, {show(hi)}] with at least 2 "
+              f"points in [0, 1], where barriers and monotonicity are measured (it has {inside(num)}; num >= {enough})")
 
 
 def _zero_thresholds(cfg: DictConfig, task: str) -> list[str]:

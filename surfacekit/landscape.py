@@ -181,10 +181,12 @@ def barrier_height(alphas: torch.Tensor, losses: torch.Tensor, loss0: float, los
 
     reference ``max``: max_{a in [0,1]} L(a) - max(L0, L1). ``linear``: max_{a in [0,1]} L(a) - ((1-a) L0 + a L1).
     Both are >= 0: the endpoints themselves belong to [0, 1]. Non-finite losses give inf.
+
+    Raises:
+        ValueError: no alpha lies in [0, 1], or an unknown ``reference``.
     """
     alphas, losses = torch.as_tensor(alphas, dtype=torch.float64), torch.as_tensor(losses, dtype=torch.float64)
-    inside = (alphas >= 0) & (alphas <= 1)
-    a, l = alphas[inside], losses[inside]
+    a, l = _inside(alphas, losses)
     if reference == "max":
         rise = l - max(loss0, loss1)
     elif reference == "linear":
@@ -197,10 +199,22 @@ def barrier_height(alphas: torch.Tensor, losses: torch.Tensor, loss0: float, los
 
 
 def is_monotone(alphas: torch.Tensor, losses: torch.Tensor, rtol: float = 1e-9) -> bool:
-    """Whether L(a) is non-increasing on a ∈ [0, 1] (init -> solution, up to ``rtol`` * max|L|)."""
-    inside = (alphas >= 0) & (alphas <= 1)
-    l = losses[inside]
+    """Whether L(a) is non-increasing on a ∈ [0, 1] (init -> solution, up to ``rtol`` * max|L|).
+
+    Raises:
+        ValueError: no alpha lies in [0, 1].
+    """
+    _, l = _inside(torch.as_tensor(alphas, dtype=torch.float64), torch.as_tensor(losses))
     return bool((l.diff() <= rtol * l.abs().max()).all())
+
+
+def _inside(alphas: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The alphas [n] in [0, 1] and their losses; ValueError when there are none."""
+    inside = (alphas >= 0) & (alphas <= 1)
+    if not bool(inside.any()):
+        raise ValueError(f"no interpolation point in [0, 1] (alphas {alphas.min():.3g} .. {alphas.max():.3g}, "
+                         f"{len(alphas)} points): the barrier and monotonicity are measured there; use a finer grid")
+    return alphas[inside], losses[inside]
 
 
 def interpolate(
@@ -433,8 +447,3 @@ def slice_2d(spec: Spec, theta: torch.Tensor, directions: torch.Tensor, data, lo
                                data.x_train)
         out[f"{split}_loss"], out[f"{split}_error"] = l.reshape(len(xs), len(ys)), e.reshape(len(xs), len(ys))
     return out
-
-
-def as_numpy(result: Mapping[str, torch.Tensor]) -> dict:
-    """A result dict with numpy arrays (for ``store.add_groups``)."""
-    return {k: v.detach().cpu().numpy() for k, v in result.items()}

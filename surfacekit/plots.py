@@ -14,7 +14,8 @@ Paper-grade defaults in one place, so every analysis gets them the same way:
   ``save_table`` writes missing values as blanks (never a -1 sentinel);
 * command-line plumbing: ``AnalysisError`` and ``one_line_errors`` (one ``prog: error: ...`` line
   and exit status 2 for a missing path, an empty sweep or a file without the needed group),
-  ``results_path`` and ``output_dir`` (outputs beside the source, in ``analysis/<name>``).
+  ``results_path`` and ``output_dir`` (outputs beside the source, in ``analysis/<name>``),
+  ``one_job`` (a sweep needs ``--job``) and ``analysis_with`` (the newest analysis holding a group).
 """
 
 from __future__ import annotations
@@ -102,6 +103,37 @@ def output_dir(source: str | Path, name: str, out: str | Path | None = None) -> 
         return Path(out)
     source = Path(source)
     return (source if source.is_dir() else source.parent) / "analysis" / name
+
+
+def one_job(source: str | Path, job: str | None) -> str:
+    """The job an analysis of a single job reads: ``job``, checked, or the only job of ``source``.
+
+    Raises:
+        AnalysisError: ``source`` (a sweep) holds several jobs and ``job`` is None (the message lists
+        them and names ``--job``), or it has no job ``job``.
+    """
+    names = store.list_jobs(source)
+    if job is None:
+        if len(names) != 1:
+            raise AnalysisError(f"{source}: holds {len(names)} jobs {names}; name one with --job NAME "
+                                f"(or pass that job's run directory)")
+        return names[0]
+    if job not in names:
+        raise AnalysisError(f"{source}: no job {job!r}; its jobs are {names}")
+    return job
+
+
+def analysis_with(source: str | Path, job: str, task: str, group: str) -> store.AnalysisRef | None:
+    """The newest analysis of ``task`` of job ``job`` that holds ``/group`` (None when none does,
+    e.g. a schema-1 file whose group sits in the training file): an analysis that computed only
+    other parts of the task does not hide it."""
+    col = store.collect(source)
+    ref = col.jobs.get(job)
+    for analysis in store.analyses_of(col, ref, task) if ref is not None else []:
+        with h5py.File(analysis.file, "r") as f:
+            if f"{analysis.group}/jobs/{job}/{group}".lstrip("/") in f:
+                return analysis
+    return None
 
 
 def has_group(path: str | Path, group: str, job: str | None = None) -> bool:

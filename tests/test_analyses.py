@@ -146,16 +146,16 @@ def test_index_vs_loss_table_and_figure(tmp_path, capsys):
     assert "no finder(s) ['bfgs']" in one_error_line(capsys, "index_vs_loss")
 
 
-def analysis_file(source, task, groups, settings=None):
+def analysis_file(source, task, groups, settings=None, digest="0123abcd", end_time=None):
     """The analysis file a post-hoc task writes beside a job (SOURCE_DIR/analyses/TASK-HASH/TASK.h5), joined by run_id."""
     import json
 
     import h5py
 
-    path = source.parent / "analyses" / f"{task}-0123abcd" / f"{task}.h5"
+    path = source.parent / "analyses" / f"{task}-{digest}" / f"{task}.h5"
     path.parent.mkdir(parents=True)
     with h5py.File(path, "w") as f:
-        f.attrs.update({**store.provenance(), "kind": "analysis", "task": task, "end_time": store.now_iso(),
+        f.attrs.update({**store.provenance(), "kind": "analysis", "task": task, "end_time": end_time or store.now_iso(),
                         "settings": json.dumps(settings or {}), "objective": "trained", "bn_mode": "batch"})
         g = f.create_group(f"jobs/{source.parent.name}")
         g.attrs.update({"source_run_id": str(plots.h5_attr(source, "run_id")), "source_path": str(source)})
@@ -179,10 +179,55 @@ def test_index_vs_loss_reads_the_critical_analysis_beside_the_job(tmp_path):
 
 
 def test_landscape_direction_label_comes_from_the_landscape_analysis(tmp_path):
-    path = job(tmp_path / "run" / "results.h5", train_members(8, 2, np.random.default_rng(4)))
-    assert script("landscape_2d").direction_label(path) == ""
-    analysis_file(path, "landscape", {}, {"slice": {"normalization": "layer"}})
-    assert script("landscape_2d").direction_label(path) == "layer-normalized"
+    rng = np.random.default_rng(4)
+    path = job(tmp_path / "run" / "results.h5", train_members(8, 2, rng))
+    assert script("landscape_2d").direction_label(path, "run") == ""
+    slices = landscape_groups(2, rng)
+    analysis_file(path, "landscape", {"landscape/slice2d": slices["landscape/slice2d"]},
+                  {"slice": {"normalization": "layer"}}, "aaaa0000", "2026-01-01T00:00:00")
+    assert script("landscape_2d").direction_label(path, "run") == "layer-normalized"
+    # a newer analysis that computed only slice1d (other settings) does not relabel the slice2d it lacks
+    analysis_file(path, "landscape", {"landscape/slice1d": slices["landscape/slice1d"]},
+                  {"slice": {"normalization": "filter"}}, "bbbb1111", "2026-02-01T00:00:00")
+    assert script("landscape_2d").direction_label(path, "run") == "layer-normalized"
+
+
+def sweep_with_analyses(tmp_path, rng):
+    """A two-job sweep directory; job 0 has an interpolation analysis hidden behind a newer landscape
+    analysis of slices only; job 1 has only a slice analysis."""
+    paths = [job(tmp_path / "sweep" / str(j) / "results.h5", train_members(8, 3, rng)) for j in (0, 1)]
+    groups = landscape_groups(3, rng)
+    groups["landscape/interpolation_init"]["train_objective_barrier"] = np.array([0.5, 0.25, 0.125])
+    analysis_file(paths[0], "landscape", {k: v for k, v in groups.items() if "interpolation" in k},
+                  {"slice": {"normalization": "filter"}}, "aaaa0000", "2026-01-01T00:00:00")
+    for path in paths:
+        analysis_file(path, "landscape", {k: v for k, v in groups.items() if "slice" in k},
+                      {"slice": {"normalization": "layer"}}, "bbbb1111", "2026-02-01T00:00:00")
+    return tmp_path / "sweep"
+
+
+def test_landscape_2d_on_a_sweep_asks_for_the_job(tmp_path, capsys):
+    # before: landscape_2d suggested "(job=...)", which is no command-line option
+    name = "landscape_2d"
+    sweep = sweep_with_analyses(tmp_path, np.random.default_rng(6))
+    assert script(name).main([str(sweep)]) == 2
+    assert "holds 2 jobs ['0', '1']; name one with --job NAME" in one_error_line(capsys, name)
+    assert script(name).main([str(sweep), "--job", "7"]) == 2
+    assert "no job '7'; its jobs are ['0', '1']" in one_error_line(capsys, name)
+    assert script(name).main([str(sweep), "--job", "1", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_interpolation_reads_every_job_of_a_sweep_and_both_objectives(tmp_path, capsys):
+    # before: "no /landscape/interpolation_* groups" on a sweep; the table showed data-loss barriers only
+    sweep = sweep_with_analyses(tmp_path, np.random.default_rng(7))
+    assert script("interpolation").main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "train_*, test_*: data loss of the split (no weight decay); train_objective_barrier: the trained objective" in out
+    table = pd.read_csv(sweep / "analysis" / "interpolation" / "interpolation_barriers.csv")
+    assert set(table.job.astype(str)) == {"0"}  # job 1 has slices only
+    init = table[table.path == "initialization -> solution"]
+    assert init.train_objective_barrier.tolist() == [0.5, 0.25, 0.125]
+    assert table[table.path == "solution -> solution"].train_objective_barrier.isna().all()
 
 
 def landscape_groups(k, rng):

@@ -209,6 +209,10 @@ def test_barrier_definitions_on_known_curves():
     assert ls.is_monotone(a, line) and not ls.is_monotone(a, bump)
     with pytest.raises(ValueError, match="reference"):
         ls.barrier_height(a, line, 2.0, 1.0, "mean")
+    outside = torch.tensor([-0.5, 1.5], dtype=torch.float64)  # interpolation.num=2: nothing measured in [0, 1]
+    for call in (lambda: ls.is_monotone(outside, torch.ones(2)), lambda: ls.barrier_height(outside, torch.ones(2), 1.0, 1.0)):
+        with pytest.raises(ValueError, match=r"no interpolation point in \[0, 1\]"):
+            call()
 
 
 def test_bad_options_name_the_option():

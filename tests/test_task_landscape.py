@@ -49,6 +49,10 @@ def test_diverged_members_are_skipped_with_a_warning(run_cli, tmp_path):
     (["landscape.kind=slice3d"], "landscape.kind"),
     (["landscape.slice.normalization=unit"], "landscape.slice.normalization"),
     (["landscape.interpolation.pairs=some"], "landscape.interpolation.pairs"),
+    # no grid point in [0, 1] (before: a RuntimeError deep inside is_monotone); lo=0, hi=1 gives both ends
+    (["landscape.interpolation.num=2"], r"landscape.interpolation.num=2 is invalid: .* at least 2 points in \[0, 1\].*"
+                                        r"it has 0; num >= 4"),
+    (["landscape.interpolation.num=3"], r"it has 1; num >= 4"),
 ])
 def test_bad_settings_name_the_key(overrides, message):
     overrides = ["task=landscape", "source=x", *overrides]
@@ -80,3 +84,24 @@ def test_slice_seeds_are_fresh_by_default_and_reproducible_when_given(run_cli, j
     shutil.rmtree(analysis(5).parent)
     assert run_cli(*args, "landscape.slice.seed=5").returncode == 0
     np.testing.assert_array_equal(store.load_group(analysis(5), "landscape/slice1d")["directions"], given["directions"])
+
+
+def test_tiny_interpolation_grids_that_reach_both_ends_are_accepted():
+    for overrides in (["landscape.interpolation.num=4"], ["landscape.interpolation.num=2", "landscape.interpolation.lo=0",
+                                                           "landscape.interpolation.hi=1"]):
+        overrides = ["task=landscape", "source=x", *overrides]
+        validate(compose_config(overrides), overrides)
+
+
+@pytest.mark.parametrize("num", [2, 4])
+def test_slice_summary_centre_is_the_point_nearest_the_solution(run_cli, job_copy, num):
+    # before: v[:, num // 2] (x = +1 for num=2, x = 1/3 for num=4), reported as the centre
+    out = run_cli("task=landscape", f"source={job_copy}", "landscape.kind=slice1d", f"landscape.slice.num={num}",
+                  "landscape.splits=[train]", "progress=false")
+    assert out.returncode == 0, out.stderr
+    g = store.load_group(job_copy, "landscape/slice1d")
+    near = int(np.abs(g["x"]).argmin())
+    assert g["x"][near] == -1.0 if num == 2 else g["x"][near] == pytest.approx(-1 / 3)
+    assert f"center at x={g['x'][near]:.4g} (the grid holds no 0" in out.stdout
+    row = out.stdout.split("center at", 1)[1].splitlines()[3].split()  # header, "member", then member 0
+    assert float(row[2]) == pytest.approx(g["train_loss"][0, near], rel=1e-3)

@@ -23,12 +23,14 @@ from .classify import (
     DEFAULT_FLAT_THRESHOLD,
     DEFAULT_HTOL,
     DEFAULT_RTOL,
+    DEFAULT_STOL,
     STATUSES,
     CriticalPoint,
     acceptance_ratio,
     classify,
     classify_endpoint,
     flatness_ratio,
+    newton_step,
     spectral_norm,
 )
 from .evaluate import value_and_grad
@@ -44,8 +46,8 @@ from .starts import sample_uniform_in_loss
 from .trace import STOPS, FinderRun
 
 __all__ = [
-    "CRITERIA", "DEFAULT_CUTOFF", "DEFAULT_FLAT_THRESHOLD", "DEFAULT_HTOL", "DEFAULT_RTOL", "FINDERS", "METHODS",
+    "CRITERIA", "DEFAULT_CUTOFF", "DEFAULT_FLAT_THRESHOLD", "DEFAULT_HTOL", "DEFAULT_RTOL", "DEFAULT_STOL", "FINDERS", "METHODS",
     "STATUSES", "STOPS", "CriticalPoint", "FinderRun", "KrylovSolve", "acceptance_ratio", "armijo", "classify",
     "classify_endpoint", "find", "flatness_ratio", "gradnorm", "levenberg_marquardt", "minimum_length_solve",
-    "newton", "newton_mr", "sample_uniform_in_loss", "saddle_free", "spectral_norm", "two_loop", "value_and_grad",
+    "newton", "newton_mr", "sample_uniform_in_loss", "saddle_free", "newton_step", "spectral_norm", "two_loop", "value_and_grad",
 ]

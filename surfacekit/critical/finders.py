@@ -11,6 +11,7 @@ from .classify import (
     DEFAULT_FLAT_THRESHOLD,
     DEFAULT_HTOL,
     DEFAULT_RTOL,
+    DEFAULT_STOL,
     CriticalPoint,
     Criterion,
     check_acceptance,
@@ -33,14 +34,18 @@ METHODS = tuple(FINDERS)
 
 def find(loss_fn: LossFn, theta0: Tensor, method: str = "newton_mr", *, criterion: Criterion = "scale_free",
          rtol: float = DEFAULT_RTOL, htol: float = DEFAULT_HTOL, cutoff: float = DEFAULT_CUTOFF,
-         flat_threshold: float = DEFAULT_FLAT_THRESHOLD, compute_index: bool = True,
+         flat_threshold: float = DEFAULT_FLAT_THRESHOLD, stol: float = DEFAULT_STOL, compute_index: bool = True,
          index_options: dict[str, Any] | None = None, **options: Any) -> CriticalPoint:
     """Run finder ``method`` from ``theta0`` [P] and classify its endpoint (kept whether accepted or not).
 
     ``options`` go to the finder (``max_iter``, ``tol``, ``step0``, ...; see :data:`FINDERS`).
     Acceptance: ``criterion="scale_free"`` (default) accepts ``||g|| <= rtol ||g_0|| + htol ||H||_2``;
-    ``"absolute"`` accepts ``||g||^2 < cutoff``; both are recorded (see
-    :mod:`surfacekit.critical.classify`). ``index_options`` go to
+    ``"absolute"`` accepts ``||g||^2 < cutoff``; both are recorded; either way the point must also
+    pass the point test ``(||g||^2 / ||H g||) / max(||theta||, 1) <= stol``, and an endpoint that
+    passes the gradient test, lies farther out than its start and has a Newton step ``||H^+ g||``
+    above ``stol max(||theta||, 1)`` is "asymptotic" (see
+    :mod:`surfacekit.critical.classify`). A non-finite start returns at once, rejected with
+    ``stop="nonfinite"`` (no exception). ``index_options`` go to
     :func:`surfacekit.curvature.index` (``threshold`` (negative), ``relative_threshold``,
     ``method``, ...).
 
@@ -49,7 +54,7 @@ def find(loss_fn: LossFn, theta0: Tensor, method: str = "newton_mr", *, criterio
     """
     if method not in FINDERS:
         raise ValueError(f"unknown finder {method!r}; choose one of {list(FINDERS)}")
-    check_acceptance(criterion, rtol, htol, cutoff)
+    check_acceptance(criterion, rtol, htol, cutoff, stol)
     run = FINDERS[method](loss_fn, theta0, **options)
     return classify_endpoint(loss_fn, run, method, criterion=criterion, rtol=rtol, htol=htol, cutoff=cutoff,
-                             flat_threshold=flat_threshold, compute_index=compute_index, index_options=index_options)
+                             flat_threshold=flat_threshold, stol=stol, compute_index=compute_index, index_options=index_options)

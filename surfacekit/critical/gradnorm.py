@@ -14,7 +14,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-from .evaluate import Evaluations, LossFn, check_start
+from .evaluate import Evaluations, LossFn, check_start, finite
 from .line_search import armijo
 from .trace import FinderRun, Trace
 
@@ -57,8 +57,9 @@ def gradnorm(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float
     clears the pairs. "gd" doubles its relative step after every accepted step (at most 1e6).
     Cost per accepted step: one HVP plus one gradient per line-search trial.
 
-    Stops on ``||g||^2 <= tol ||g_0||^2``, ``max_iter``, a failed line search, or ``H g = 0``
-    ("stalled": phi is stationary, a gradient-flat point).
+    Stops on ``||g||^2 <= tol ||g_0||^2``, ``max_iter``, a failed line search, ``H g = 0``
+    ("stalled": phi is stationary, a gradient-flat point), or a non-finite start ("nonfinite", at
+    once, like every finder).
 
     Raises:
         ValueError: unknown ``optimizer``, ``memory < 1``, or a bad ``theta0``.
@@ -70,8 +71,9 @@ def gradnorm(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float
     theta = check_start(theta0)
     evaluations = Evaluations(loss_fn)
     f, g = evaluations.grad(theta)
-    trace = Trace(f, g)
-    grad_phi = evaluations.hessian(theta)(g)
+    trace = Trace(f, g, theta)
+    # No product at a non-finite start: trace.check stops it at once ("nonfinite"), like every finder.
+    grad_phi = evaluations.hessian(theta)(g) if finite(f, trace.grad_norm2) else g
     pairs: deque[Pair] = deque(maxlen=memory)
     gd_step = step0
     while (stop := trace.check(max_iter, tol)) is None:

@@ -54,7 +54,7 @@ def levenberg_marquardt(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 200,
                          "shrink > 1 and grow > 1")
     evaluations = Evaluations(loss_fn)
     f, g = evaluations.grad(theta)
-    trace = Trace(f, g)
+    trace = Trace(f, g, theta)
     mu, scale2 = mu0, None
     while (stop := trace.check(max_iter, tol)) is None:
         gn2 = trace.grad_norm2

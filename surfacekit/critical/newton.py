@@ -43,7 +43,7 @@ def newton(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: float =
     theta = check_start(theta0)
     evaluations = Evaluations(loss_fn)
     f, g = evaluations.grad(theta)
-    trace = Trace(f, g)
+    trace = Trace(f, g, theta)
     while (stop := trace.check(max_iter, tol)) is None:
         gn2 = trace.grad_norm2
         hessian = evaluations.hessian(theta)

@@ -42,7 +42,7 @@ def saddle_free(loss_fn: LossFn, theta0: Tensor, *, max_iter: int = 100, tol: fl
     theta = check_start(theta0)
     evaluations = Evaluations(loss_fn)
     f, g = evaluations.grad(theta)
-    trace = Trace(f, g)
+    trace = Trace(f, g, theta)
     while (stop := trace.check(max_iter, tol)) is None:
         hessian = evaluations.hessian(theta)
         values, vectors, _ = ritz(lanczos(matvec=hessian, v0=g, num_steps=krylov_dim))

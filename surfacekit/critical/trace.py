@@ -35,7 +35,8 @@ class FinderRun:
     (Newton-MR, Krylov Newton): the part of g that no step can remove, i.e. g's component outside
     the range of H when the solve converged (gradient units; empty for the other finders);
     kernel_dims: per step, how many directions of the Krylov subspace the solve treated as the
-    kernel of H (Newton-MR only); step_norms: ``||theta_{k+1} - theta_k||`` per accepted step.
+    kernel of H (Newton-MR only); step_norms: ``||theta_{k+1} - theta_k||`` per accepted step;
+    start_norm: ``||theta_0||`` (parameter units; nan if not recorded).
     """
 
     theta: Tensor
@@ -49,13 +50,15 @@ class FinderRun:
     kernel_components: list[float] = field(default_factory=list)
     kernel_dims: list[int] = field(default_factory=list)
     step_norms: list[float] = field(default_factory=list)
+    start_norm: float = float("nan")
 
 
 class Trace:
     """The running record of one finder: ``||g||^2`` and ``f`` per accepted point, and the stop test."""
 
-    def __init__(self, loss: float, grad: Tensor):
+    def __init__(self, loss: float, grad: Tensor, theta0: Tensor):
         gn2 = float(grad @ grad)
+        self.start_norm = float(theta0.norm())
         self.history = [gn2]
         self.losses = [loss]
         self.step_norms: list[float] = []
@@ -95,4 +98,4 @@ class Trace:
     def result(self, theta: Tensor, evaluations: Evaluations, stop: str) -> FinderRun:
         return FinderRun(theta, self.iterations, evaluations.num_hvps, evaluations.num_grads, self.history,
                          self.losses, stop, self.solve_residuals, self.kernel_components, self.kernel_dims,
-                         self.step_norms)
+                         self.step_norms, self.start_norm)

@@ -4,21 +4,28 @@
 
 ``source`` is a job's results file (or run directory) trained with ``trainer.snapshots=true``, or a
 sweep directory. For each chosen member, start points are drawn from ``/trajectory/theta``
-uniformly in ``/curves/train_loss``; every configured finder runs from each in float64 on the full
+uniformly in ``/curves/train_loss`` (each distinct trajectory point at most once: a warning says
+when the trajectory has fewer distinct points than ``critical.starts``); diverged members are
+skipped with a warning. Every configured finder runs from each start in float64 on the full
 training set and the job's trained objective, and every endpoint is classified (critical,
-gradient-flat or rejected) and indexed. Each finder run is saved as it finishes (a rerun resumes).
+asymptotic, gradient-flat or rejected) and indexed. Each finder run is saved as it finishes (a rerun resumes).
 Written to ``SOURCE/analyses/critical-HASH/critical.h5``, one group per finder and job::
 
     /jobs/<job>/critical/<finder>/{member, start_eval, start_step, start_loss, loss, start_grad_norm2, grad_norm2,
                         grad_norm2_relative, iterations, hvps, grads, accepted, accepted_absolute,
-                        acceptance_ratio, grad_norm_scaled, kernel_component, gradient_flat, status,
+                        acceptance_ratio, step_ratio, newton_step, grad_norm_scaled, kernel_component,
+                        gradient_flat, status,
                         flat_ratio, spectral_norm, index_count, index_fraction, index_threshold,
                         index_relative_threshold, index_method, index_at_least, stop, solve_residual, theta}
 
 all [n] (``theta`` [n, P]; ``solve_residual``: the median relative solve residual ``||H d + g|| / ||g||``
 of Newton-type finders, nan for others; ``kernel_component``: the part of g the last Newton-MR step
 could not remove). ``accepted`` follows ``critical.criterion`` (scale-free by default:
-``||g|| <= rtol ||g_start|| + htol ||H||_2``, ``acceptance_ratio`` <= 1); ``accepted_absolute`` is
+``||g|| <= rtol ||g_start|| + htol ||H||_2``, ``acceptance_ratio`` <= 1, and the point test
+``step_ratio = ||g|| / (||H||_2 max(||theta||, 1)) <= critical.stol``) and is false for
+"asymptotic" endpoints (the gradient vanished on the way to an infimum at infinity: the finder ran
+outward and the Newton step ``newton_step = ||H^+ g||`` stayed above ``stol max(||theta||, 1)``; nan
+where that test did not need it); ``accepted_absolute`` is
 ``||g||^2 < critical.cutoff``. See docs/critical.md.
 """
 
@@ -33,6 +40,7 @@ import torch
 from omegaconf import DictConfig
 
 from surfacekit.critical import find, sample_uniform_in_loss
+from surfacekit.jobs import warn
 from surfacekit.seeds import derive_seed
 from surfacekit.store import ResultsError, _open
 from surfacekit.tasks import _analysis
@@ -48,11 +56,19 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple[int, int, str]]
             raise ResultsError(f"{ref.file}: job {ref.name!r} has no /trajectory to start from; "
                                "train it with trainer.snapshots=true")
         train_loss = g["curves"]["train_loss"][()]
+    everyone = _analysis.select_members(members, s.get("members"), "critical.members", skip_diverged=False)
     chosen = _analysis.select_members(members, s.get("members"), "critical.members")
+    if len(chosen) < len(everyone):
+        warn(f"critical: job {ref.name}: skipping diverged member(s) {sorted(set(everyone) - set(chosen))}")
     positions = _analysis.member_positions(members)
     units = {}
     for m in chosen:
-        evals = sample_uniform_in_loss(train_loss[positions[m]], int(s["starts"]), seed=derive_seed(int(s["seed"]), m))
+        drawn = sample_uniform_in_loss(train_loss[positions[m]], int(s["starts"]), seed=derive_seed(int(s["seed"]), m))
+        # the finders are deterministic: a repeated start would repeat its run
+        evals = drawn[np.sort(np.unique(drawn, return_index=True)[1])]
+        if len(evals) < len(drawn):
+            warn(f"critical: job {ref.name} member {m}: critical.starts={len(drawn)} but the draw met only "
+                 f"{len(evals)} distinct points of its {train_loss.shape[-1]}-point trajectory; each is used once")
         for i, e in enumerate(evals):
             for finder in s["finders"]:
                 units[f"member-{m:06d}-start-{i:04d}-{finder}"] = (m, int(e), finder)
@@ -69,7 +85,7 @@ def compute(job, unit: tuple[int, int, str], s: dict, ctx: dict) -> dict[str, An
         start = np.asarray(g["trajectory"]["theta"][start_eval, _analysis.member_positions(job.members)[member]], dtype=np.float64)
     point = find(loss_fn, torch.from_numpy(start).to(job.data.x_train.device), finder, criterion=str(s["criterion"]),
                  rtol=float(s["rtol"]), htol=float(s["htol"]), cutoff=float(s["cutoff"]),
-                 flat_threshold=float(s["flat_threshold"]), compute_index=bool(s["compute_index"]),
+                 flat_threshold=float(s["flat_threshold"]), stol=float(s["stol"]), compute_index=bool(s["compute_index"]),
                  index_options=index, **(s.get("options", {}).get(finder) or {}))
     return _row(point, member, start_eval, step, bool(s.get("store_theta", True)))
 
@@ -81,7 +97,8 @@ def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> 
         "loss": p.loss, "start_grad_norm2": p.start_grad_norm2, "grad_norm2": p.grad_norm2,
         "grad_norm2_relative": p.grad_norm2_relative, "iterations": p.iterations, "hvps": p.num_hvps,
         "grads": p.num_grads, "accepted": p.accepted, "accepted_absolute": p.accepted_absolute,
-        "acceptance_ratio": p.acceptance_ratio, "grad_norm_scaled": p.grad_norm_scaled,
+        "acceptance_ratio": p.acceptance_ratio, "step_ratio": p.step_ratio, "newton_step": p.newton_step,
+        "grad_norm_scaled": p.grad_norm_scaled,
         "kernel_component": p.kernel_component, "gradient_flat": p.gradient_flat, "status": p.status,
         "flat_ratio": p.flat_ratio, "spectral_norm": p.spectral_norm,
         "index_count": -1 if idx is None else idx.count, "index_fraction": np.nan if idx is None else idx.fraction,
@@ -111,17 +128,18 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
 
 
 def summary(groups: dict) -> str:
-    """One line per finder: acceptance, ||g||^2 quantiles over rejected runs, gradient-flat fraction."""
+    """One line per finder: acceptance, ||g||^2 quantiles over rejected runs, asymptotic and gradient-flat counts."""
     lines = []
     for name, cols in groups.items():
         n = len(cols["accepted"])
         acc = cols["accepted"].astype(bool)
         rej = cols["grad_norm2"][~acc]
         flat = cols["gradient_flat"].astype(bool)
+        asymptotic = cols["status"].astype(str) == "asymptotic"
         quant = (" ".join(f"q{int(q * 100)}={v:.2e}" for q, v in zip((0.1, 0.5, 0.9), np.quantile(rej, [0.1, 0.5, 0.9])))
                  if len(rej) else "none rejected")
         lines.append(f"  {name.split('/', 1)[1]:12s} accepted {acc.sum()}/{n} ({acc.mean():.1%}); ||g||^2 of rejected: "
-                     f"{quant}; gradient-flat {flat.sum()}/{n} ({flat.mean():.1%} of all, "
+                     f"{quant}; asymptotic {asymptotic.sum()}/{n}; gradient-flat {flat.sum()}/{n} ({flat.mean():.1%} of all, "
                      f"{flat.sum() / max(1, (~acc).sum()):.1%} of rejected)")
     return "\n".join(lines)
 

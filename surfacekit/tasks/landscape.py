@@ -174,11 +174,16 @@ def summary(groups: dict) -> str:
         g = groups.get(f"{GROUP}/{kind}")
         if g is None:
             continue
-        flat = {k: v.reshape(len(v), -1) for k, v in g.items() if k.endswith("_loss")}
-        table = pd.DataFrame({"member": g["member"], **{f"{k}_min": v.min(1) for k, v in flat.items()},
-                              **{f"{k}_center": v[:, v.shape[1] // 2] for k, v in flat.items()},
-                              **{f"{k}_max": v.max(1) for k, v in flat.items()}}).set_index("member")
-        parts.append(f"{kind}: {g['train_loss'].shape[1:] if 'train_loss' in g else ''} grid per member\n"
+        # the grid point nearest the trained point (0 itself when the grid holds it: odd num, lo = -hi)
+        near = [int(np.abs(g[axis]).argmin()) for axis in ("x", "y")[:1 if kind == "slice1d" else 2]]
+        at = ", ".join(f"{axis}={g[axis][i]:.4g}" for axis, i in zip(("x", "y"), near))
+        losses = {k: v for k, v in g.items() if k.endswith("_loss")}
+        table = pd.DataFrame({"member": g["member"], **{f"{k}_min": v.reshape(len(v), -1).min(1) for k, v in losses.items()},
+                              **{f"{k}_center": v[(slice(None), *near)] for k, v in losses.items()},
+                              **{f"{k}_max": v.reshape(len(v), -1).max(1) for k, v in losses.items()}}).set_index("member")
+        exact = all(g[axis][i] == 0 for axis, i in zip(("x", "y"), near))
+        centre = f"center at {at}" + ("" if exact else " (the grid holds no 0: the point nearest the solution)")
+        parts.append(f"{kind}: {g['train_loss'].shape[1:] if 'train_loss' in g else ''} grid per member; {centre}\n"
                      + table.to_string(float_format="%.4g"))
     return "\n".join(parts)
 
