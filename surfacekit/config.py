@@ -618,6 +618,10 @@ def validate_init_from(cfg: DictConfig, overrides: Iterable[str] = ()) -> DictCo
         if show(get(cfg, f"data.{key}")) != show(value):
             _fail(f"data.{key}", get(cfg, f"data.{key}"), f"{show(value)}, the data population.init_from was trained on")
     model = source.config["model"]
+    for which, target in (("the source", model.get("_target_")), ("this job", get(cfg, "model._target_"))):
+        if target:
+            _fail("population.init_from", source_path, f"an MLP job with an MLP model (model=mlp): warm starts read and "
+                  f"map the MLP's layers, and {which} is a module population (model._target_={target})")
     widths = warm_start.source_widths(model)
     layer = get(cfg, "population.transform_layer")
     if transform != "widen" and (new_width is not None or noise != 0):

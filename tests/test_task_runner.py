@@ -110,3 +110,16 @@ def test_an_analysis_file_records_only_the_settings_it_used(run_cli, job_copy):
         assert f["jobs/0"].attrs["dtype"] == "float64"  # the dtype the analysis used is the job's
     assert config["spectrum"]["top_k"] == 2 and config["objective"] == "trained"
     assert not {"data", "model", "optimizer", "trainer", "population", "dtype"} & set(config)
+
+
+def test_certify_and_warm_starts_refuse_module_populations_in_one_line(run_cli, tmp_path):
+    """Both read the MLP's layers; on a CNN job certify raised AttributeError from deep inside."""
+    cnn = run_cli("model=cnn", "model.width=2", "population.size=2", "trainer.epochs=1", "data.train_size=100",
+                  "progress=false", f"hydra.run.dir={tmp_path}/cnn")
+    assert cnn.returncode == 0, cnn.stderr
+    out = run_cli("task=certify", f"source={tmp_path}/cnn", "progress=false")
+    assert out.returncode == 2 and "task=certify supports MLP jobs (model=mlp); job cnn is a module population" in out.stderr
+    assert "Traceback" not in out.stderr
+    warm = run_cli(f"population.init_from={tmp_path}/cnn", "population.size=2", "progress=false", "trainer.epochs=1",
+                   "data.train_size=100", f"hydra.run.dir={tmp_path}/warm")
+    assert warm.returncode == 2 and "population.init_from=" in warm.stderr and "module population" in warm.stderr

@@ -1,6 +1,7 @@
 """task=spectrum: its own file beside the source, joined on (job, member), exact against dense,
 on the objective that was trained; resumable, skips what is done, one-line errors."""
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -250,3 +251,26 @@ def test_dense_spectra_that_do_not_fit_are_refused(run_cli, job_copy):
     assert "spectrum.index_method=dense is invalid here: P = " in line and "needs about" in line
     auto = run_cli("task=spectrum", f"source={job_copy}", *FAST, "memory_limit_gb=1e-6", "spectrum.index_cap=50")
     assert auto.returncode == 2 and "needs about" in auto.stderr  # lanczos too big for 1 KiB: refused, one line
+
+
+def test_unconverged_eigenvalues_and_capped_counts_are_flagged_and_warned(run_cli, job_copy):
+    """Found by a new-user trial: with max_steps=4 lambda_min was 20x off with no word anywhere, and a
+    capped Lanczos count showed as a plain index."""
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.index_method=lanczos", "spectrum.max_steps=4",
+                  "spectrum.index_cap=1")
+    assert out.returncode == 0, out.stderr
+    assert "did not converge" in out.stderr and "reached spectrum.index_cap: a lower bound" in out.stderr
+    members = store.load_members(job_copy)
+    assert not members["spectrum_converged"].any() and members["index_at_least"].all()
+    assert (members["index_method"] == "lanczos").all() and (members["index_threshold"] < 0).all()
+    assert "index lower bounds left out of the mean" in out.stdout and "unconverged extreme eigenvalues" in out.stdout
+    (analysis,) = job_copy.parent.glob("analyses/spectrum-*/spectrum.h5")
+    with h5py.File(analysis) as f:
+        assert "did not converge" in str(f.attrs["warnings"])
+
+
+def test_more_eigenvalues_than_parameters_fail_that_job_in_one_line(run_cli, job_copy):
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, "spectrum.top_k=300")
+    assert out.returncode == 2
+    assert "spectrum.top_k=300 is invalid: job 0 has P=235 parameters" in out.stderr
+    assert "Traceback" not in out.stderr

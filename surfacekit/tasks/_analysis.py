@@ -31,7 +31,7 @@ from surfacekit.jobs import JobError, analysis_root, job_attributes, warn
 from surfacekit.progress import bar
 from surfacekit.store import (
     ANALYSES_DIR, PARTS_DIR, Job, JobRef, Parts, ResultsError, _members_frame, _open, collect, file_sha256,
-    job_objective, load_job, now_iso, set_attrs, write_atomic, _write_groups,
+    _job_config, job_objective, load_job, now_iso, set_attrs, write_atomic, _write_groups,
 )
 
 SOURCE_ERRORS = (ConfigError, DataError, ResultsError, MemoryLimitError)  # a job that cannot be analysed
@@ -91,6 +91,13 @@ def parameter_count(ref: JobRef) -> int:
         if "params" not in g:
             raise ResultsError(f"{ref.file}: job {ref.name!r} has no /params (not a trained population)")
         return int(sum(np.prod(d.shape[1:], dtype=np.int64) for d in g["params"].values()))
+
+
+def job_model(ref: JobRef) -> dict:
+    """The ``model`` settings the job ``ref`` was trained with (from its stored config)."""
+    f, g = _open(ref)
+    with f:
+        return dict(_job_config(g).get("model", {}))
 
 
 def member_positions(members: pd.DataFrame) -> dict[int, int]:

@@ -40,6 +40,7 @@ import torch
 from omegaconf import DictConfig
 
 from surfacekit import jobs
+from surfacekit.config import ConfigError
 from surfacekit.critical.certify import certify, converge
 from surfacekit.models import layer
 from surfacekit.population import dataset_statistics, evaluate, unflatten
@@ -85,6 +86,10 @@ def member_losses(job, theta: torch.Tensor, bn_mode: str, statistics: dict | Non
 
 
 def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, int]:
+    target = _analysis.job_model(ref).get("_target_")
+    if target:  # the kink margin and the transforms read the MLP's layers
+        raise ConfigError(f"task=certify supports MLP jobs (model=mlp); job {ref.name} is a module population "
+                          f"(model._target_={target})")
     return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "certify.members")}
 
 

@@ -46,6 +46,7 @@ from surfacekit.config import ConfigError
 from surfacekit.curvature.estimate import count_estimate
 from surfacekit.curvature.memory import available_bytes, dense_bytes, dense_members, gib
 from surfacekit.curvature.population import population_spectrum
+from surfacekit.jobs import warn
 from surfacekit.store import job_population_objective
 from surfacekit.tasks import _analysis
 
@@ -87,7 +88,11 @@ def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict
     """Units of a job: batches of ``batch_size`` members on the dense path, single members otherwise
     (the path is part of the unit's key, so a rerun that decides otherwise recomputes)."""
     ids = _analysis.select_members(members, s.get("members"), "spectrum.members")
-    path = job_path(_analysis.parameter_count(ref), s, str(cfg.device), memory_limit(cfg))
+    size = _analysis.parameter_count(ref)
+    for key in ("top_k", "bottom_k"):
+        if int(s[key]) > size:
+            raise ConfigError(f"spectrum.{key}={s[key]} is invalid: job {ref.name} has P={size} parameters")
+    path = job_path(size, s, str(cfg.device), memory_limit(cfg))
     size = int(s["batch_size"]) if path == "dense" else 1
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
     return {f"{path}-{b[0]:06d}-{b[-1]:06d}": {"path": path, "members": b} for b in batches}
@@ -234,10 +239,14 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
     for name in METHODS:
         arrays[name] = np.array([str(by_pos[p][name]) if p in by_pos else "" for p in range(k)])
     arrays["index_estimate_confidence"] = np.full(k, ESTIMATE_CONFIDENCE)
+    converged = arrays["top_converged"] & arrays["bottom_converged"]
+    _warn_flagged(ref.name, members["member"].to_numpy(), arrays, converged)
     columns = {"member": members["member"].to_numpy(), "analysed": arrays["analysed"], "spectrum_loss": arrays["loss"],
                "spectrum_grad_norm": arrays["grad_norm"], "index_count": arrays["index_count"],
-               "index_fraction": arrays["index_fraction"], "lambda_max": arrays["top"][:, 0],
-               "lambda_min": arrays["bottom"][:, 0], "trace": arrays["trace"]}
+               "index_fraction": arrays["index_fraction"], "index_at_least": arrays["index_at_least"],
+               "index_threshold": arrays["index_threshold"], "index_method": arrays["index_method"],
+               "lambda_max": arrays["top"][:, 0], "lambda_min": arrays["bottom"][:, 0],
+               "spectrum_converged": converged, "trace": arrays["trace"]}
     dims = {GROUP: "member", "members": "member", f"{GROUP}/density_nodes": "member,probe,step",
             f"{GROUP}/density_weights": "member,probe,step",
             **{f"{GROUP}/{name}": "member,k" for name in ("top", "bottom", "top_residual", "bottom_residual",
@@ -245,14 +254,37 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
     return {GROUP: arrays, "members": columns}, dims
 
 
+def _warn_flagged(job: str, ids: np.ndarray, a: dict, converged: np.ndarray) -> None:
+    """Stored warnings for numbers that are not what their column names say: extreme eigenvalues whose
+    Lanczos run did not converge (approximate) and index counts that hit ``index_cap`` (lower bounds)."""
+    ok = a["analysed"]
+    loose = ids[ok & ~converged]
+    if len(loose):
+        worst = np.nanmax(np.concatenate([a["top_residual"][ok & ~converged].ravel(),
+                                          a["bottom_residual"][ok & ~converged].ravel()]))
+        warn(f"spectrum: job {job}: the extreme eigenvalues of member(s) {loose.tolist()} did not converge "
+             f"(largest residual {worst:.3g}): approximate, flagged spectrum_converged=False; raise spectrum.max_steps")
+    capped = ids[ok & a["index_at_least"]]
+    if len(capped):
+        warn(f"spectrum: job {job}: the index of member(s) {capped.tolist()} reached spectrum.index_cap: a lower bound "
+             f"(index_at_least=True; index_estimate holds the density estimate)")
+
+
 def summary(groups: dict) -> str:
     a = groups[GROUP]
     ok = a["analysed"]
     methods = ", ".join(f"{m}: {int(n)}" for m, n in zip(*np.unique(a["index_method"][ok], return_counts=True)))
-    exact = ok & (a["index_count"] >= 0)
+    exact = ok & (a["index_count"] >= 0) & ~a["index_at_least"]
     fraction = f"{np.nanmean(a['index_fraction'][exact]):.4g}" if exact.any() else "n/a"
+    flags = []
+    if (ok & a["index_at_least"]).any():
+        flags.append(f"{int((ok & a['index_at_least']).sum())} index lower bounds left out of the mean")
+    loose = ok & ~(a["top_converged"] & a["bottom_converged"])
+    if loose.any():
+        flags.append(f"{int(loose.sum())} with unconverged extreme eigenvalues")
     return (f"  {int(ok.sum())} members; lambda_max mean {np.nanmean(a['top'][ok, 0]):.4g}, lambda_min mean "
-            f"{np.nanmean(a['bottom'][ok, 0]):.4g}, index fraction mean {fraction} (index by {methods})")
+            f"{np.nanmean(a['bottom'][ok, 0]):.4g}, index fraction mean {fraction} (index by {methods})"
+            + (f"; {'; '.join(flags)}" if flags else ""))
 
 
 TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
