@@ -363,14 +363,15 @@ def collect(source: str | os.PathLike) -> Collection:
                 for name in f.get("analyses", {}):
                     analyses.append(_analysis_ref(name, source, f["analyses"][name], f"analyses/{name}"))
                 skipped.update(json.loads(f.attrs.get("skipped", "{}") or "{}"))
-                search = []
+                search = [source.parent]  # analyses written after the merge, beside the sweep file
             else:
                 analyses.append(_analysis_ref(source.parent.name, source, f, ""))
                 search = []
     seen = {a.file.resolve() for a in analyses}
+    merged = {a.name for a in analyses}  # a sweep file's copies win over the files they were merged from
     for directory in search:
         for path in analysis_files(directory):
-            if path.resolve() in seen:
+            if path.resolve() in seen or "__".join(path.parent.relative_to(directory).parts) in merged:
                 continue
             seen.add(path.resolve())
             try:

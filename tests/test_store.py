@@ -130,6 +130,10 @@ def test_analysis_files_join_on_job_and_member(tmp_path):
                                   "0__analyses__spectrum-stale000"]
     assert load_members(tmp_path / "sweep.h5")["lambda_max"].tolist() == [2.0] * 3
     assert load_members(tmp_path)["lambda_max"].tolist() == [2.0] * 3
+    assert len(store.collect(tmp_path / "sweep.h5").analyses) == 3  # the merged copies, not the files again
+    # an analysis written after the merge, beside the sweep file, is seen through the sweep file too
+    analysis_file(tmp_path, "0", run_id, name="spectrum-after000", value=4.0, end="2026-04-01T00:00:00+00:00")
+    assert load_members(tmp_path / "sweep.h5")["lambda_max"].tolist() == [4.0] * 3
 
 
 def test_a_partial_newer_analysis_does_not_hide_a_complete_older_one(tmp_path):
