@@ -128,6 +128,19 @@ def check_threshold(threshold: float | None, relative_threshold: float) -> None:
         )
 
 
+ROUNDING = 1e3 * torch.finfo(torch.float64).eps  # x max|lambda|: how well float64 resolves an eigenvalue
+
+
+def _warn_near(values: Tensor, residuals: Tensor, tau: float, scale: float) -> None:
+    """Warn when an eigenvalue lies within its residual, or within rounding (``ROUNDING`` max|lambda|),
+    of the threshold: whether it counts is then decided by rounding, and methods may differ by one."""
+    slack = torch.clamp(residuals, min=ROUNDING * scale)
+    if bool(((values - tau).abs() <= slack).any()):
+        warnings.warn(f"index: an eigenvalue lies within its residual or rounding of the threshold {tau:g}; "
+                      "the count may be off by one there (choose a threshold in a gap of the spectrum)",
+                      UserWarning, stacklevel=3)
+
+
 def count_below(eigenvalues: Tensor, threshold: float | None = None,
                 relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD) -> ThresholdCount:
     """The counting rule of every index: eigenvalues [..., M] strictly below the threshold, per row.
@@ -261,6 +274,7 @@ def index(
     del hess
     c = count_below(eig, threshold, relative_threshold)
     count, tau, scale = int(c.count), float(c.threshold), float(c.scale)
+    _warn_near(eig, torch.zeros_like(eig), tau, scale)
     return IndexResult(count, count / p, "dense", tau, _relative(tau, scale), False, scale, products,
                        float(c.certificate), 0.0, 0, 0, chunk, eig[:count])
 
@@ -361,10 +375,12 @@ def _lanczos_count(op, threshold: float | None, relative: float, cap: int, block
         raise NotConvergedError(
             f"index (lanczos): {tail.count} eigenvalues below {tau:g} locked, then not converged (or not certified) "
             f"after {op.num_hvps} products in all; raise max_steps or use method='dense'")
-    near = (locked.values - tau).abs() <= locked.residuals
-    if bool(near.any()) or (math.isfinite(tail.certificate) and tail.certificate - tau <= tail.certificate_residual):
-        warnings.warn(f"index: an eigenvalue lies within its residual of the threshold {tau:g}; "
-                      "the count may be off by one there", ConvergenceWarning, stacklevel=3)
+    near = (locked.values - tau).abs() <= torch.clamp(locked.residuals, min=ROUNDING * scale)
+    if bool(near.any()) or (math.isfinite(tail.certificate)
+                            and tail.certificate - tau <= max(tail.certificate_residual, ROUNDING * scale)):
+        warnings.warn(f"index: an eigenvalue lies within its residual or rounding of the threshold {tau:g}; "
+                      "the count may be off by one there (choose a threshold in a gap of the spectrum)",
+                      ConvergenceWarning, stacklevel=3)
     count = tail.count
     return IndexResult(count, count / p, "lanczos", tau, _relative(tau, scale), tail.at_least, scale, op.num_hvps,
                        tail.certificate, tail.certificate_residual, tail.certificate_hvps, tail.certificate_steps,

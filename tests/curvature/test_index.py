@@ -143,3 +143,16 @@ def test_structured_assembly_gives_the_same_index(float64):
         assert fast.count == plain.count > 0
         assert abs(fast.certificate - plain.certificate) <= 1e-10 * plain.max_abs_eigenvalue
         assert fast.num_hvps < plain.num_hvps  # passes: 4 + 19 against P = 39 products
+
+
+@pytest.mark.parametrize("method", ["dense", "lanczos"])
+def test_a_threshold_on_an_eigenvalue_warns_on_every_path(method):
+    """Found by a new-user trial: with the threshold equal to an eigenvalue the Lanczos count was one
+    above the dense (strict) count, and the promised warning came in 1 of 4 cases."""
+    from surfacekit.problems import background, designed
+
+    case = designed("tail", background(120, [-1.0, -0.8, -0.3]), seed=4)
+    tau = float(case.eigenvalues[1])  # -0.8, as computed
+    with pytest.warns(UserWarning, match="within its residual or rounding of the threshold"):
+        res = index(case.loss_fn, case.theta, threshold=tau, method=method)
+    assert res.count in (1, 2)  # which one is decided by rounding: hence the warning
