@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 import h5py
 import numpy as np
@@ -98,6 +98,35 @@ def job_model(ref: JobRef) -> dict:
     f, g = _open(ref)
     with f:
         return dict(_job_config(g).get("model", {}))
+
+
+def member_arrays(by_pos: Mapping[int, Mapping[str, Any]], names: Iterable[str], k: int,
+                  strings: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """Per-member rows ``{position: {name: value}}`` as arrays with a leading member axis [k, ...] (the
+    trailing shape of the first row's value); members without a row hold NaN (floats), -1 (integers),
+    False (booleans) or "" (the names in ``strings``, stored as text)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name in names:
+        if name in strings:
+            arrays[name] = np.array([str(by_pos[p][name]) if p in by_pos else "" for p in range(k)])
+            continue
+        first = np.asarray(next(iter(by_pos.values()))[name]) if by_pos else np.zeros(())
+        if first.dtype == bool:
+            out = np.zeros((k, *first.shape), dtype=bool)
+        elif np.issubdtype(first.dtype, np.integer):
+            out = np.full((k, *first.shape), -1, dtype=np.int64)
+        else:
+            out = np.full((k, *first.shape), np.nan)
+        for p, row in by_pos.items():
+            out[p] = row[name]
+        arrays[name] = out
+    return arrays
+
+
+def rows_by_position(members: pd.DataFrame, rows: Mapping[str, Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """The rows of per-member units (keys ``member-<id>``) by the member's position in the population."""
+    positions = member_positions(members)
+    return {positions[int(key.split("-")[1])]: row for key, row in rows.items()}
 
 
 def member_positions(members: pd.DataFrame) -> dict[int, int]:

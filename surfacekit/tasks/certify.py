@@ -142,24 +142,9 @@ def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
 
 def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
     k = len(members)
-    positions = _analysis.member_positions(members)
-    by_pos = {positions[int(key.split("-")[1])]: row for key, row in rows.items()}
-    arrays: dict[str, np.ndarray] = {}
+    by_pos = _analysis.rows_by_position(members, rows)
     fields = next(iter(by_pos.values())).keys() if by_pos else []
-    for name in fields:
-        first = np.asarray(by_pos[next(iter(by_pos))][name])
-        if name in STRINGS:
-            out = np.array([str(by_pos[p][name]) if p in by_pos else "" for p in range(k)])
-        elif first.dtype == bool:
-            out = np.zeros((k, *first.shape), dtype=bool)
-        elif np.issubdtype(first.dtype, np.integer):
-            out = np.full((k, *first.shape), -1, dtype=np.int64)
-        else:
-            out = np.full((k, *first.shape), np.nan)
-        if name not in STRINGS:
-            for p, row in by_pos.items():
-                out[p] = row[name]
-        arrays[name] = out
+    arrays = _analysis.member_arrays(by_pos, fields, k, strings=STRINGS)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
     columns = {"member": members["member"].to_numpy(), **{col: arrays[f] for col, f in COLUMNS.items() if f in arrays}}
     dims = {GROUP: "member", "members": "member", f"{GROUP}/theta": "member,param"}

@@ -115,16 +115,8 @@ def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
 
 def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
     k = len(members)
-    positions = _analysis.member_positions(members)
-    by_pos = {positions[int(key.split("-")[1])]: row for key, row in rows.items()}
-    arrays: dict[str, np.ndarray] = {}
-    for name in FIELDS:
-        kind = np.asarray(next(iter(by_pos.values()))[name]).dtype if by_pos else np.dtype(float)
-        out = (np.zeros(k, dtype=bool) if kind == bool else np.full(k, -1, dtype=np.int64)
-               if np.issubdtype(kind, np.integer) else np.full(k, np.nan))
-        for p, row in by_pos.items():
-            out[p] = row[name]
-        arrays[name] = out
+    by_pos = _analysis.rows_by_position(members, rows)
+    arrays = _analysis.member_arrays(by_pos, FIELDS, k)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
     columns = {"member": members["member"].to_numpy(), **{column: arrays[name] for name, column in COLUMNS.items()}}
     return {GROUP: arrays, "members": columns}, {GROUP: "member", "members": "member"}

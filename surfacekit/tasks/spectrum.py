@@ -223,21 +223,9 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
     for unit in rows.values():
         for i, member in enumerate(unit["member"]):
             by_pos[positions[int(member)]] = {name: unit[name][i] for name in FIELDS + METHODS}
-    arrays: dict[str, np.ndarray] = {}
-    for name in FIELDS:
-        first = np.asarray(next(iter(by_pos.values()))[name]) if by_pos else np.zeros(0)
-        if first.dtype == bool:
-            out = np.zeros((k, *first.shape), dtype=bool)
-        elif np.issubdtype(first.dtype, np.integer):
-            out = np.full((k, *first.shape), -1, dtype=np.int64)
-        else:
-            out = np.full((k, *first.shape), np.nan)
-        for p, row in by_pos.items():
-            out[p] = row[name]
-        arrays[name] = out
+    arrays = _analysis.member_arrays(by_pos, FIELDS, k)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
-    for name in METHODS:
-        arrays[name] = np.array([str(by_pos[p][name]) if p in by_pos else "" for p in range(k)])
+    arrays.update(_analysis.member_arrays(by_pos, METHODS, k, strings=METHODS))
     arrays["index_estimate_confidence"] = np.full(k, ESTIMATE_CONFIDENCE)
     converged = arrays["top_converged"] & arrays["bottom_converged"]
     _warn_flagged(ref.name, members["member"].to_numpy(), arrays, converged)
