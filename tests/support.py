@@ -80,3 +80,18 @@ class UserNet(torch.nn.Module):
 
     def forward(self, x):
         return self.out(self.body(x))
+
+
+def interrupt_after(monkeypatch, owner, name: str, calls: int) -> list:
+    """Let ``owner.name`` run ``calls`` times, then raise KeyboardInterrupt (a Ctrl-C in the middle of
+    a task). Returns the list of each call's keyword arguments; ``monkeypatch.undo()`` restores it."""
+    original, seen = getattr(owner, name), []
+
+    def interrupted(*args, **kwargs):
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return seen

@@ -6,6 +6,7 @@ import shutil
 import h5py
 import numpy as np
 
+from support import interrupt_after
 from surfacekit import store
 
 FAST = ["spectrum.top_k=2", "spectrum.bottom_k=2", "spectrum.trace_probes=2", "spectrum.density_probes=1",
@@ -23,18 +24,10 @@ def _retrain(path, run_id="retrained-run"):
 def test_parts_of_a_retrained_source_are_not_reused(run_cli, job_copy, monkeypatch):
     from surfacekit.tasks import spectrum
 
-    original, calls = spectrum.compute, []
-
-    def stop_after_one(*args):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(spectrum.TASK, "compute", stop_after_one)
+    interrupt_after(monkeypatch, spectrum.TASK, "compute", 1)
     assert run_cli("task=spectrum", f"source={job_copy}", *FAST).returncode == 130
     assert len(list(job_copy.parent.glob("analyses/spectrum-*/parts/*/*.npz"))) == 1
-    monkeypatch.setattr(spectrum.TASK, "compute", original)
+    monkeypatch.undo()
     _retrain(job_copy)
     out = run_cli("task=spectrum", f"source={job_copy}", *FAST)
     assert out.returncode == 0, out.stderr

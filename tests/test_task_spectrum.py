@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from support import interrupt_after
 from surfacekit import store
 from surfacekit.curvature import dense_hessian
 from surfacekit.population import flatten, member_loss_fn
@@ -72,20 +73,11 @@ def test_interrupted_spectrum_resumes_to_the_same_numbers(run_cli, job_copy, mon
         import shutil
 
         shutil.rmtree(path)
-    calls = []
-    original = spectrum.compute
-
-    def stop_after_one(*args):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(spectrum.TASK, "compute", stop_after_one)
+    interrupt_after(monkeypatch, spectrum.TASK, "compute", 1)
     out = run_cli("task=spectrum", f"source={job_copy}", *FAST, *one)
     assert out.returncode == 130
     assert len(list(job_copy.parent.glob("analyses/spectrum-*/parts/*/*.npz"))) == 1
-    monkeypatch.setattr(spectrum.TASK, "compute", original)
+    monkeypatch.undo()
     resumed = run_cli("task=spectrum", f"source={job_copy}", *FAST, *one)
     assert resumed.returncode == 0 and "1 finished earlier" in resumed.stdout
     got = store.load_group(job_copy, "spectrum")

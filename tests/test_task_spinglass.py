@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from support import compose_config
+from support import compose_config, interrupt_after
 from surfacekit import spinglass as sg
 from surfacekit import store
 from surfacekit.config import ConfigError, validate
@@ -53,19 +53,10 @@ def test_config_composes_with_defaults():
 def test_chunks_resume_to_the_rows_of_one_run(run_cli, tmp_path, monkeypatch):
     args = ["task=spinglass", "spinglass.N=8", "seed=3", "spinglass.starts=6", "spinglass.chunk_starts=2",
             "spinglass.max_steps=5000", "progress=false", f"hydra.run.dir={tmp_path}/run"]
-    calls = []
-    original = sg.simulate
-
-    def stop_after_two(**kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(kwargs["select"])
-        return original(**kwargs)
-
-    monkeypatch.setattr(sg, "simulate", stop_after_two)
+    interrupt_after(monkeypatch, sg, "simulate", 2)
     assert run_cli(*args).returncode == 130
     assert len(list((tmp_path / "run" / "parts").glob("*.npz"))) == 2
-    monkeypatch.setattr(sg, "simulate", original)
+    monkeypatch.undo()
     out = run_cli(*args, "resume=true")
     assert out.returncode == 0, out.stderr
     assert "2 finished earlier" in out.stdout and not (tmp_path / "run" / "parts").exists()
@@ -79,15 +70,9 @@ def test_resume_with_another_chunk_size_is_refused(run_cli, tmp_path, monkeypatc
     """Parts of 2-start chunks are never mixed into a run of 3-start chunks (their rows differ)."""
     args = ["task=spinglass", "spinglass.N=8", "seed=3", "spinglass.starts=6", "spinglass.max_steps=5000",
             "progress=false", f"hydra.run.dir={tmp_path}/run"]
-    original = sg.simulate
-
-    def stop_after_one(**kwargs):
-        monkeypatch.setattr(sg, "simulate", lambda **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
-        return original(**kwargs)
-
-    monkeypatch.setattr(sg, "simulate", stop_after_one)
+    interrupt_after(monkeypatch, sg, "simulate", 1)
     assert run_cli(*args, "spinglass.chunk_starts=2").returncode == 130
-    monkeypatch.setattr(sg, "simulate", original)
+    monkeypatch.undo()
     out = run_cli(*args, "spinglass.chunk_starts=3", "resume=true")
     assert out.returncode != 0
     assert len(list((tmp_path / "run" / "parts").glob("*.npz"))) == 1  # the finished chunk is kept
