@@ -131,14 +131,15 @@ def check_threshold(threshold: float | None, relative_threshold: float) -> None:
 ROUNDING = 1e3 * torch.finfo(torch.float64).eps  # x max|lambda|: how well float64 resolves an eigenvalue
 
 
-def _warn_near(values: Tensor, residuals: Tensor, tau: float, scale: float) -> None:
+def _warn_near(values: Tensor, residuals: Tensor, tau: float, scale: float,
+               category: type[Warning] = UserWarning) -> None:
     """Warn when an eigenvalue lies within its residual, or within rounding (``ROUNDING`` max|lambda|),
     of the threshold: whether it counts is then decided by rounding, and methods may differ by one."""
     slack = torch.clamp(residuals, min=ROUNDING * scale)
     if bool(((values - tau).abs() <= slack).any()):
         warnings.warn(f"index: an eigenvalue lies within its residual or rounding of the threshold {tau:g}; "
                       "the count may be off by one there (choose a threshold in a gap of the spectrum)",
-                      UserWarning, stacklevel=3)
+                      category, stacklevel=3)
 
 
 def count_below(eigenvalues: Tensor, threshold: float | None = None,
@@ -375,12 +376,11 @@ def _lanczos_count(op, threshold: float | None, relative: float, cap: int, block
         raise NotConvergedError(
             f"index (lanczos): {tail.count} eigenvalues below {tau:g} locked, then not converged (or not certified) "
             f"after {op.num_hvps} products in all; raise max_steps or use method='dense'")
-    near = (locked.values - tau).abs() <= torch.clamp(locked.residuals, min=ROUNDING * scale)
-    if bool(near.any()) or (math.isfinite(tail.certificate)
-                            and tail.certificate - tau <= max(tail.certificate_residual, ROUNDING * scale)):
-        warnings.warn(f"index: an eigenvalue lies within its residual or rounding of the threshold {tau:g}; "
-                      "the count may be off by one there (choose a threshold in a gap of the spectrum)",
-                      ConvergenceWarning, stacklevel=3)
+    values, residuals = locked.values, locked.residuals
+    if math.isfinite(tail.certificate):  # converged, so at or above the threshold
+        values = torch.cat([values, values.new_tensor([tail.certificate])])
+        residuals = torch.cat([residuals, residuals.new_tensor([tail.certificate_residual])])
+    _warn_near(values, residuals, tau, scale, ConvergenceWarning)
     count = tail.count
     return IndexResult(count, count / p, "lanczos", tau, _relative(tau, scale), tail.at_least, scale, op.num_hvps,
                        tail.certificate, tail.certificate_residual, tail.certificate_hvps, tail.certificate_steps,
