@@ -273,11 +273,21 @@ def index(
         return _inertia_count(op, hess, threshold, relative_threshold, products, chunk, seed)
     eig = torch.linalg.eigvalsh(hess)
     del hess
-    c = count_below(eig, threshold, relative_threshold)
+    return dense_index(eig, threshold, relative_threshold, products, chunk)
+
+
+def dense_index(eigenvalues: Tensor, threshold: float | None = None,
+                relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD, num_hvps: int = 0, block: int = 0) -> IndexResult:
+    """The :class:`IndexResult` of the dense path from all P eigenvalues [P] of a Hessian (ascending):
+    the count by :func:`count_below`, the certificate the first eigenvalue not counted, ``eigenvalues``
+    the counted ones; ``num_hvps`` and ``block`` (the assembly's products and chunk) are recorded as
+    given. Warns when an eigenvalue lies within float64 rounding of the threshold. Used by
+    :func:`index` and by the batched spectra of :mod:`.population`, so both report alike."""
+    c = count_below(eigenvalues, threshold, relative_threshold)
     count, tau, scale = int(c.count), float(c.threshold), float(c.scale)
-    _warn_near(eig, torch.zeros_like(eig), tau, scale)
-    return IndexResult(count, count / p, "dense", tau, _relative(tau, scale), False, scale, products,
-                       float(c.certificate), 0.0, 0, 0, chunk, eig[:count])
+    _warn_near(eigenvalues, torch.zeros_like(eigenvalues), tau, scale)
+    return IndexResult(count, count / len(eigenvalues), "dense", tau, _relative(tau, scale), False, scale, num_hvps,
+                       float(c.certificate), 0.0, 0, 0, block, eigenvalues[:count])
 
 
 def index_method(size: int, device: torch.device | str = "cpu", dense_limit: int | None = None,

@@ -8,7 +8,8 @@ uniformly in ``/curves/train_loss`` (each distinct trajectory point at most once
 when the trajectory has fewer distinct points than ``critical.starts``); diverged members are
 skipped with a warning. Every configured finder runs from each start in float64 on the full
 training set and the job's trained objective, and every endpoint is classified (critical,
-asymptotic, gradient-flat or rejected) and indexed. Each finder run is saved as it finishes (a rerun resumes).
+asymptotic, gradient-flat or rejected) and indexed (on the dense paths the Hessian is assembled
+through the affine first layer: h + P - h d backward passes instead of P products). Each finder run is saved as it finishes (a rerun resumes).
 Written to ``SOURCE/analyses/critical-HASH/critical.h5``, one group per finder and job::
 
     /jobs/<job>/critical/<finder>/{member, start_eval, start_step, start_loss, loss, start_grad_norm2, grad_norm2,
@@ -42,7 +43,7 @@ from omegaconf import DictConfig
 from surfacekit.critical import find, sample_uniform_in_loss
 from surfacekit.jobs import warn
 from surfacekit.seeds import derive_seed
-from surfacekit.store import ResultsError, _open
+from surfacekit.store import ResultsError, _open, job_population_objective
 from surfacekit.tasks import _analysis
 
 GROUP = "critical"
@@ -79,6 +80,8 @@ def compute(job, unit: tuple[int, int, str], s: dict, ctx: dict) -> dict[str, An
     member, start_eval, finder = unit
     loss_fn, _ = _analysis.member_objective(job, member, ctx)
     index = {key: s["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")}
+    index["structure"] = member_structure(job, member, ctx)  # the dense Hessian through the affine first layer
+    index["memory_limit"] = _analysis.memory_limit(ctx["cfg"])
     f, g = _open(job.ref)
     with f:
         step = int(g["trajectory"]["step"][start_eval])
@@ -88,6 +91,17 @@ def compute(job, unit: tuple[int, int, str], s: dict, ctx: dict) -> dict[str, An
                  flat_threshold=float(s["flat_threshold"]), stol=float(s["stol"]), compute_index=bool(s["compute_index"]),
                  index_options=index, **(s.get("options", {}).get(finder) or {}))
     return _row(point, member, start_eval, step, bool(s.get("store_theta", True)))
+
+
+def member_structure(job, member: int, ctx: dict):
+    """The member's :class:`~surfacekit.curvature.AffineInput` (None with batch norm in batch mode), cached."""
+    cache = ctx["cache"].setdefault("structure", {})
+    if member not in cache:
+        cfg = ctx["cfg"]
+        cache.clear()
+        cache[member] = job_population_objective(job, [member], str(cfg.objective), str(cfg.bn_mode),
+                                                 cfg.get("chunk_size")).affine_input
+    return cache[member]
 
 
 def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> dict[str, Any]:
