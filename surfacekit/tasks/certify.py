@@ -196,7 +196,8 @@ def dense_certificates(objective, members: list[int], points: torch.Tensor | Non
                                   float(options["relative_threshold"]), structure=pop.affine_input, memory_limit=limit)
         for b in range(len(pop.thetas)):
             eig = res.spectrum.eigenvalues[b]
-            idx = dense_index(eig, options["threshold"], float(options["relative_threshold"]), res.passes)
+            idx = dense_index(eig, options["threshold"], float(options["relative_threshold"]), res.passes,
+                              check=False)  # population_spectrum checked it
             certs.append(classify_curvature(common[first + b], idx, float(eig[-1]), float(eig[0])))
         first += step
     return certs
