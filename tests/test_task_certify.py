@@ -98,3 +98,15 @@ def test_batched_units_equal_the_member_path(run_cli, tanh_job):
         np.testing.assert_allclose(a[column], b[column], rtol=1e-6)
     np.testing.assert_allclose(a["cert_objective"], b["cert_objective"], rtol=1e-12)
     np.testing.assert_allclose(ga["theta"], gb["theta"], atol=1e-7 * np.abs(gb["theta"]).max())
+
+
+def test_diverged_members_named_explicitly_are_skipped_with_a_warning(run_cli, job_copy):
+    import h5py
+
+    with h5py.File(job_copy, "r+") as f:
+        f["members/diverged"][1] = True
+    out = run_cli("task=certify", f"source={job_copy}", "certify.members=[0,1]", "certify.max_iter=20",
+                  "certify.newton=none", *FAST)
+    assert out.returncode == 0, out.stderr
+    assert "surfacekit: warning: certify: job 0: skipping diverged member(s) [1]" in out.stderr
+    assert store.load_group(job_copy, "certify")["analysed"].tolist() == [True, False]

@@ -82,6 +82,16 @@ def select_members(members: pd.DataFrame, wanted: Any, key: str, skip_diverged: 
     return chosen
 
 
+def analysable_members(job: str, task: str, members: pd.DataFrame, wanted: Any, key: str) -> list[int]:
+    """:func:`select_members` without the diverged members, with a stored warning naming those skipped
+    (also the ones ``wanted`` names explicitly: they are never analysed silently)."""
+    everyone = select_members(members, wanted, key, skip_diverged=False)
+    chosen = select_members(members, wanted, key)
+    if len(chosen) < len(everyone):
+        warn(f"{task}: job {job}: skipping diverged member(s) {sorted(set(everyone) - set(chosen))}")
+    return chosen
+
+
 def parameter_count(ref: JobRef) -> int:
     """P, the parameters of one member of the job ``ref`` (read from the shapes of its ``/params``).
 
