@@ -1,6 +1,9 @@
 """task=spectrum: its own file beside the source, joined on (job, member), exact against dense,
 on the objective that was trained; resumable, skips what is done, one-line errors."""
 
+import json
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -266,3 +269,48 @@ def test_more_eigenvalues_than_parameters_fail_that_job_in_one_line(run_cli, job
     assert out.returncode == 2
     assert "spectrum.top_k=300 is invalid: job 0 has P=235 parameters" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _poison(job_file, member):
+    """A NaN in one member's first weight, the member not flagged diverged (as after an overflow)."""
+    with h5py.File(job_file, "r+") as f:
+        w = f["params/layers.0.weight"]
+        values = w[()]
+        values[member, 0, 0] = np.nan
+        w[...] = values
+
+
+def _warnings(sweep, task):
+    (path,) = sweep.glob(f"analyses/{task}-*/{task}.h5")
+    with h5py.File(path) as f:
+        return " ".join(json.loads(f.attrs["warnings"]))
+
+
+@pytest.mark.parametrize("method", ["auto", "lanczos"])
+def test_a_member_that_is_not_finite_is_left_out_with_a_warning(run_cli, job_copy, method):
+    _poison(job_copy, 0)
+    sweep = job_copy.parent.parent
+    out = run_cli("task=spectrum", f"source={sweep}", f"spectrum.index_method={method}", *FAST)
+    assert out.returncode == 0, out.stderr
+    arrays = store.load_group(sweep, "spectrum", job="0")
+    assert arrays["analysed"].tolist() == [False, True]
+    eig = dense_eigenvalues(store.load_job(job_copy), 1)
+    np.testing.assert_allclose(arrays["top"][1], eig[::-1][:3], rtol=1e-8)
+    assert "member(s) [0] not analysed (analysed=False): their loss or gradient" in _warnings(sweep, "spectrum")
+    _poison(job_copy, 1)
+    for path in sweep.glob("analyses/*"):
+        shutil.rmtree(path)
+    none = run_cli("task=spectrum", f"source={sweep}", f"spectrum.index_method={method}", *FAST)
+    assert none.returncode == 2
+    assert none.stderr.strip().splitlines()[-1].startswith("surfacekit: error: spectrum: 1 source job(s) not analysed")
+    assert "no member could be analysed" in none.stderr and "Traceback" not in none.stderr
+
+
+def test_diverged_members_named_explicitly_are_skipped_with_a_warning(run_cli, job_copy):
+    with h5py.File(job_copy, "r+") as f:
+        f["members/diverged"][1] = True
+    sweep = job_copy.parent.parent
+    out = run_cli("task=spectrum", f"source={sweep}", "spectrum.members=[0,1]", *FAST)
+    assert out.returncode == 0, out.stderr
+    assert store.load_group(sweep, "spectrum", job="0")["analysed"].tolist() == [True, False]
+    assert "spectrum: job 0: skipping diverged member(s) [1]" in _warnings(sweep, "spectrum")

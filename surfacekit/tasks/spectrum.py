@@ -47,7 +47,7 @@ from surfacekit.curvature.estimate import count_estimate
 from surfacekit.curvature.memory import available_bytes, dense_bytes, dense_members, gib
 from surfacekit.curvature.population import population_spectrum
 from surfacekit.jobs import warn
-from surfacekit.store import job_population_objective
+from surfacekit.store import ResultsError, job_population_objective
 from surfacekit.tasks import _analysis
 
 GROUP = "spectrum"
@@ -81,7 +81,7 @@ def job_path(size: int, s: Mapping[str, Any], device: str, limit: int | None) ->
 def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict]:
     """Units of a job: batches of ``batch_size`` members on the dense path, single members otherwise
     (the path is part of the unit's key, so a rerun that decides otherwise recomputes)."""
-    ids = _analysis.select_members(members, s.get("members"), "spectrum.members")
+    ids = _analysis.analysable_members(ref.name, GROUP, members, s.get("members"), "spectrum.members")
     size = _analysis.parameter_count(ref)
     for key in ("top_k", "bottom_k"):
         if int(s[key]) > size:
@@ -93,20 +93,38 @@ def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict
 
 
 def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
-    """The rows of the unit's members, stacked on a leading member axis (``member`` holds their ids)."""
+    """The rows of the unit's members, stacked on a leading member axis (``member`` holds their ids).
+    Members whose loss or gradient is not finite at their parameters get no row (``assemble`` warns)."""
+    members = finite_members(job, unit["members"], ctx)
+    if not members:
+        return {"member": np.zeros(0, dtype=np.int64)}
     if unit["path"] == "dense":
-        rows = dense_rows(job, unit["members"], s, ctx)
+        rows = dense_rows(job, members, s, ctx)
     else:
         rows = []
-        for member in unit["members"]:
+        for member in members:
             loss_fn, theta = _analysis.member_objective(job, member, ctx)
             structure = None
             if s["index_method"] in ("auto", "inertia"):
                 structure = _population(job, [member], ctx).affine_input
             rows.append(member_spectrum(loss_fn, theta, s, structure, _analysis.memory_limit(ctx["cfg"])))
     out = {name: np.stack([_analysis.to_numpy(r[name]) for r in rows]) for name in FIELDS + METHODS}
-    out["member"] = np.asarray(unit["members"], dtype=np.int64)
+    out["member"] = np.asarray(members, dtype=np.int64)
     return out
+
+
+def finite_members(job, members: list[int], ctx: dict) -> list[int]:
+    """The ``members`` whose loss and gradient are finite at their parameters (one population gradient):
+    a spectrum exists only there (a NaN parameter of a member not flagged diverged, or an overflow)."""
+    pop = _population(job, members, ctx)
+    point = pop.thetas.detach().to(torch.float64).requires_grad_(True)
+    with torch.enable_grad():
+        losses = pop.losses_fn(point)
+        (grad,) = torch.autograd.grad(losses.sum(), point, allow_unused=True)
+    ok = losses.detach().isfinite()
+    if grad is not None:
+        ok &= grad.isfinite().all(dim=1)
+    return [m for m, good in zip(members, ok.tolist()) if good]
 
 
 def _population(job, members: list[int], ctx: dict):
@@ -211,8 +229,22 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any], struct
 
 
 def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
+    """The job's groups from its units' rows. Members that were selected but have no row (not finite at
+    their parameters: :func:`finite_members`) are warned about and stored as not analysed.
+
+    Raises:
+        ResultsError: no selected member could be analysed.
+    """
     k = len(members)
     by_pos = _analysis.batch_rows_by_position(members, rows)
+    positions = _analysis.member_positions(members)
+    lost = [m for m in _analysis.select_members(members, s.get("members"), "spectrum.members")
+            if positions[m] not in by_pos]
+    reason = "their loss or gradient at the stored parameters is not finite (NaN or inf)"
+    if not by_pos:
+        raise ResultsError(f"spectrum: job {ref.name}: no member could be analysed: {reason} (member(s) {lost})")
+    if lost:
+        warn(f"spectrum: job {ref.name}: member(s) {lost} not analysed (analysed=False): {reason}")
     arrays = _analysis.member_arrays(by_pos, FIELDS, k)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
     arrays.update(_analysis.member_arrays(by_pos, METHODS, k, strings=METHODS))
