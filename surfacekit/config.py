@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from surfacekit.curvature.index import DENSE_EIG_LIMIT
 from surfacekit.models import ACTIVATION_NAMES, INITS, LOSSES, MAXOUT
 from surfacekit.optim import OPTIMIZERS, SCHEDULES
 
@@ -303,7 +304,8 @@ CERTIFY = {"members": int_list(0), "cutoff": number(0, lo_open=True), "relative_
            "newton": choice(("trust-ncg", "trust-krylov", "none")), "newton_max_iter": integer(1),
            "max_distance": number(0, lo_open=True), "flat_threshold": number(0, 1, lo_open=True), "store_theta": boolean,
            "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
-           "index.method": choice(("auto", "dense", "inertia", "lanczos")), "index.dense_limit": integer(1, null=True),
+           "index.method": choice(("auto", "dense", "inertia", "lanczos")),
+           "index.dense_limit": integer(1, DENSE_EIG_LIMIT, null=True),  # auto's batched eigvalsh path: P <= 4,000
            "index.cap": integer(1), "index.tol": number(0, 1, lo_open=True, hi_open=True), "batch_size": integer(1)}
 TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
               "sharpness": SHARPNESS, "certify": CERTIFY}

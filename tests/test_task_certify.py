@@ -74,6 +74,9 @@ def test_bad_settings_are_one_line_errors(run_cli, job_copy):
     bad = run_cli("task=certify", f"source={job_copy}", "certify.newton=bfgs", *FAST)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("surfacekit: error: certify.newton=bfgs is invalid")
+    limit = run_cli("task=certify", f"source={job_copy}", "certify.index.dense_limit=5000", *FAST)
+    assert limit.returncode == 2  # was silently taken as 4,000, the batched path's limit
+    assert "certify.index.dense_limit=5000 is invalid: expected an integer >= 1 <= 4000 or null" in limit.stderr
     missing = run_cli("task=certify", *FAST)
     assert missing.returncode == 2 and "source is required for task=certify" in missing.stderr
 
