@@ -246,6 +246,12 @@ def test_dense_spectra_that_do_not_fit_are_refused(run_cli, job_copy):
     assert "spectrum.index_method=dense is invalid here: P = " in line and "needs about" in line
     auto = run_cli("task=spectrum", f"source={job_copy}", *FAST, "memory_limit_gb=1e-6", "spectrum.index_cap=50")
     assert auto.returncode == 2 and "needs about" in auto.stderr  # lanczos too big for 1 KiB: refused, one line
+    for method in ("dense", "inertia"):  # a dense_limit below P is not ignored by an explicit dense method
+        above = run_cli("task=spectrum", f"source={job_copy}", *FAST, f"spectrum.index_method={method}",
+                        "spectrum.dense_limit=100")
+        assert above.returncode == 2
+        assert f"spectrum.index_method={method} is invalid here: P = " in above.stderr
+        assert "is above spectrum.dense_limit=100" in above.stderr
 
 
 def test_unconverged_eigenvalues_and_capped_counts_are_flagged_and_warned(run_cli, job_copy):

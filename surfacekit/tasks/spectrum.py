@@ -63,9 +63,13 @@ ESTIMATE_CONFIDENCE = 0.95
 def job_path(size: int, s: Mapping[str, Any], device: str, limit: int | None) -> str:
     """How a job of P = ``size`` is analysed: "dense" (batched exact spectra) or "member" (one member at a
     time; the index by ``index_method``). Raises ConfigError when ``index_method`` is dense or inertia
-    and the dense Hessian does not fit (with the estimate)."""
+    and P is above ``dense_limit`` or the dense Hessian does not fit (with the estimate)."""
     method = s["index_method"]
     if method in ("dense", "inertia"):
+        largest = s.get("dense_limit")
+        if largest is not None and size > int(largest):
+            raise ConfigError(f"spectrum.index_method={method} is invalid here: P = {size:,} is above "
+                              f"spectrum.dense_limit={largest}; raise the limit or use index_method=auto or lanczos")
         free = available_bytes(device) if limit is None else limit
         if dense_bytes(size) > free:
             raise ConfigError(f"spectrum.index_method={method} is invalid here: P = {size:,} needs about "
