@@ -207,3 +207,16 @@ def test_a_zero_index_threshold_is_legal_with_a_warning():
         warnings = validate(compose_config([f"task={task}", "source=x", f"{key}=0"]))
         assert len(warnings) == 1 and warnings[0].startswith(f"{key}=0 counts eigenvalues")
         assert validate(compose_config([f"task={task}", "source=x", f"{key}=-0.01"])) == []
+
+
+def test_help_header_names_every_task():
+    """`surfacekit --help` starts with the tasks a job can run: every option of the task group."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    header = OmegaConf.load(conf / "config.yaml").hydra.help.header
+    words = set(header.replace(",", " ").replace("(", " ").replace(")", " ").replace(";", " ").replace("=", " ").split())
+    missing = [p.stem for p in (conf / "task").glob("*.yaml") if p.stem not in words]
+    assert not missing, f"tasks missing from the --help header: {missing}"
