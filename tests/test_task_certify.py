@@ -113,3 +113,21 @@ def test_diverged_members_named_explicitly_are_skipped_with_a_warning(run_cli, j
     assert out.returncode == 0, out.stderr
     assert "surfacekit: warning: certify: job 0: skipping diverged member(s) [1]" in out.stderr
     assert store.load_group(job_copy, "certify")["analysed"].tolist() == [True, False]
+
+
+def test_a_later_run_on_some_members_keeps_the_others_joined(run_cli, tanh_job, tmp_path):
+    """load_members fills each member from the newest certify analysis that analysed it: a run on
+    member 1 alone must not blank member 0's columns from an earlier run on both."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tanh_job.parent.parent, sweep, ignore=shutil.ignore_patterns("analyses"))
+    both = run_cli("task=certify", f"source={sweep}", *FAST)
+    assert both.returncode == 0, both.stderr
+    first = store.load_members(sweep)
+    one = run_cli("task=certify", f"source={sweep}", "certify.members=[1]", "certify.margin=0.005", *FAST)
+    assert one.returncode == 0, one.stderr
+    joined = store.load_members(sweep)
+    assert joined["cert_class"].tolist() == ["minimum", "minimum"]
+    assert joined["cert_objective"][0] == first["cert_objective"][0]
+    assert joined["certify_analysis"][0] == first["certify_analysis"][0] != joined["certify_analysis"][1]

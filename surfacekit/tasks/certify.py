@@ -247,7 +247,9 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
     fields = next(iter(by_pos.values())).keys() if by_pos else []
     arrays = _analysis.member_arrays(by_pos, fields, k, strings=STRINGS)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
-    columns = {"member": members["member"].to_numpy(), **{col: arrays[f] for col, f in COLUMNS.items() if f in arrays}}
+    # "analysed" lets load_members fill the other members from older analyses (it drops the column)
+    columns = {"member": members["member"].to_numpy(), "analysed": arrays["analysed"],
+               **{col: arrays[f] for col, f in COLUMNS.items() if f in arrays}}
     dims = {GROUP: "member", "members": "member", f"{GROUP}/theta": "member,param"}
     return {GROUP: arrays, "members": columns}, dims
 
