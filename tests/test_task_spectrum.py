@@ -320,3 +320,26 @@ def test_diverged_members_named_explicitly_are_skipped_with_a_warning(run_cli, j
     assert out.returncode == 0, out.stderr
     assert store.load_group(sweep, "spectrum", job="0")["analysed"].tolist() == [True, False]
     assert "spectrum: job 0: skipping diverged member(s) [1]" in _warnings(sweep, "spectrum")
+
+
+def test_a_batch_that_does_not_fit_shrinks_to_the_members_that_do(run_cli, job_copy, monkeypatch):
+    """memory_limit_gb that holds one dense Hessian and its working copy (16 P^2 bytes) but not two
+    members' (24 P^2): the unit of two runs as two passes of one member, exact as before."""
+    from surfacekit.tasks import spectrum
+
+    full = run_cli("task=spectrum", f"source={job_copy}", *FAST)
+    assert full.returncode == 0, full.stderr
+    expected = store.load_group(job_copy, "spectrum")
+    p = expected["density_nodes"].shape[-1]
+    sizes = []
+    original = spectrum.population_spectrum
+    monkeypatch.setattr(spectrum, "population_spectrum",
+                        lambda fn, thetas, *a, **k: sizes.append(len(thetas)) or original(fn, thetas, *a, **k))
+    limit = 20 * p * p / 2**30
+    out = run_cli("task=spectrum", f"source={job_copy}", *FAST, f"memory_limit_gb={limit}", "spectrum.top_k=2")
+    assert out.returncode == 0, out.stderr
+    assert sizes == [1, 1]
+    got = store.load_group(job_copy, "spectrum")
+    assert list(got["index_method"]) == ["dense", "dense"]
+    np.testing.assert_allclose(got["top"], expected["top"][:, :2], rtol=1e-10)
+    np.testing.assert_array_equal(got["index_count"], expected["index_count"])
