@@ -131,3 +131,18 @@ def test_a_later_run_on_some_members_keeps_the_others_joined(run_cli, tanh_job, 
     assert joined["cert_class"].tolist() == ["minimum", "minimum"]
     assert joined["cert_objective"][0] == first["cert_objective"][0]
     assert joined["certify_analysis"][0] == first["certify_analysis"][0] != joined["certify_analysis"][1]
+
+
+@pytest.mark.parametrize("method", ["auto", "inertia", "dense"])
+def test_an_index_that_cannot_fit_is_refused_before_any_work(run_cli, job_copy, monkeypatch, method):
+    """memory_limit_gb too small for the index: one line naming the estimate and the limit, and no
+    member is converged first (the refusal used to come after the unit's L-BFGS-B runs)."""
+    from surfacekit.tasks import certify
+
+    monkeypatch.setattr(certify, "converge_population", lambda *a, **k: pytest.fail("converged before refusing"))
+    out = run_cli("task=certify", f"source={job_copy}", f"certify.index.method={method}", "memory_limit_gb=1e-7",
+                  *FAST)
+    assert out.returncode == 2
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("surfacekit: error: certify: 1 source job(s) not analysed")
+    assert "needs about" in line and "GiB" in line.split("more than")[1]

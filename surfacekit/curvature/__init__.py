@@ -17,6 +17,7 @@ from .ggn import GaussNewtonOperator, gauss_newton_operator
 from .hvp import HessianOperator, hessian_operator, hessian_vector_product
 from .index import (
     IndexResult, ThresholdCount, check_threshold, count_below, dense_index, index, index_method, inertia_below,
+    lanczos_workspace,
 )
 from .krylov import miss_probability
 from .lanczos import EigenResult, LanczosResult, eigsh, extreme_eigenvalues, lanczos, ritz
@@ -68,6 +69,7 @@ __all__ = [
     "index_method",
     "inertia_below",
     "lanczos",
+    "lanczos_workspace",
     "miss_probability",
     "population_eigenvalues",
     "population_hessians",

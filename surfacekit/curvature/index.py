@@ -362,13 +362,25 @@ def _nearest(ld: Tensor, pivots: Tensor, which: str, seed: int | None) -> float:
     return float(res.eigenvalues[0]) if res.converged else float("nan")
 
 
+def lanczos_workspace(size: int, cap: int = 1000, block: int = DEFAULT_BLOCK, basis_size: int | None = None,
+                      device: torch.device | str = "cpu", memory_limit: int | None = None) -> tuple[int, int]:
+    """(block, basis) of the Lanczos count of :func:`index` at P = ``size`` (same arguments): its
+    workspace, 8 x (cap + 2 basis + 2 block) x P bytes at most, checked against ``memory_limit``
+    (default: free memory). Call it to refuse a count before any other work.
+
+    Raises:
+        MemoryLimitError: the workspace does not fit (the message gives the estimate).
+    """
+    basis_default = basis_size or DEFAULT_INDEX_BASIS
+    return krylov_workspace(size, block, basis_size, DEFAULT_INDEX_BASIS, cap + basis_default + block,
+                            f"index (lanczos, cap={cap})", device, memory_limit)
+
+
 def _lanczos_count(op, threshold: float | None, relative: float, cap: int, block: int, basis_size: int | None,
                    tol: float, max_steps: int, seed: int | None, memory_limit: int | None) -> IndexResult:
     """The Lanczos path of :func:`index`: the scale, then the certified count of the negative tail."""
     p = op.size
-    basis_default = basis_size or DEFAULT_INDEX_BASIS
-    block, basis = krylov_workspace(p, block, basis_size, DEFAULT_INDEX_BASIS, cap + basis_default + block,
-                                    f"index (lanczos, cap={cap})", op.device, memory_limit)
+    block, basis = lanczos_workspace(p, cap, block, basis_size, op.device, memory_limit)
     like = op.point
     top = block_krylov(op, p, Goal("largest", k=1), block=block, basis=basis, tol=tol, floor=1e-6,
                        max_hvps=max_steps, like=like, seed=seed, certify=False,

@@ -53,9 +53,9 @@ from surfacekit import jobs
 from surfacekit.config import ConfigError
 from surfacekit.critical.certify import classify_curvature, curvature_certificate, screen
 from surfacekit.critical.lockstep import converge_population
-from surfacekit.curvature import dense_index, index_method
+from surfacekit.curvature import dense_index, index_method, lanczos_workspace
 from surfacekit.curvature.index import DENSE_EIG_LIMIT
-from surfacekit.curvature.memory import dense_bytes, dense_members, gib
+from surfacekit.curvature.memory import available_bytes, dense_bytes, dense_members, gib, require_memory
 from surfacekit.curvature.population import population_spectrum
 from surfacekit.models import layer
 from surfacekit.population import dataset_statistics, evaluate, unflatten
@@ -109,7 +109,14 @@ def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict
         raise ConfigError(f"task=certify supports MLP jobs (model=mlp); job {ref.name} is a module population "
                           f"(model._target_={target})")
     ids = _analysis.analysable_members(ref.name, GROUP, members, s.get("members"), "certify.members")
-    path = curvature_path(_analysis.parameter_count(ref), s["index"], str(cfg.device), _analysis.memory_limit(cfg))
+    size, limit = _analysis.parameter_count(ref), _analysis.memory_limit(cfg)
+    path = curvature_path(size, s["index"], str(cfg.device), limit)
+    if path == "member":  # refuse a count that cannot fit before converging anything
+        if s["index"]["method"] == "inertia":
+            require_memory(dense_bytes(size), f"certify index (inertia): a {size:,} x {size:,} float64 Hessian and "
+                           "its LDL^T working copy (16 P^2 bytes)", str(cfg.device), limit)
+        else:
+            lanczos_workspace(size, int(s["index"]["cap"]), device=str(cfg.device), memory_limit=limit)
     size = int(s["batch_size"])
     return {f"{path}-{b[0]:06d}-{b[-1]:06d}": {"path": path, "members": b}
             for b in (ids[i : i + size] for i in range(0, len(ids), size))}
@@ -129,9 +136,11 @@ def curvature_path(size: int, options: dict, device: str, limit: int | None) -> 
     method = options["method"]
     fits = index_method(size, device, None, limit) != "lanczos"
     if method == "dense" and not fits:
+        free = available_bytes(device) if limit is None else limit
         raise ConfigError(f"certify.index.method=dense is invalid here: P = {size:,} needs about "
-                          f"{gib(dense_bytes(size))} for the dense Hessian and its working copy, more than "
-                          f"{'free' if limit is None else 'memory_limit_gb'}; use index.method=auto or lanczos")
+                          f"{gib(dense_bytes(size))} for the dense Hessian and its working copy, more than the "
+                          f"{gib(free)} {'free' if limit is None else 'of memory_limit_gb'}; use index.method=auto "
+                          "or lanczos")
     small = size <= min(options.get("dense_limit") or DENSE_EIG_LIMIT, DENSE_EIG_LIMIT)
     return "dense" if method == "dense" or (method == "auto" and fits and small) else "member"
 
