@@ -146,3 +146,23 @@ def test_an_index_that_cannot_fit_is_refused_before_any_work(run_cli, job_copy, 
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("surfacekit: error: certify: 1 source job(s) not analysed")
     assert "needs about" in line and "GiB" in line.split("more than")[1]
+
+
+def test_a_non_finite_hessian_fails_the_job_in_one_line(run_cli, tanh_job, tmp_path, monkeypatch):
+    """A NaN Hessian product at a finite point (the dense curvature of a unit) ends that job with one
+    line naming it, not a traceback."""
+    import shutil
+
+    from surfacekit.curvature import NonFiniteError
+    from surfacekit.tasks import certify
+
+    def nan_products(*args, **kwargs):
+        raise NonFiniteError("Hessian-vector product 3 of member 0 (row of thetas) is not finite")
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tanh_job.parent.parent, sweep, ignore=shutil.ignore_patterns("analyses"))
+    monkeypatch.setattr(certify, "population_spectrum", nan_products)
+    out = run_cli("task=certify", f"source={sweep}", *FAST)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("surfacekit: error: certify: 1 source job(s) not analysed (0: Hessian-vector product 3")

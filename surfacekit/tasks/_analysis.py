@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from surfacekit.config import ConfigError, resolve_device
-from surfacekit.curvature.errors import MemoryLimitError
+from surfacekit.curvature.errors import MemoryLimitError, NonFiniteError
 from surfacekit.data import DataError
 from surfacekit.jobs import JobError, analysis_root, job_attributes, warn
 from surfacekit.progress import bar
@@ -34,7 +34,9 @@ from surfacekit.store import (
     _job_config, job_objective, load_job, now_iso, set_attrs, write_atomic, _write_groups,
 )
 
-SOURCE_ERRORS = (ConfigError, DataError, ResultsError, MemoryLimitError)  # a job that cannot be analysed
+# a job that cannot be analysed (one line, the other jobs go on); NonFiniteError: a curvature routine met a NaN
+# or infinite product it cannot answer past (tasks leave out members that are not finite at their start)
+SOURCE_ERRORS = (ConfigError, DataError, ResultsError, MemoryLimitError, NonFiniteError)
 
 
 @dataclass
