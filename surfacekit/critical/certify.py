@@ -37,10 +37,11 @@ OpenBLAS's default threads on a shared 2-core machine the same L-BFGS run took 2
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import scipy.optimize
@@ -185,16 +186,28 @@ def converge(loss_fn: LossFn, theta0: Tensor, *, tol: float = 1e-12, rtol: float
     Raises:
         ValueError: ``theta0`` not a 1-D floating tensor, or an unknown ``newton`` method.
     """
-    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+    with scipy_settings():
         return _converge(loss_fn, theta0, tol=tol, rtol=rtol, max_iter=max_iter, memory=memory, newton=newton,
                          newton_max_iter=newton_max_iter)
+
+
+@contextlib.contextmanager
+def scipy_settings() -> Iterator[None]:
+    """The process-wide settings scipy's runs need, set once around them: BLAS threads limited to torch's
+    thread count and scipy's RuntimeWarnings silenced (the trust region at its floor). Both are global
+    state, restored on exit, so they are set by the thread that starts the runs, never inside runs that
+    share a process (:mod:`.lockstep`: set per thread, their saves and restores interleave and a
+    thread's filter outlives the task)."""
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
 
 
 def _converge(loss_fn: LossFn, theta0: Tensor, *, tol: float = 1e-12, rtol: float = 1e-12, max_iter: int = 5000,
               memory: int = 10, newton: str = "trust-ncg", newton_max_iter: int = 200,
               evaluate: Evaluate | None = None) -> Convergence:
-    """:func:`converge` without the BLAS thread limit (the caller sets it once: threadpoolctl's limits are
-    process-wide, so threads must not each set and restore them); ``evaluate(x) -> (loss, gradient)``
+    """:func:`converge` without its :func:`scipy_settings` (the caller sets them once: they are process-wide,
+    so threads must not each set and restore them); ``evaluate(x) -> (loss, gradient)``
     replaces ``loss_fn`` for the loss and gradient (:mod:`.lockstep`: a batched evaluation)."""
     if newton not in NEWTON_METHODS:
         raise ValueError(f"newton={newton!r} is invalid: expected one of {list(NEWTON_METHODS)}")
@@ -238,10 +251,8 @@ def _minimize(track: _Tracker, x: np.ndarray, method: str, target: float, option
         if track.best is not None and track.best[0] <= target:
             raise StopIteration
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns when the trust region hits its floor
-        return scipy.optimize.minimize(track.fun, x, jac=True, method=method, callback=reached,
-                                       hessp=track.hessp if hessp else None, options=options)
+    return scipy.optimize.minimize(track.fun, x, jac=True, method=method, callback=reached,  # in scipy_settings()
+                                   hessp=track.hessp if hessp else None, options=options)
 
 
 def _stop(track: _Tracker, target: float, result) -> str:

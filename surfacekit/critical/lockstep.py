@@ -28,10 +28,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-from .certify import Convergence, _converge
+from .certify import Convergence, _converge, scipy_settings
 from .evaluate import LossFn
 
 # losses_for(rows) -> losses_fn: the population loss of the members at these positions, [n, P] -> [n]
@@ -140,7 +139,7 @@ def converge_population(losses_for: LossesFor, loss_fns: Sequence[LossFn], theta
         finally:
             oracle.done(i)
 
-    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"), ThreadPoolExecutor(max_workers=b) as pool:
+    with scipy_settings(), ThreadPoolExecutor(max_workers=b) as pool:
         futures = [pool.submit(run, i) for i in range(b)]
         try:
             oracle.serve()

@@ -82,3 +82,18 @@ def test_an_error_in_the_batched_evaluation_reaches_the_caller(float64):
     fns = [lambda t: losses(t[None])[0]] * len(starts)
     with pytest.raises(RuntimeError, match="boom"):
         converge_population(failing, fns, starts)
+
+
+def test_the_runs_leave_the_warning_filters_as_they_found_them(float64):
+    """scipy's RuntimeWarnings are silenced once around the runs: when each thread set and restored the
+    filter itself, the interleaved restores left "ignore RuntimeWarning" installed for the rest of the
+    process (every later job of a sweep run in this process lost its RuntimeWarnings)."""
+    import warnings
+
+    losses, starts = problem()
+    fns = [lambda t: losses(t[None])[0]] * len(starts)
+    before = list(warnings.filters)
+    for _ in range(3):
+        converge_population(lambda rows: losses, fns, starts, max_iter=30, newton_max_iter=5)
+        converge(fns[0], starts[0], max_iter=30, newton_max_iter=5)
+    assert warnings.filters == before
