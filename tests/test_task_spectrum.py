@@ -343,3 +343,15 @@ def test_a_batch_that_does_not_fit_shrinks_to_the_members_that_do(run_cli, job_c
     assert list(got["index_method"]) == ["dense", "dense"]
     np.testing.assert_allclose(got["top"], expected["top"][:, :2], rtol=1e-10)
     np.testing.assert_array_equal(got["index_count"], expected["index_count"])
+
+
+def test_a_repeated_member_id_is_analysed_once(run_cli, job_copy, monkeypatch):
+    from surfacekit.tasks import spectrum
+
+    sizes = []
+    original = spectrum.population_spectrum
+    monkeypatch.setattr(spectrum, "population_spectrum",
+                        lambda fn, thetas, *a, **k: sizes.append(len(thetas)) or original(fn, thetas, *a, **k))
+    out = run_cli("task=spectrum", f"source={job_copy}", "spectrum.members=[1,1]", *FAST)
+    assert out.returncode == 0, out.stderr
+    assert sizes == [1]  # was one batch of two copies of member 1

@@ -75,6 +75,7 @@ def select_members(members: pd.DataFrame, wanted: Any, key: str, skip_diverged: 
     diverged members are skipped. Raises ConfigError naming ``key`` for unknown ids."""
     ids = [int(m) for m in members["member"]]
     chosen = ids if wanted is None else ([int(wanted)] if isinstance(wanted, int) else [int(m) for m in wanted])
+    chosen = list(dict.fromkeys(chosen))  # a repeated id is analysed once
     unknown = sorted(set(chosen) - set(ids))
     if unknown:
         raise ConfigError(f"{key}={chosen} is invalid: no member(s) {unknown}; the members are {ids[0]}..{ids[-1]}")
