@@ -544,6 +544,7 @@ def _join_analyses(frame: pd.DataFrame, col: Collection, job: JobRef, analyses: 
     for task, candidates in by_task.items():
         rows = []
         covered: set[int] = set()
+        used: list[AnalysisRef] = []
         for analysis in candidates:  # newest (or first named) first
             extra = _analysis_columns(analysis, job.name)
             if "member" not in extra or extra.empty:
@@ -551,9 +552,11 @@ def _join_analyses(frame: pd.DataFrame, col: Collection, job: JobRef, analyses: 
             extra = extra[~extra["member"].isin(covered)]
             covered |= set(int(m) for m in extra["member"])
             rows.append(extra)
+            used += [analysis] if len(extra) else []
         if rows:
             joined = pd.concat(rows, ignore_index=True)
             _warn_mixed(joined, task, job.name)
+            _warn_mixed_settings(used, task, job.name)
             new = [c for c in joined.columns if c == "member" or c not in frame.columns]
             frame = frame.merge(joined[new], on="member", how="left")
     return frame
@@ -568,6 +571,32 @@ def _warn_mixed(joined: pd.DataFrame, task: str, job: str) -> None:
             kinds = ", ".join(f"{value} ({int(count)} members)" for value, count in joined[column].value_counts().items())
             print(f"surfacekit: warning: job {job}: the {task} columns mix analyses of {key} {kinds}; see the "
                   f"{column} column, or choose with analyses=[...]", file=sys.stderr)
+
+
+# settings that say which members a run analysed and how many per pass, not what its numbers mean
+RUN_SETTINGS = ("members", "batch_size")
+
+
+def _flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if not prefix and key in RUN_SETTINGS:
+            continue
+        out.update(_flat_settings(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _warn_mixed_settings(used: list[AnalysisRef], task: str, job: str) -> None:
+    """Members of one job filled from analyses of different settings (an index threshold, a method): a mean
+    over them mixes two definitions, so say which settings differ (``members`` and ``batch_size`` aside)."""
+    flat = [_flat_settings(a.settings or {}) for a in used]
+    keys = sorted({k for f in flat for k in f if len({json.dumps(g.get(k), sort_keys=True) for g in flat}) > 1})
+    if keys:
+        values = "; ".join(f"{k}: " + " vs ".join(json.dumps(f.get(k)) for f in flat) for k in keys)
+        print(f"surfacekit: warning: job {job}: the {task} columns mix analyses of different settings ({values}); "
+              f"see the {task}_analysis column, or choose with analyses=[...]", file=sys.stderr)
 
 
 def _report_skipped(col: Collection) -> None:

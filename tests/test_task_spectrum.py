@@ -355,3 +355,22 @@ def test_a_repeated_member_id_is_analysed_once(run_cli, job_copy, monkeypatch):
     out = run_cli("task=spectrum", f"source={job_copy}", "spectrum.members=[1,1]", *FAST)
     assert out.returncode == 0, out.stderr
     assert sizes == [1]  # was one batch of two copies of member 1
+
+
+def test_members_joined_from_analyses_of_different_settings_are_warned(run_cli, job_copy, capsys):
+    """load_members fills each member from the newest analysis that analysed it: a later run on member 1
+    with another threshold mixes two definitions of the index in one column, so the loader says so; a
+    later run that differs only in members or batch_size does not."""
+    assert run_cli("task=spectrum", f"source={job_copy}", *FAST).returncode == 0
+    assert run_cli("task=spectrum", f"source={job_copy}", "spectrum.members=[1]", "spectrum.batch_size=1",
+                   *FAST).returncode == 0
+    capsys.readouterr()
+    store.load_members(job_copy)
+    assert "mix analyses of different settings" not in capsys.readouterr().err
+    assert run_cli("task=spectrum", f"source={job_copy}", "spectrum.members=[1]", "spectrum.relative_threshold=2e-5",
+                   *FAST).returncode == 0
+    capsys.readouterr()
+    members = store.load_members(job_copy)
+    err = capsys.readouterr().err
+    assert "the spectrum columns mix analyses of different settings (relative_threshold: 2e-05 vs 1e-05)" in err
+    assert members["spectrum_analysis"][0] != members["spectrum_analysis"][1]
