@@ -14,10 +14,10 @@ from typing import Any, Mapping
 import torch
 
 from surfacekit.data import Dataset
-from surfacekit.models import Spec, forward, init_statistics, member_losses, param_shapes, update_statistics
+from surfacekit.models import Spec, forward, fused, init_statistics, member_losses, param_shapes, update_statistics
 from surfacekit.objective import check_choices, l2_coefficients as objective_l2
 from surfacekit.optim import build_optimizer, coupled_weight_decay, learning_rate, optimizer_config
-from surfacekit.population import Params
+from surfacekit.population import Params, gather_rows
 from surfacekit.seeds import stream_generators
 from surfacekit.train import coupling as couplings, tracking
 from surfacekit.train.common import (
@@ -91,6 +91,7 @@ def train(
     grad_tol = float(trainer_cfg["grad_tol"])
     divergence_loss = float(trainer_cfg["divergence_loss"])
     optimizer_cfg = optimizer_config(optimizer_cfg)
+    fused_step = bool(trainer_cfg["fused_step"]) and fused.supported(spec, loss)
 
     leaves = {name: v.detach().clone().requires_grad_(True) for name, v in params.items()}
     init_params = {name: v.detach().clone() for name, v in params.items()}
@@ -125,16 +126,25 @@ def train(
             lr = learning_rate(optimizer_cfg, epoch + i / steps_per_epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
-            outputs, moments = forward(spec, leaves, x, return_statistics=True)
-            losses = member_losses(outputs, y, loss)
+            x, y = (data.x_train, data.y_train) if idx is None else (gather_rows(data.x_train, idx),
+                                                                     gather_rows(data.y_train, idx))
+            if fused_step:
+                losses, tape = fused.forward(spec, leaves, x, y, loss)
+                moments = {}
+            else:
+                outputs, moments = forward(spec, leaves, x, return_statistics=True)
+                losses = member_losses(outputs, y, loss)
             bad = (~torch.isfinite(losses) | (losses > divergence_loss)) & freezer.active
             if bool(bad.any()):
                 diverged.logical_or_(bad)
                 freezer.freeze(bad, {**leaves, **running})
             active = freezer.active
             optimizer.zero_grad()
-            torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+            if fused_step:
+                for name, grad in fused.gradients(spec, leaves, tape, active).items():
+                    leaves[name].grad = grad
+            else:
+                torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
             keep = lr_scale is not None or coupling is not None
             before = {name: v.detach().clone() for name, v in leaves.items()} if keep else None
             optimizer.step()
