@@ -107,6 +107,7 @@ def train(
     tracker = tracking.start(trainer_cfg, optimizer_cfg, spec, data, loss, seeds, objective, chunk_size, leaves)
 
     steps_per_epoch = 1 if batch_size is None else math.ceil(n / int(batch_size))
+    tape = None  # the fused step's buffers, reused from step to step
     diverged = torch.zeros(k, dtype=torch.bool, device=device)
     converged = torch.zeros(k, dtype=torch.bool, device=device)
     steps_taken = torch.zeros(k, dtype=torch.int64, device=device)
@@ -126,12 +127,12 @@ def train(
             lr = learning_rate(optimizer_cfg, epoch + i / steps_per_epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = (data.x_train, data.y_train) if idx is None else (gather_rows(data.x_train, idx),
-                                                                     gather_rows(data.y_train, idx))
-            if fused_step:
-                losses, tape = fused.forward(spec, leaves, x, y, loss)
+            if fused_step:  # the minibatch gathered into, and every product written over, the last step's buffers
+                losses, tape = fused.forward(spec, leaves, data.x_train, data.y_train, loss, index=idx, reuse=tape)
                 moments = {}
             else:
+                x, y = (data.x_train, data.y_train) if idx is None else (gather_rows(data.x_train, idx),
+                                                                         gather_rows(data.y_train, idx))
                 outputs, moments = forward(spec, leaves, x, return_statistics=True)
                 losses = member_losses(outputs, y, loss)
             bad = (~torch.isfinite(losses) | (losses > divergence_loss)) & freezer.active
@@ -152,7 +153,7 @@ def train(
                 scale_updates(leaves, before, lr_scale)
             if coupling is not None:
                 couplings.step(coupling, leaves, before, active)
-            update_statistics(spec, running, moments, x.shape[-2])
+            update_statistics(spec, running, moments, n if idx is None else idx.shape[1])
             freezer.restore({**leaves, **running})
             steps_taken += active
             step += 1
