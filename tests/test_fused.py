@@ -46,7 +46,7 @@ def test_gradients_equal_autograd(activation, loss, widths, bias, shared, float6
     expected_losses, expected = autograd_gradients(spec, params, x, y, loss, active)
     losses, tape = fused.forward(spec, params, x, y, loss)
     grads = fused.gradients(spec, params, tape, active)
-    assert torch.equal(losses, expected_losses)  # the same operations in the same order
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-14, atol=0)
     assert list(grads) == list(params)
     for name, grad in grads.items():
         assert grad.shape == params[name].shape
@@ -159,3 +159,41 @@ def test_config_rule(run_cli):
 
     with pytest.raises(ConfigError, match=r"trainer.fused_step=3 is invalid: expected true or false"):
         validate(compose_config(["trainer.fused_step=3"]))
+
+
+def test_index_and_reused_buffers(float64):
+    """A minibatch index gathers the rows; a tape passed back lends its buffers (same shapes: the same
+    memory, same values as a fresh pass; a smaller last minibatch: new buffers, no resize warnings)."""
+    import warnings
+
+    spec = MLPSpec(4, (5, 6), 3, "tanh")
+    params, _, _ = problem(spec, "cross_entropy")
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(30, 4, generator=gen), torch.randint(0, 3, (30,), generator=gen)
+    first, second, last = (torch.randint(0, 30, (K, b), generator=gen) for b in (8, 8, 5))
+    losses, tape = fused.forward(spec, params, x, y, "cross_entropy", index=first)
+    expected_losses, expected = autograd_gradients(spec, params, x[first], y[first], "cross_entropy",
+                                                   torch.ones(K, dtype=torch.bool))
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-14, atol=0)
+    grads = fused.gradients(spec, params, tape)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-12, atol=1e-15)
+    pointers = [t.data_ptr() for t in (tape.rows, tape.output_grad, *tape.inputs[1:], *tape.hidden_grads,
+                                       *tape.grads.values())]
+    fresh_losses, fresh = fused.forward(spec, params, x, y, "cross_entropy", index=second)
+    fresh_grads = {name: g.clone() for name, g in fused.gradients(spec, params, fresh).items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses, tape = fused.forward(spec, params, x, y, "cross_entropy", index=second, reuse=tape)
+        assert [t.data_ptr() for t in (tape.rows, tape.output_grad, *tape.inputs[1:], *tape.hidden_grads,
+                                       *tape.grads.values())] == pointers
+        assert torch.equal(losses, fresh_losses)
+        for name, grad in fused.gradients(spec, params, tape).items():
+            assert torch.equal(grad, fresh_grads[name])
+        losses, tape = fused.forward(spec, params, x, y, "cross_entropy", index=last, reuse=tape)
+        assert tape.rows.shape == (K, 5, 4) and tape.output_grad.shape == (K, 5, 3)
+        expected_losses, expected = autograd_gradients(spec, params, x[last], y[last], "cross_entropy",
+                                                       torch.ones(K, dtype=torch.bool))
+        torch.testing.assert_close(losses, expected_losses, rtol=1e-14, atol=0)
+        for name, grad in fused.gradients(spec, params, tape).items():
+            torch.testing.assert_close(grad, expected[name], rtol=1e-12, atol=1e-15)
