@@ -178,14 +178,14 @@ def test_index_and_reused_buffers(float64):
     grads = fused.gradients(spec, params, tape)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected[name], rtol=1e-12, atol=1e-15)
-    pointers = [t.data_ptr() for t in (tape.rows, tape.output_grad, *tape.inputs[1:], *tape.hidden_grads,
+    pointers = [t.data_ptr() for t in (tape.rows, tape.outputs, tape.output_grad, *tape.inputs[1:], *tape.hidden_grads,
                                        *tape.grads.values())]
     fresh_losses, fresh = fused.forward(spec, params, x, y, "cross_entropy", index=second)
     fresh_grads = {name: g.clone() for name, g in fused.gradients(spec, params, fresh).items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         losses, tape = fused.forward(spec, params, x, y, "cross_entropy", index=second, reuse=tape)
-        assert [t.data_ptr() for t in (tape.rows, tape.output_grad, *tape.inputs[1:], *tape.hidden_grads,
+        assert [t.data_ptr() for t in (tape.rows, tape.outputs, tape.output_grad, *tape.inputs[1:], *tape.hidden_grads,
                                        *tape.grads.values())] == pointers
         assert torch.equal(losses, fresh_losses)
         for name, grad in fused.gradients(spec, params, tape).items():
