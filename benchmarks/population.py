@@ -23,6 +23,9 @@ one run, alternating, best of ``--repeats``:
   and operand layouts ([K, B, 64] x [K, 64, 100] forward; the outputs as [K, 10, 100] x [K, 100, B];
   the weight gradients [K, 10, B] x [K, B, 100] and [K, 100, B] x [K, B, 64]; the hidden gradient
   [K, B, 10] x [K, 10, 100]), into preallocated outputs: the ceiling the step is measured against.
+* ``GEMMs, autograd's layouts``: the same products in the layouts of the autograd step (the outputs
+  as [K, B, 100] x [K, 100, 10]), each into a new tensor: the ceiling as it was measured before
+  the fused step (shown for comparison, not the reference of the fractions).
 
 The table gives seconds, the ratio to the fused population step, GFLOP/s (the five products' flops
 per step, 2 K B (2 x 64 x 100 + 3 x 100 x 10), over the step's time), that rate as a fraction of the
@@ -126,6 +129,22 @@ def loop_run(spec, x, y, seeds, steps, batch, clock=time.perf_counter):
     return clock() - start
 
 
+def gemm_run_before(k, batch, steps, clock=time.perf_counter):
+    """The same five products in the layouts of the autograd step (outputs as h W^T [K, B, 10]) and of
+    the ceiling before the fused step, each into a new tensor."""
+    g = torch.Generator().manual_seed(0)
+    x, w1, h, w2 = (torch.randn(*s, generator=g) for s in ((k, batch, 64), (k, 100, 64), (k, batch, 100), (k, 10, 100)))
+    g2, g1 = torch.randn(k, batch, 10, generator=g), torch.randn(k, batch, 100, generator=g)
+    start = clock()
+    for _ in range(steps):
+        torch.bmm(x, w1.transpose(1, 2))
+        torch.bmm(h, w2.transpose(1, 2))
+        torch.bmm(g2.transpose(1, 2), h)
+        torch.bmm(g2, w2)
+        torch.bmm(g1.transpose(1, 2), x)
+    return clock() - start
+
+
 def gemm_run(k, batch, steps, clock=time.perf_counter):
     """The fused step's five batched matrix products alone, same shapes and operand layouts, written
     into preallocated outputs as the step writes into its buffers."""
@@ -182,6 +201,7 @@ def main() -> None:
         sides["autograd, compiled"] = lambda: autograd_run(*run, compiled=True)
     sides["loop over torch modules"] = lambda: loop_run(*run)
     sides["batched GEMMs alone"] = lambda: gemm_run(args.members, args.batch, args.steps, clock)
+    sides["GEMMs, autograd's layouts"] = lambda: gemm_run_before(args.members, args.batch, args.steps, clock)
     population_run(spec, x, y, seeds[:2], 5, args.batch)  # warm-up
     loop_run(spec, x, y, seeds[:2], 5, args.batch)
     times: dict[str, list[float]] = {name: [] for name in sides}

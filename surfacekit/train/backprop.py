@@ -4,6 +4,9 @@ The population loss is the sum of member losses, each on the member's own miniba
 element-wise optimizer over the stacked tensors equals K independent runs. With batch norm, every
 training step normalizes with its minibatch's moments and updates each member's running statistics
 as torch does; at the end the exact full-training-set statistics are stored for evaluation mode.
+A plain MLP (no batch norm, residual connections or maxout) with loss cross_entropy or mse takes the
+fused step (``trainer.fused_step``, :mod:`surfacekit.models.fused`): the same gradients by a
+hand-written forward and backward pass into buffers reused from step to step.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ def train(
     trainer_cfg (complete, as composed from ``conf/trainer/backprop.yaml``): epochs, batch_size (null:
     full batch), eval_every (epochs), grad_tol (a member whose full-data gradient norm falls below
     it is converged and frozen; 0 disables), divergence_loss (a member whose minibatch loss is
-    non-finite or above it is marked diverged and frozen), snapshots. optimizer_cfg: an
+    non-finite or above it is marked diverged and frozen), snapshots, fused_step (plain MLPs with loss
+    cross_entropy or mse: the hand-written forward and backward pass of :mod:`surfacekit.models.fused`
+    instead of autograd; other networks and losses always use autograd). optimizer_cfg: an
     ``optimizer`` group config (missing fields take the YAML defaults).
     lr_scale [K]: per-member learning-rate multipliers, applied by scaling each member's update (exact
     for every optimizer whose step is proportional to lr, i.e. all but rprop).
