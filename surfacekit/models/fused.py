@@ -132,6 +132,7 @@ def forward(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, 
     k = params[param_name(0, "weight")].shape[0]
     rows = None
     if index is not None:
+        index = index.contiguous()  # a minibatch is a column slice of the epoch's orders: one copy, not two
         rows = gather_rows(x, index, out=_buffer(old.rows, (*index.shape, *x.shape[1:]), x))
         x, targets = rows, gather_rows(targets, index)
     batch = x.shape[-2]
