@@ -212,7 +212,8 @@ def main() -> None:
         loads.append(load())
     best = {name: min(t) for name, t in times.items()}
     flops = 2 * args.members * args.batch * (2 * 64 * 100 + 3 * 100 * 10) * args.steps
-    gemm, loop, fused_step = flops / best["batched GEMMs alone"], best["loop over torch modules"], best["population (fused)"]
+    gemm, loop = flops / best["batched GEMMs alone"], best["loop over torch modules"]
+    fused_step = best["population (fused)"]
     print(f"K={args.members} networks 64-100-10 ReLU, {args.steps} SGD steps of {args.batch}, float32, "
           f"{args.threads} threads, {'CPU' if args.cpu_time else 'wall-clock'} time, best of {args.repeats} "
           f"alternating runs; load average {' -> '.join(loads)}")

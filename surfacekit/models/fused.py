@@ -13,8 +13,10 @@ error 2 (o - t), each divided by B (the loss of a member is the mean over its mi
 Why not autograd: for the small layers of a population step, the graph costs as much as the
 arithmetic. Autograd computes the weight gradient in the transposed layout h^T g and copies it into
 [K, out, in], runs the loss's backward as a chain of element-wise kernels (logsumexp, gather, mean)
-and keeps one node per operation. This path does the same products with no copies and fuses the
-loss's gradient into its forward pass (``benchmarks/population.py`` measures both side by side).
+and keeps one node per operation. This path does the same products with no copies, computes the
+loss's gradient in its forward pass, stores the outputs classes first ([K, C, B]: faster products
+and reductions for few outputs, :func:`loss_and_gradient`) and writes into the last step's buffers
+(:class:`Tape`); ``benchmarks/population.py`` measures it against autograd side by side.
 The results are autograd's to rounding (tested in float64 against ``torch.autograd``); the element-wise
 activation backward is autograd's own kernel (``aten::threshold_backward``, ``tanh_backward``,
 ``sigmoid_backward``), so those steps are bit-identical.
@@ -45,13 +47,14 @@ class Tape(NamedTuple):
     inputs: the input of every layer, h_0 = x ([K, B, in] or [B, in] shared) and the hidden layers'
     outputs h_1 .. h_{L-1} [K, B, width]; outputs: the network's outputs [K, B, C]; output_grad:
     d(member loss)/d(outputs) [K, B, C] of every member's mean loss over its minibatch (both stored
-    classes first, as [K, C, B] transposed: see :func:`loss_and_gradient`); hidden_grads: the backward's buffers for dL/dz of the hidden
-    layers [K, B, width]; grads: the buffers :func:`gradients` fills and returns, by parameter name;
+    classes first, as [K, C, B] transposed: see :func:`loss_and_gradient`); hidden_grads: the
+    backward's buffers for dL/dz of the hidden layers [K, B, width]; grads: the buffers
+    :func:`gradients` fills and returns, by parameter name;
     rows: the minibatch's inputs [K, B, in] gathered by ``index`` (None without one).
     A tape passed back to :func:`forward` (``reuse=``) lends it all these buffers: the next step
     overwrites them instead of allocating, which spares the page faults of fresh memory (on Linux,
-    glibc returns large freed blocks to the system; first touching them again cost about a quarter
-    of a step of the benchmark's population).
+    glibc returns large freed blocks to the system; touching fresh memory again cost about 800 page
+    faults and a fifth of a step, in system time, for the benchmark's population).
     """
 
     inputs: list[torch.Tensor]
@@ -123,7 +126,9 @@ def forward(spec: MLPSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor, 
     this step overwrites where the shapes agree (that tape and the gradients it returned are then invalid).
 
     Raises:
-        ValueError: a network or loss that :func:`supported` refuses (use autograd for those).
+        ValueError: a network or loss that :func:`supported` refuses (use autograd for those), or
+            cross_entropy with regression targets.
+        IndexError: an index outside the rows of x.
     """
     if not supported(spec, loss):
         raise ValueError(f"the fused step covers plain MLPs (no batch norm, residual or maxout) with losses "
