@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from surfacekit.config import group_defaults
+from support import compose_config
+from surfacekit.config import ConfigError, group_defaults, validate
 from surfacekit.models import MLPSpec, forward, fused, member_losses
 from surfacekit.models.module import module_spec
 from surfacekit.population import gather_rows, init_population, member_seed
@@ -153,10 +154,9 @@ def test_trainer_fused_equals_autograd(optimizer, digits64):
     assert (on.curves["train_loss"][[0, 2], -1] < on.curves["train_loss"][[0, 2], 0]).all()
 
 
-def test_config_rule(run_cli):
-    from surfacekit.config import ConfigError, validate
-    from support import compose_config
-
+def test_config_rule():
+    assert group_defaults("trainer", "backprop")["fused_step"] is True
+    validate(compose_config(["trainer.fused_step=false"]))
     with pytest.raises(ConfigError, match=r"trainer.fused_step=3 is invalid: expected true or false"):
         validate(compose_config(["trainer.fused_step=3"]))
 
