@@ -197,3 +197,21 @@ def test_index_and_reused_buffers(float64):
         torch.testing.assert_close(losses, expected_losses, rtol=1e-14, atol=0)
         for name, grad in fused.gradients(spec, params, tape).items():
             torch.testing.assert_close(grad, expected[name], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("spec,loss,expected", [(MLPSpec(64, (5,), 10, "relu"), "cross_entropy", True),
+                                                (MLPSpec(64, (5,), 10, "relu"), "hinge", False),
+                                                (MLPSpec(64, (5,), 10, "relu", batch_norm=True), "mse", False)])
+def test_trainer_takes_the_fused_step_by_default_where_covered(spec, loss, expected, digits64, monkeypatch):
+    calls, original = [], fused.gradients
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "gradients", counted)
+    trainer = {**group_defaults("trainer", "backprop"), "epochs": 1, "batch_size": 100}
+    seeds = [member_seed(0, 0)]
+    train(spec, digits64, init_population(spec, seeds), seeds, {"name": "sgd", "lr": 0.1}, trainer, loss, progress=False)
+    assert bool(calls) == expected
+
