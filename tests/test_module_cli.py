@@ -108,6 +108,9 @@ def test_the_choromanska_sweep_runs_over_convolutional_widths(run_cli, tmp_path)
     (["model=cnn", "model.kernel_size=2"], "model.kernel_size=2 is invalid: expected an odd integer >= 1"),
     (["model=cnn", "data=teacher", "model.loss=mse"], "a CNN takes images (channels, height, width)"),
     (["model=module", "model._target_=support.UserNet", "+model.args.hiden=3"], "unexpected keyword argument 'hiden'"),
+    (["model=module", "model._target_=support.FrozenNet"], "has parameters with requires_grad=False (body.1.weight): "
+                                                           "a population trains every parameter"),
+    (["model=module", "model._target_=support.RandomFeaturesNet"], "has buffers that depend on the seed (projection)"),
     (["model=resnet", "population.size=100000000"], "population.size=100000000 with 817 parameters per network needs about"),
 ])
 def test_module_configs_are_refused_in_one_line(run_cli, args, message):
