@@ -274,7 +274,13 @@ class ModuleObjective:
         ``hvp="batches"`` (and a separable objective): :class:`BatchHessianOperator`, products a batch
         at a time; otherwise (``hvp="graph"``, or batch norm in batch mode, which couples the batches)
         the generic operator over the whole objective with ``backend``.
+
+        Raises:
+            ValueError: the objective computes in another dtype than float64 (``objective_from_module(dtype=...)``).
         """
+        if self.problem.dtype != torch.float64:
+            raise ValueError(f"the objective computes in {str(self.problem.dtype).replace('torch.', '')} "
+                             "(objective_from_module(dtype=...)); curvature needs dtype=torch.float64")
         if self.problem.hvp == "batches" and self.problem.separable:
             return BatchHessianOperator(self, theta)
         return HessianOperator(self, theta, backend)
@@ -407,6 +413,8 @@ def _data_form(data: Any, chunk_size: int | None) -> int | None:
         lengths = {len(t) for t in data}
         if len(lengths) != 1:
             raise ValueError(f"data tensors have different lengths {sorted(lengths)}")
+        if not len(data[0]):
+            raise ValueError("data hold no examples")
         return int(chunk_size or len(data[0]))
     if iter(data) is data:
         raise TypeError("data is a one-shot iterator: pass a DataLoader, a list of batches or a tuple of tensors, "

@@ -189,6 +189,19 @@ def test_data_that_cannot_define_a_full_data_objective_is_refused(net, data):
                               "cross_entropy", data)
     with pytest.raises(ValueError, match="bn_mode='train' is invalid"):
         objective_from_module(net, "cross_entropy", data, bn_mode="train")
+    with pytest.raises(ValueError, match="data hold no examples"):
+        objective_from_module(net, "cross_entropy", (data[0][:0], data[1][:0]))
+
+
+@pytest.mark.parametrize("bn_mode, hvp", [("eval", "batches"), ("eval", "graph"), ("batch", "batches")])
+def test_curvature_of_a_float32_objective_is_refused_in_one_line(net, data, bn_mode, hvp):
+    single = objective_from_module(net, "cross_entropy", data, dtype=torch.float32, bn_mode=bn_mode, hvp=hvp)
+    for routine in (lambda: curvature.index(single, single.theta),
+                    lambda: curvature.hessian_vector_product(single, single.theta, torch.ones_like(single.theta))):
+        with pytest.raises(ValueError, match=r"^the objective computes in float32 \(objective_from_module\(dtype=...\)\); "
+                                             "curvature needs dtype=torch.float64$"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            routine()
 
 
 def test_explicit_cpu_device_takes_the_same_path(net, data):
