@@ -203,6 +203,16 @@ def test_flatness_needs_the_sharpness_task(tmp_path, capsys):
     assert "run surfacekit task=sharpness" in one_error_line(capsys, "flatness")
 
 
+def test_flatness_without_a_varying_hyperparameter_is_one_line(tmp_path, capsys):
+    """A width sweep at one learning rate and batch size: no axis of the granulated coefficient varies."""
+    measures = {name: np.arange(1.0, 4.0) for name in ("sharpness_lambda_max", "sharpness_trace", "keskar_sharpness",
+                                                        "adaptive_sharpness", "pac_bayes_flatness")}
+    for j in range(2):
+        flatness_job(tmp_path / "sweep" / str(j) / "results.h5", [1.0, 1.0, 1.0], 50, measures, [0.01, 0.02, 0.03])
+    assert script("flatness").main([str(tmp_path / "sweep")]) == 2
+    assert "varies among its 6 networks" in one_error_line(capsys, "flatness")
+
+
 def test_flatness_end_to_end_on_a_tiny_job(run_cli, tmp_path):
     out = run_cli(*TINY, "population.size=4", "population.lr_scale=[0.5,1.0,2.0,4.0]", "trainer.epochs=3",
                   f"hydra.run.dir={tmp_path}/run")
