@@ -331,6 +331,14 @@ def nearest_keys(key: str, known: Iterable[str], n: int = 3) -> list[str]:
     return close[:n]
 
 
+def mapping_hint(key: str) -> str | None:
+    """For a free-form mapping named whole (``model.args``): how to set its entries; else None."""
+    if f"{key}." not in FREE_FORM:
+        return None
+    return (f"{key} is a mapping that exists already: add entries with +{key}.KEY=VALUE (e.g. +{key}.hidden=64) "
+            f"or replace it whole with ++{key}={{KEY: VALUE}}")
+
+
 def check_overrides(overrides: Iterable[str], cfg: DictConfig) -> None:
     """Reject overrides that add keys the config does not have (``+key``: typos; every setting exists
     in the YAML already) or delete settings (``~key``: every setting needs a value). Free-form maps
@@ -347,6 +355,8 @@ def check_overrides(overrides: Iterable[str], cfg: DictConfig) -> None:
         if text.startswith("~"):
             raise ConfigError(f"{text}: deleting a setting is not supported (every setting needs a value); "
                               f"set it instead, e.g. {key}=VALUE")
+        if mapping_hint(key):
+            raise ConfigError(f"{text}: {mapping_hint(key)}")
         others = [k for k in known if k != key]
         hint = nearest_keys(key, others)
         raise ConfigError(f"{text}: no such setting{'; did you mean ' + ' or '.join(hint) + '?' if hint else ''} "
