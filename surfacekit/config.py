@@ -450,6 +450,10 @@ def _zero_thresholds(cfg: DictConfig, task: str) -> list[str]:
 
 TRAINING_GROUPS = ("data", "model", "optimizer", "trainer", "population")
 OWN_OPTIMIZER = ("dtp", "penalty", "hessian_free", "scg")  # trainers that do not use the optimizer group
+# Settings that act only with another setting on (a warning names them when given without it).
+COUPLING_KEYS = ("trainer.tau", "trainer.beta", "trainer.delta", "trainer.communication")
+TRACKING_KEYS = ("trainer.sharpness_tol", "trainer.sharpness_max_hvps")
+HIDDEN_LAYER_KEYS = ("model.width", "model.activation", "model.maxout_pieces", "model.batch_norm", "model.residual")
 
 
 def _override_keys(overrides: Iterable[str]) -> list[str]:
@@ -507,6 +511,14 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
         if given:
             warnings.append(f"{', '.join(given)} has no effect with trainer={method_name}: it sets its own steps "
                             "(see its trainer.* settings)")
+    for condition, settings, reason in (
+            (get(cfg, "trainer.coupling", "none") in (None, "none"), COUPLING_KEYS, "trainer.coupling=none (independent members)"),
+            (not get(cfg, "trainer.track_sharpness", 0), TRACKING_KEYS, "trainer.track_sharpness=0 (no tracking)"),
+            (get(cfg, "model.widths") is None and get(cfg, "model.depth") == 0 and not get(cfg, "model._target_"),
+             HIDDEN_LAYER_KEYS, "model.depth=0 (no hidden layer: logistic or linear regression)")):
+        given = [k for k in keys if k in settings]
+        if condition and given:
+            warnings.append(f"{', '.join(given)} has no effect with {reason}")
     if method_name == "penalty" and "trainer.epochs" in keys:
         warnings.append("trainer.epochs has no effect with trainer=penalty: its schedule is trainer.stages x "
                         "trainer.alternations")
