@@ -127,9 +127,15 @@ def summary(groups: dict) -> str:
     ok = a["analysed"]
     sigma = a["pac_bayes_sigma"][ok]
     pac = f"{np.nanmean(sigma):.4g}" if np.isfinite(sigma).any() else "none (regression targets)"
-    return (f"  {int(ok.sum())} members; means: lambda_max {np.nanmean(a['lambda_max'][ok]):.4g}, trace "
+    line = (f"  {int(ok.sum())} members; means: lambda_max {np.nanmean(a['lambda_max'][ok]):.4g}, trace "
             f"{np.nanmean(a['trace'][ok]):.4g}, Keskar {np.nanmean(a['keskar'][ok]):.4g} %, adaptive "
             f"{np.nanmean(a['adaptive'][ok]):.4g}, PAC-Bayes sigma {pac}")
+    unbounded = np.flatnonzero(ok & np.isposinf(a["pac_bayes_sigma_above"]))
+    if len(unbounded):
+        line += (f"\n  PAC-Bayes sigma of members {unbounded.tolist()} is only a lower bound: the training error never "
+                 f"rose by pac_bayes_drop up to sigma {np.max(a['pac_bayes_sigma'][unbounded]):.4g} (training error "
+                 f"{np.max(a['pac_bayes_train_error'][unbounded]):.3g}: near chance?); pac_bayes_sigma_above is inf")
+    return line
 
 
 TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
