@@ -4,7 +4,8 @@
 trainer groups, and the selected task's settings) and the ``+`` overrides, and raises
 :class:`ConfigError` with one line naming the key, the value and what is expected. Values that are
 legal but dubious produce warnings (returned, printed and stored in the results file). Checks that
-need the data (a batch larger than the training set) are in :func:`validate_with_data`.
+need the data and the built network (a batch larger than the training set, a batch of one with batch
+norm) are in :func:`validate_with_data`.
 
 Defaults live in the YAML files under ``conf/`` only; :func:`group_defaults` reads one option's
 file for direct (non-Hydra) use. The rules are written out here rather than as Hydra structured
@@ -743,11 +744,15 @@ def _validate_methods(cfg: DictConfig, method: str, optimizer: str) -> None:
                   "zero curvature in the outputs, so its Gauss-Newton matrix is 0); or trainer.curvature=hessian")
 
 
-def validate_with_data(cfg: DictConfig, num_train: int) -> None:
-    """Checks that need the data: a minibatch larger than the training set."""
+def validate_with_data(cfg: DictConfig, num_train: int, batch_norm: bool = False) -> None:
+    """Checks that need the data and the built network: a minibatch larger than the training set; with
+    batch norm, a minibatch of one example (its variance is undefined)."""
     bs = get(cfg, "trainer.batch_size")
     if bs is not None and bs > num_train:
         _fail("trainer.batch_size", bs, f"<= {num_train} (the training set size) or null for full batch")
+    if batch_norm and bs is not None and (bs == 1 or num_train % bs == 1):
+        _fail("trainer.batch_size", bs, f"a size that leaves no batch of one example of the {num_train} training "
+              f"examples (batch norm needs at least 2 per batch), e.g. {bs + 1} or null")
 
 
 # ----------------------------------------------------------------------------------- resources

@@ -115,6 +115,10 @@ def test_the_choromanska_sweep_runs_over_convolutional_widths(run_cli, tmp_path)
      "model.args: model.args is a mapping that exists already: add entries with +model.args.KEY=VALUE"),
     (["model=module", "model._target_=support.UserNet", "+model.args={hidden: 3}"],
      "or replace it whole with ++model.args={KEY: VALUE}"),
+    (["model=cnn", "trainer.batch_size=33"], "trainer.batch_size=33 is invalid: expected a size that leaves no batch of "
+                                             "one example of the 100 training examples (batch norm needs at least 2"),
+    (["model=module", "model._target_=support.UserNet", "trainer.batch_size=1"], "trainer.batch_size=1 is invalid"),
+    (["model.batch_norm=true", "trainer.batch_size=99"], "trainer.batch_size=99 is invalid: expected a size that leaves"),
     (["model=resnet", "population.size=100000000"], "population.size=100000000 with 817 parameters per network needs about"),
 ])
 def test_module_configs_are_refused_in_one_line(run_cli, args, message):
