@@ -117,7 +117,7 @@ def test_method_of_a_job():
             easgd.method_of(case(coupling, 0.9, optimizer))
 
 
-def test_easgd_analysis_on_tiny_jobs(run_cli, tmp_path):
+def test_easgd_analysis_on_tiny_jobs(run_cli, tmp_path, capsys):
     common = (*TINY, "population.size=3", "trainer.batch_size=25", "trainer.epochs=3", "optimizer.schedule=constant")
     for name, extra in (("c", ["trainer.coupling=easgd", "trainer.tau=2"]), ("m", ["trainer.coupling=eamsgd", "trainer.tau=2"]),
                         ("b", ["trainer.coupling=easgd", "trainer.beta=0"]), ("n", ["trainer.coupling=eamsgd", "trainer.beta=0"])):
@@ -139,6 +139,9 @@ def test_easgd_analysis_on_tiny_jobs(run_cli, tmp_path):
     assert set(momentum["comparison"]) == {"momentum SGD vs SGD", "EAMSGD vs EASGD"}
     for name in ("test_error_vs_steps", "test_error_vs_gradient_evaluations", "train_loss_vs_steps", "spread_vs_tau"):
         assert (folder / f"{name}.png").exists()
+    capsys.readouterr()
+    assert easgd.main([str(tmp_path / "sweep" / "c")]) == 0  # one job: nothing to compare, said in words
+    assert "momentum effect: no pair to compare" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------- flatness
