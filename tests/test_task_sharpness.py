@@ -118,3 +118,15 @@ def test_summary_says_when_the_pac_bayes_sigma_is_only_a_lower_bound():
     assert "PAC-Bayes sigma of members [1] is only a lower bound" in text and "1024" in text and "0.9" in text
     arrays["pac_bayes_sigma_above"][1] = 2048.0
     assert "lower bound" not in summary({"sharpness": arrays})
+
+
+def test_summary_names_members_whose_eigenvalues_did_not_converge():
+    from surfacekit.tasks.sharpness import COLUMNS, FIELDS, summary
+
+    arrays = {name: np.ones(2) for name in FIELDS}
+    arrays.update(analysed=np.array([True, True]), lambda_max_converged=np.array([True, False]),
+                  lambda_max_residual=np.array([1e-9, 0.26]), pac_bayes_sigma_above=np.array([2.0, 2.0]))
+    text = summary({"sharpness": arrays})
+    assert "lambda_max of members [1] did not converge within sharpness.max_steps (Ritz residual up to 0.26)" in text
+    assert "adaptive sharpness" not in text
+    assert COLUMNS["lambda_max_converged"] == "sharpness_lambda_max_converged"
