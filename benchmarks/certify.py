@@ -3,12 +3,13 @@
     python benchmarks/certify.py certify JOB [--members 5] [--threads 1]
     python benchmarks/certify.py embedded SWEEP [--widths 4 6 8] [--per-width 3] [--starts 3]
 
-``certify``: for each of the first ``--members`` members of a training job (e.g. one width of
-``experiment=choromanska_certified``), one after the other in this process: ``task=certify``'s
-per-member computation (L-BFGS-B and trust-region Newton to ``||g||^2 <= 1e-12``, the index, lambda_min
-and lambda_max) and ``task=spectrum``'s (top-5 and bottom-5 with certificates, the index, Hutchinson
-trace, SLQ density), both with the tasks' default settings, on the trained objective in float64.
-Prints seconds, gradients and HVPs per member, the ratio certify / spectrum, and the load average.
+``certify``: the first ``--members`` members of a training job (e.g. one width of
+``experiment=choromanska_certified``) certified side by side in this process, with ``task=certify``'s
+settings (L-BFGS-B and trust-region Newton to ``||g||^2 <= 1e-12``, the index, lambda_min and
+lambda_max) on the trained objective in float64: one member per unit with the Lanczos index (the
+path before batching), all in one unit (lockstep L-BFGS-B and the dense Hessians' eigenvalues of the
+batch: the default), and ``task=spectrum``'s dense batch for reference. Prints seconds per member,
+gradients, HVPs, the speed-up over the per-member path, whether classes and indices agree, and the load.
 
 ``embedded``: for each width in ``--widths`` of a sweep certified by ``task=certify`` (one hidden
 layer, e.g. ``experiment=dauphin_index``), the first ``--per-width`` certified minima of every
@@ -36,7 +37,6 @@ from surfacekit.config import group_defaults
 from surfacekit.critical import find
 from surfacekit.tasks import certify as certify_task
 from surfacekit.tasks import spectrum as spectrum_task
-from surfacekit.tasks._analysis import member_objective
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analyses"))
 from index_vs_loss import certified_points, embedded_saddles  # noqa: E402
@@ -47,24 +47,38 @@ def settings(task: str) -> dict:
 
 
 def cost_table(source: Path, members: int) -> pd.DataFrame:
+    """Certify the first ``members`` members three ways, side by side in this process: one member per
+    unit with the Lanczos index (the path before batching: ``index.dense_limit`` was 1,000), one unit of
+    all of them (lockstep L-BFGS-B, dense batched curvature: the default), and the spectrum task's
+    dense batch for reference."""
     job = store.load_job(source)
-    cfg = OmegaConf.create({"objective": "trained", "bn_mode": "batch", "chunk_size": None})
-    cert_s, spec_s = settings("certify"), settings("spectrum")
-    cert_s["store_theta"] = False
-    rows = []
-    for member in [int(m) for m in job.members["member"][:members]]:
-        ctx = {"cfg": cfg, "info": store.job_objective(job, member)[2], "cache": {}}
-        member_objective(job, member, ctx)  # the objective built outside the timings
+    ids = [int(m) for m in job.members["member"][:members]]
+    cfg = OmegaConf.create({"objective": "trained", "bn_mode": "batch", "chunk_size": None, "device": "cpu"})
+    info = store.job_objective(job, ids[0])[2]
+    base = settings("certify")
+    base["store_theta"] = False
+    member = {**base, "batch_size": 1, "index": {**base["index"], "method": "lanczos"}}
+    variants = {"member units, Lanczos index (before)": (certify_task, member, [[m] for m in ids], "member"),
+                "one batch, lockstep + dense (now)": (certify_task, base, [ids], "dense"),
+                "spectrum task, dense batch": (spectrum_task, settings("spectrum"), [ids], "dense")}
+    rows, outputs = [], {}
+    for name, (task, s, units, path) in variants.items():
         t0 = time.perf_counter()
-        c = certify_task.compute(job, member, cert_s, ctx)
-        t1 = time.perf_counter()
-        s = spectrum_task.compute(job, member, spec_s, ctx)
-        t2 = time.perf_counter()
-        rows.append({"member": member, "P": int(sum(v[0].numel() for v in job.params.values())),
-                     "class": str(c["classification"]), "certify_s": t1 - t0, "certify_grads": int(c["grads"]),
-                     "certify_hvps": int(c["hvps"]), "spectrum_s": t2 - t1, "spectrum_hvps": int(s["hvps"]),
-                     "ratio": (t1 - t0) / (t2 - t1), "load": os.getloadavg()[0]})
-    return pd.DataFrame(rows)
+        outs = [task.compute(job, {"path": path, "members": u}, s, {"cfg": cfg, "info": info, "cache": {}})
+                for u in units]
+        seconds = time.perf_counter() - t0
+        out = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        outputs[name] = out
+        rows.append({"variant": name, "members": len(ids), "s_per_member": seconds / len(ids),
+                     "grads": int(out["grads"].sum()) if "grads" in out else 0, "hvps": int(out["hvps"].sum()),
+                     "load": os.getloadavg()[0]})
+    table = pd.DataFrame(rows)
+    table["speedup"] = table.s_per_member.iloc[0] / table.s_per_member
+    before, now = (outputs[k] for k in list(variants)[:2])
+    same = (before["classification"] == now["classification"]).all() and (before["index_count"] == now["index_count"]).all()
+    drift = max(float(np.nanmax(np.abs(before[c] - now[c]) / np.abs(now[c]))) for c in ("lambda_min", "lambda_max"))
+    print(f"classes and indices equal: {bool(same)}; largest relative difference of lambda_min/lambda_max: {drift:.2g}")
+    return table
 
 
 def embedded_table(source: Path, widths: list[int], per_width: int, starts: int, finders: list[str]) -> pd.DataFrame:
@@ -112,9 +126,7 @@ def main() -> None:
     table = (cost_table(args.source, args.members) if args.what == "certify"
              else embedded_table(args.source, args.widths, args.per_width, args.starts, args.finders))
     print(table.to_markdown(index=False, floatfmt=".3g"))
-    if args.what == "certify":
-        print(f"median certify {table.certify_s.median():.2f} s, spectrum {table.spectrum_s.median():.2f} s per member; "
-              f"ratio {table.ratio.median():.2f} (threads {args.threads}, load {os.getloadavg()})")
+    print(f"threads {args.threads}, load {os.getloadavg()}")
 
 
 if __name__ == "__main__":

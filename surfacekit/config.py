@@ -304,8 +304,8 @@ CERTIFY = {"members": int_list(0), "cutoff": number(0, lo_open=True), "relative_
            "newton": choice(("trust-ncg", "trust-krylov", "none")), "newton_max_iter": integer(1),
            "max_distance": number(0, lo_open=True), "flat_threshold": number(0, 1, lo_open=True), "store_theta": boolean,
            "index.threshold": number(hi=0, hi_open=True, null=True), "index.relative_threshold": number(0, lo_open=True),
-           "index.method": choice(("auto", "dense", "lanczos")), "index.dense_limit": integer(1), "index.cap": integer(1),
-           "index.tol": number(0, 1, lo_open=True, hi_open=True)}
+           "index.method": choice(("auto", "dense", "inertia", "lanczos")), "index.dense_limit": integer(1, null=True),
+           "index.cap": integer(1), "index.tol": number(0, 1, lo_open=True, hi_open=True), "batch_size": integer(1)}
 TASK_RULES = {"spectrum": SPECTRUM, "critical": CRITICAL, "landscape": LANDSCAPE, "spinglass": SPINGLASS,
               "sharpness": SHARPNESS, "certify": CERTIFY}
 GROUPS = ("data", "model", "optimizer", "trainer", "population")

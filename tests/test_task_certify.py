@@ -76,3 +76,25 @@ def test_bad_settings_are_one_line_errors(run_cli, job_copy):
     assert bad.stderr.strip().splitlines()[-1].startswith("surfacekit: error: certify.newton=bfgs is invalid")
     missing = run_cli("task=certify", *FAST)
     assert missing.returncode == 2 and "source is required for task=certify" in missing.stderr
+
+
+def test_batched_units_equal_the_member_path(run_cli, tanh_job):
+    """Both members in one unit (lockstep L-BFGS-B, curvature from their dense Hessians assembled and
+    diagonalised together) against one member per unit with the inertia index and Lanczos extremes."""
+    sweep = tanh_job.parent.parent
+    results = {}
+    for name, args in (("batched", ["certify.batch_size=2"]),
+                       ("member", ["certify.batch_size=1", "certify.index.method=inertia"]),
+                       ("lanczos", ["certify.index.dense_limit=10"])):  # auto beyond the limit: Lanczos
+        out = run_cli("task=certify", f"source={sweep}", *args, *FAST)
+        assert out.returncode == 0, out.stderr
+        results[name] = (store.load_members(sweep), store.load_group(sweep, "certify", job="0"))
+    (a, ga), (b, gb) = results["batched"], results["member"]
+    assert list(ga["index_method"]) == ["dense"] * 2 and list(gb["index_method"]) == ["inertia"] * 2
+    assert list(results["lanczos"][1]["index_method"]) == ["lanczos"] * 2
+    assert (results["lanczos"][0]["cert_index"] == a["cert_index"]).all()
+    assert (a["cert_class"] == b["cert_class"]).all() and (a["cert_index"] == b["cert_index"]).all()
+    for column in ("cert_lambda_min", "cert_lambda_max"):
+        np.testing.assert_allclose(a[column], b[column], rtol=1e-6)
+    np.testing.assert_allclose(a["cert_objective"], b["cert_objective"], rtol=1e-12)
+    np.testing.assert_allclose(ga["theta"], gb["theta"], atol=1e-7 * np.abs(gb["theta"]).max())

@@ -1,8 +1,11 @@
 """task=critical end to end: finders from stored trajectories, one file beside the source, resumable."""
 
 import numpy as np
+import pytest
+import torch
 
 from surfacekit import store
+from surfacekit.curvature import dense_hessian
 from surfacekit.critical import acceptance_ratio
 
 FAST = ["critical.starts=2", "critical.finders=[newton_mr,gradnorm]", "critical.options.newton_mr.max_iter=3",
@@ -31,6 +34,15 @@ def test_task_critical_end_to_end(run_cli, job_copy):
         assert np.all(g["index_threshold"] < 0) and set(g["index_method"]) == {"dense"}
         assert np.all(np.isfinite(g["solve_residual"])) == (finder == "newton_mr")  # solve residual, nan otherwise
         assert np.all(np.isfinite(g["kernel_component"])) == (finder == "newton_mr")
+    # the endpoints' indices, assembled together through the affine first layer, against an independent
+    # dense Hessian from P products at each stored endpoint
+    job = store.load_job(job_copy)
+    loss_fn, _, _ = store.job_objective(job, 1)
+    for finder in ("newton_mr", "gradnorm"):
+        g = store.load_group(job_copy, f"critical/{finder}")
+        for theta, count, tau in zip(g["theta"], g["index_count"], g["index_threshold"]):
+            eig = torch.linalg.eigvalsh(dense_hessian(loss_fn, torch.from_numpy(theta)))
+            assert count == int((eig < tau).sum()) and tau == pytest.approx(-1e-5 * float(eig.abs().max()), rel=1e-9)
     (analysis,) = job_copy.parent.glob("analyses/critical-*/critical.h5")
     attrs = store.load_attrs(job_copy)
     import h5py

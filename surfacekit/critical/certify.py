@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import scipy.optimize
@@ -58,6 +58,7 @@ from .evaluate import LossFn, check_start, finite
 NEWTON_METHODS = ("trust-ncg", "trust-krylov", "none")
 CLASSES = ("minimum", "saddle", "not certified")
 REASONS = ("diverged", "non-smooth", "gradient-flat", "budget", "index")
+Evaluate = Callable[[np.ndarray], "tuple[float, np.ndarray]"]  # x [P] -> (loss, gradient [P])
 DEFAULT_CUTOFF = 1e-10
 DEFAULT_RELATIVE_CUTOFF = 1e-10
 
@@ -124,8 +125,9 @@ class _Tracker:
     smallest ``||g||^2`` whose loss is finite and at most the start's, and Hessian products at the
     last gradient point (its graph kept for the products scipy asks for there)."""
 
-    def __init__(self, loss_fn: LossFn, like: Tensor):
+    def __init__(self, loss_fn: LossFn, like: Tensor, evaluate: Evaluate | None = None):
         self.loss_fn, self.like = loss_fn, like
+        self.evaluate = evaluate or self._evaluate
         self.num_grads = self.num_hvps = 0
         self.history: list[float] = []
         self.best: tuple[float, float, np.ndarray] | None = None  # (||g||^2, f, x)
@@ -133,13 +135,16 @@ class _Tracker:
         self._op_key: bytes | None = None
         self._op = None
 
-    def fun(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+    def _evaluate(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         t = torch.from_numpy(x).to(self.like.device).requires_grad_(True)
         with torch.enable_grad():
             value = self.loss_fn(t)
             (grad,) = torch.autograd.grad(value, t)
+        return float(value.detach()), grad.detach().cpu().numpy()
+
+    def fun(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = self.evaluate(x)
         self.num_grads += 1
-        f, g = float(value.detach()), grad.detach().cpu().numpy()
         g2 = float(g @ g)
         self.history.append(g2)
         if not finite(f, g2):
@@ -180,33 +185,43 @@ def converge(loss_fn: LossFn, theta0: Tensor, *, tol: float = 1e-12, rtol: float
     Raises:
         ValueError: ``theta0`` not a 1-D floating tensor, or an unknown ``newton`` method.
     """
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        return _converge(loss_fn, theta0, tol=tol, rtol=rtol, max_iter=max_iter, memory=memory, newton=newton,
+                         newton_max_iter=newton_max_iter)
+
+
+def _converge(loss_fn: LossFn, theta0: Tensor, *, tol: float = 1e-12, rtol: float = 1e-12, max_iter: int = 5000,
+              memory: int = 10, newton: str = "trust-ncg", newton_max_iter: int = 200,
+              evaluate: Evaluate | None = None) -> Convergence:
+    """:func:`converge` without the BLAS thread limit (the caller sets it once: threadpoolctl's limits are
+    process-wide, so threads must not each set and restore them); ``evaluate(x) -> (loss, gradient)``
+    replaces ``loss_fn`` for the loss and gradient (:mod:`.lockstep`: a batched evaluation)."""
     if newton not in NEWTON_METHODS:
         raise ValueError(f"newton={newton!r} is invalid: expected one of {list(NEWTON_METHODS)}")
     start = check_start(theta0)
     x0 = start.cpu().numpy()
-    track = _Tracker(loss_fn, start)
+    track = _Tracker(loss_fn, start, evaluate)
     f0, g0 = track.fun(x0)
     g02 = track.history[0]
     target = min(tol, rtol * g02) if finite(g02) else tol
     stops: list[str] = []
     lbfgs_iterations = newton_iterations = 0
-    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
-        if not finite(f0, g02):
-            stops.append("lbfgs:nonfinite")
-        elif g02 <= target:
-            stops.append("lbfgs:target")
-        else:
-            result = _minimize(track, x0, "L-BFGS-B", target,
-                               {"maxiter": int(max_iter), "maxfun": 2 * int(max_iter), "maxcor": int(memory),
-                                "gtol": 0.0, "ftol": 0.0})
-            lbfgs_iterations = int(result.nit)
-            stops.append("lbfgs:" + _stop(track, target, result))
-            if track.best[0] > target and newton != "none":
-                x = track.best[2]
-                result = _minimize(track, x, newton, target, {"maxiter": int(newton_max_iter),
-                                                              "gtol": math.sqrt(target)}, hessp=True)
-                newton_iterations = int(result.nit)
-                stops.append("newton:" + _stop(track, target, result))
+    if not finite(f0, g02):
+        stops.append("lbfgs:nonfinite")
+    elif g02 <= target:
+        stops.append("lbfgs:target")
+    else:
+        result = _minimize(track, x0, "L-BFGS-B", target,
+                           {"maxiter": int(max_iter), "maxfun": 2 * int(max_iter), "maxcor": int(memory),
+                            "gtol": 0.0, "ftol": 0.0})
+        lbfgs_iterations = int(result.nit)
+        stops.append("lbfgs:" + _stop(track, target, result))
+        if track.best[0] > target and newton != "none":
+            x = track.best[2]
+            result = _minimize(track, x, newton, target, {"maxiter": int(newton_max_iter),
+                                                          "gtol": math.sqrt(target)}, hessp=True)
+            newton_iterations = int(result.nit)
+            stops.append("newton:" + _stop(track, target, result))
     if track.best is None:
         theta, f, g2 = start, f0, track.history[0]
     else:
@@ -243,7 +258,9 @@ def certify(loss_fn: LossFn, theta: Tensor, *, start_grad_norm2: float | None = 
             relative_cutoff: float | None = DEFAULT_RELATIVE_CUTOFF, max_distance: float = math.inf,
             smooth: bool = True, flat_threshold: float = DEFAULT_FLAT_THRESHOLD,
             index_options: dict[str, Any] | None = None, eigen_tol: float = 1e-8) -> Certificate:
-    """Certify ``theta`` [P] as a critical point of ``loss_fn`` and classify it (module docstring).
+    """Certify ``theta`` [P] as a critical point of ``loss_fn`` and classify it (module docstring):
+    :func:`screen`, then, where the gradient passes, the index of :func:`surfacekit.curvature.index`
+    and ``lambda_max`` (block Lanczos) judged by :func:`classify_curvature`.
 
     Args:
         start_grad_norm2: ``||g_0||^2`` at the start it was reached from (None: no relative test).
@@ -254,16 +271,59 @@ def certify(loss_fn: LossFn, theta: Tensor, *, start_grad_norm2: float | None = 
             pre-activation at 0): then the point is never certified ("non-smooth").
         flat_threshold: the gradient-flat cutoff of :func:`~surfacekit.critical.flatness_ratio`.
         index_options: keyword arguments of :func:`surfacekit.curvature.index` (threshold,
-            relative_threshold, method, dense_limit, tol, ...).
+            relative_threshold, method, dense_limit, tol, structure, ...).
         eigen_tol: relative residual tolerance of ``lambda_max`` (block Lanczos, no certificate).
 
-    Cost: one gradient; where it passes, the index (dense: P products; Lanczos: typically a few
-    hundred) and ``lambda_max`` (tens); where it fails, the flatness ratio (two Lanczos runs and
-    one product).
+    Cost: one gradient; where it passes, the index (dense: P products, fewer with an affine first
+    layer's ``structure``; Lanczos: typically a few hundred) and ``lambda_max`` (tens); where it
+    fails, the flatness ratio (two Lanczos runs and one product).
 
     Raises:
         ValueError: a cutoff <= 0, or invalid index options (see :func:`surfacekit.curvature.index`).
         NonFiniteError: a non-finite Hessian-vector product at a finite point.
+    """
+    refused, common = screen(loss_fn, theta, start_grad_norm2=start_grad_norm2, distance=distance,
+                             start_norm=start_norm, cutoff=cutoff, relative_cutoff=relative_cutoff,
+                             max_distance=max_distance, smooth=smooth, flat_threshold=flat_threshold)
+    if refused is not None:
+        return refused
+    return curvature_certificate(loss_fn, theta, common, index_options, eigen_tol)
+
+
+def curvature_certificate(loss_fn: LossFn, theta: Tensor, common: dict, index_options: dict[str, Any] | None = None,
+                          eigen_tol: float = 1e-8) -> Certificate:
+    """The second-order half of :func:`certify` for a point that passed :func:`screen` (``common``: what
+    it returned): the index (:func:`surfacekit.curvature.index` with ``index_options``), ``lambda_max``
+    (and ``lambda_min`` after an inertia count) by block Lanczos, judged by :func:`classify_curvature`;
+    "not certified" with reason ``index`` where the Lanczos count did not converge."""
+    point = check_start(theta)
+    try:
+        idx = index(loss_fn, point, **(index_options or {}))
+    except NotConvergedError:
+        return _refusal(common, "index")
+    ends = ["largest"] + (["smallest"] if idx.method == "inertia" and idx.count > 0 else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        found = [extreme_eigenvalues(loss_fn, point, 1, which, tol=eigen_tol, on_fail="warn", certify=False)
+                 for which in ends]
+    lam_min = float(found[1].eigenvalues[0]) if len(found) > 1 else None  # the inertia path keeps no smallest one
+    return classify_curvature(common, idx, float(found[0].eigenvalues[0]), lam_min, sum(e.num_hvps for e in found))
+
+
+def screen(loss_fn: LossFn, theta: Tensor, *, start_grad_norm2: float | None = None, distance: float = 0.0,
+           start_norm: float = 0.0, cutoff: float = DEFAULT_CUTOFF,
+           relative_cutoff: float | None = DEFAULT_RELATIVE_CUTOFF, max_distance: float = math.inf,
+           smooth: bool = True, flat_threshold: float = DEFAULT_FLAT_THRESHOLD) -> tuple[Certificate | None, dict]:
+    """The first-order half of :func:`certify` (same arguments): the refusal (a :class:`Certificate`,
+    not certified, with its reason: diverged, non-smooth, gradient-flat or budget), or None where the
+    point passes the gradient tests and its curvature decides (:func:`classify_curvature`); and the
+    fields every certificate of this point shares (loss, ``||g||^2``, the criteria, smooth).
+
+    Cost: one gradient, and where the gradient fails, the flatness ratio. Batched certification
+    (``task=certify``) screens each point, then computes the curvature of all that passed at once.
+
+    Raises:
+        ValueError: a cutoff <= 0.
     """
     if not cutoff > 0 or (relative_cutoff is not None and not relative_cutoff > 0):
         raise ValueError(f"cutoff={cutoff} and relative_cutoff={relative_cutoff} must be > 0")
@@ -274,34 +334,41 @@ def certify(loss_fn: LossFn, theta: Tensor, *, start_grad_norm2: float | None = 
         (grad,) = torch.autograd.grad(value, t)
     f, g2 = float(value.detach()), float(grad.detach() @ grad.detach())
     relative = g2 / start_grad_norm2 if start_grad_norm2 else math.nan
-    nan = math.nan
     common = dict(loss=f, grad_norm2=g2, grad_norm2_relative=relative, cutoff=cutoff,
-                  relative_cutoff=nan if relative_cutoff is None else relative_cutoff, smooth=smooth)
-
-    def refuse(reason: str, flat: float = nan, norm: float = nan) -> Certificate:
-        return Certificate(False, "not certified", reason, index=None, index_count=-1, index_fraction=nan,
-                           index_threshold=nan, lambda_min=nan, lambda_max=nan, flat_ratio=flat, spectral_norm=norm,
-                           num_hvps=0, **common)
-
+                  relative_cutoff=math.nan if relative_cutoff is None else relative_cutoff, smooth=smooth)
     if not finite(f, g2) or distance > max_distance * max(1.0, start_norm):
-        return refuse("diverged")
+        return _refusal(common, "diverged"), common
     gradient_ok = g2 < cutoff and (relative_cutoff is None or start_grad_norm2 is None
                                    or g2 <= relative_cutoff * start_grad_norm2)
     if not smooth:
-        return refuse("non-smooth")
+        return _refusal(common, "non-smooth"), common
     if not gradient_ok:
         flat, norm = flatness_ratio(loss_fn, point, grad.detach())
-        return refuse("gradient-flat" if flat < flat_threshold else "budget", flat, norm)
-    try:
-        idx = index(loss_fn, point, **(index_options or {}))
-    except NotConvergedError:
-        return refuse("index")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        top = extreme_eigenvalues(loss_fn, point, 1, "largest", tol=eigen_tol, on_fail="warn", certify=False)
-    lam_max = float(top.eigenvalues[0])
-    lam_min = float(idx.eigenvalues[0]) if idx.count > 0 and idx.eigenvalues is not None else float(idx.certificate)
+        return _refusal(common, "gradient-flat" if flat < flat_threshold else "budget", flat, norm), common
+    return None, common
+
+
+def classify_curvature(common: dict, idx: IndexResult, lambda_max: float, lambda_min: float | None = None,
+                       extra_hvps: int = 0) -> Certificate:
+    """The certificate of a point that passed :func:`screen` (``common``: its shared fields), from its
+    index ``idx`` and largest eigenvalue ``lambda_max``: ``minimum`` (index 0, a complete count) or
+    ``saddle``. ``lambda_min`` None: the smallest counted eigenvalue (the dense and Lanczos paths
+    return every counted one; the inertia path does not, so pass it), or the index's certificate
+    (the first eigenvalue not counted) when none is counted. ``extra_hvps``: products spent on the
+    extreme eigenvalues, added to the index's."""
+    if lambda_min is None:
+        lambda_min = float(idx.eigenvalues[0]) if idx.count > 0 and idx.eigenvalues is not None \
+            and len(idx.eigenvalues) else float(idx.certificate)
+    lam_min = float(lambda_min)
     klass = "minimum" if idx.count == 0 and not idx.at_least else "saddle"
     return Certificate(True, klass, "", index=idx, index_count=idx.count, index_fraction=idx.fraction,
-                       index_threshold=idx.threshold, lambda_min=lam_min, lambda_max=lam_max, flat_ratio=nan,
-                       spectral_norm=max(abs(lam_min), abs(lam_max)), num_hvps=idx.num_hvps + top.num_hvps, **common)
+                       index_threshold=idx.threshold, lambda_min=lam_min, lambda_max=float(lambda_max),
+                       flat_ratio=math.nan, spectral_norm=max(abs(lam_min), abs(float(lambda_max))),
+                       num_hvps=idx.num_hvps + extra_hvps, **common)
+
+
+def _refusal(common: dict, reason: str, flat: float = math.nan, norm: float = math.nan) -> Certificate:
+    nan = math.nan
+    return Certificate(False, "not certified", reason, index=None, index_count=-1, index_fraction=nan,
+                       index_threshold=nan, lambda_min=nan, lambda_max=nan, flat_ratio=flat, spectral_norm=norm,
+                       num_hvps=0, **common)

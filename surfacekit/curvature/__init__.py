@@ -15,7 +15,9 @@ from .errors import ConvergenceWarning, MemoryLimitError, NonFiniteError, NotCon
 from .estimate import CountEstimate, count_estimate
 from .ggn import GaussNewtonOperator, gauss_newton_operator
 from .hvp import HessianOperator, hessian_operator, hessian_vector_product
-from .index import IndexResult, ThresholdCount, check_threshold, count_below, index, index_method, inertia_below
+from .index import (
+    IndexResult, ThresholdCount, check_threshold, count_below, dense_index, index, index_method, inertia_below,
+)
 from .krylov import miss_probability
 from .lanczos import EigenResult, LanczosResult, eigsh, extreme_eigenvalues, lanczos, ritz
 from .memory import dense_bytes, dense_members
@@ -51,6 +53,7 @@ __all__ = [
     "count_estimate",
     "dense_bytes",
     "dense_hessian",
+    "dense_index",
     "dense_members",
     "dense_spectrum",
     "density_on_grid",

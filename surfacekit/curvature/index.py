@@ -143,14 +143,16 @@ def _warn_near(values: Tensor, residuals: Tensor, tau: float, scale: float,
 
 
 def count_below(eigenvalues: Tensor, threshold: float | None = None,
-                relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD) -> ThresholdCount:
+                relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD, *, check: bool = True) -> ThresholdCount:
     """The counting rule of every index: eigenvalues [..., M] strictly below the threshold, per row.
 
     The threshold follows the convention of :func:`check_threshold` (absolute, or
     ``-relative_threshold * max|lambda|`` of each row). Used by the dense path of :func:`index` and
-    by the spin glass (batched over start points).
+    by the spin glass (batched over start points). ``check=False``: the caller already ran
+    :func:`check_threshold` (its warnings are not repeated).
     """
-    check_threshold(threshold, relative_threshold)
+    if check:
+        check_threshold(threshold, relative_threshold)
     scale = eigenvalues.abs().amax(dim=-1)
     tau = -relative_threshold * scale if threshold is None else torch.full_like(scale, float(threshold))
     below = eigenvalues < tau.unsqueeze(-1)
@@ -273,11 +275,23 @@ def index(
         return _inertia_count(op, hess, threshold, relative_threshold, products, chunk, seed)
     eig = torch.linalg.eigvalsh(hess)
     del hess
-    c = count_below(eig, threshold, relative_threshold)
+    return dense_index(eig, threshold, relative_threshold, products, chunk, check=False)
+
+
+def dense_index(eigenvalues: Tensor, threshold: float | None = None,
+                relative_threshold: float = DEFAULT_RELATIVE_THRESHOLD, num_hvps: int = 0, block: int = 0, *,
+                check: bool = True) -> IndexResult:
+    """The :class:`IndexResult` of the dense path from all P eigenvalues [P] of a Hessian (ascending):
+    the count by :func:`count_below`, the certificate the first eigenvalue not counted, ``eigenvalues``
+    the counted ones; ``num_hvps`` and ``block`` (the assembly's products and chunk) are recorded as
+    given. Warns when an eigenvalue lies within float64 rounding of the threshold. Used by
+    :func:`index` and by the batched spectra of :mod:`.population`, so both report alike.
+    ``check=False``: the threshold was already checked (:func:`check_threshold`; no repeated warning)."""
+    c = count_below(eigenvalues, threshold, relative_threshold, check=check)
     count, tau, scale = int(c.count), float(c.threshold), float(c.scale)
-    _warn_near(eig, torch.zeros_like(eig), tau, scale)
-    return IndexResult(count, count / p, "dense", tau, _relative(tau, scale), False, scale, products,
-                       float(c.certificate), 0.0, 0, 0, chunk, eig[:count])
+    _warn_near(eigenvalues, torch.zeros_like(eigenvalues), tau, scale)
+    return IndexResult(count, count / len(eigenvalues), "dense", tau, _relative(tau, scale), False, scale, num_hvps,
+                       float(c.certificate), 0.0, 0, 0, block, eigenvalues[:count])
 
 
 def index_method(size: int, device: torch.device | str = "cpu", dense_limit: int | None = None,

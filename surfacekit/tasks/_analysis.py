@@ -129,6 +129,20 @@ def rows_by_position(members: pd.DataFrame, rows: Mapping[str, Mapping[str, Any]
     return {positions[int(key.split("-")[1])]: row for key, row in rows.items()}
 
 
+def batch_rows_by_position(members: pd.DataFrame, rows: Mapping[str, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The per-member rows of units that each hold a batch of members (their ids in the unit's
+    ``member`` array, every other field stacked on a leading member axis), by member position."""
+    positions = member_positions(members)
+    return {positions[int(m)]: {name: values[i] for name, values in unit.items() if name != "member"}
+            for unit in rows.values() for i, m in enumerate(unit["member"])}
+
+
+def memory_limit(cfg: Mapping[str, Any]) -> int | None:
+    """The job's ``memory_limit_gb`` in bytes (None: the free memory decides)."""
+    value = cfg.get("memory_limit_gb")
+    return None if value is None else int(float(value) * 2**30)
+
+
 def member_positions(members: pd.DataFrame) -> dict[int, int]:
     """Member id -> position on the population axis."""
     return {int(m): i for i, m in enumerate(members["member"])}

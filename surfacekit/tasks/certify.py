@@ -5,14 +5,23 @@
 Per member, in float64 on the full training set and the job's trained objective (``objective``,
 ``bn_mode``): :func:`surfacekit.critical.certify.converge` (scipy L-BFGS-B, then trust-region Newton
 with exact Hessian-vector products where L-BFGS-B stops short) drives the endpoint until ``||g||^2
-<= margin min(cutoff, relative_cutoff ||g_0||^2)``, and :func:`surfacekit.critical.certify.certify`
-certifies the point reached: the gradient tests (``||g||^2 < cutoff`` and ``||g||^2 <=
-relative_cutoff ||g_0||^2``), the exact index at the stated threshold with its certificate,
-``lambda_min`` and ``lambda_max``, and the class ``minimum``, ``saddle`` or ``not certified`` with
-the reason (budget, gradient-flat, diverged, non-smooth, index). For ReLU networks the smallest
+<= margin min(cutoff, relative_cutoff ||g_0||^2)``, and the point reached is certified as
+:func:`surfacekit.critical.certify.certify` does: the gradient tests (``||g||^2 < cutoff`` and
+``||g||^2 <= relative_cutoff ||g_0||^2``), the exact index at the stated threshold with its
+certificate, ``lambda_min`` and ``lambda_max``, and the class ``minimum``, ``saddle`` or ``not
+certified`` with the reason (budget, gradient-flat, diverged, non-smooth, index). For ReLU networks the smallest
 ``|pre-activation|`` over the training set and all hidden units (``kink_margin``) is measured at the
 point: where it is 0 the objective is not twice differentiable there and the point is never
 certified; where the gradient stalls on a ReLU network the reason is ``non-smooth``.
+
+Members go in units of ``batch_size``: their runs in lockstep (:mod:`surfacekit.critical.lockstep`:
+one batched pass of the population loss serves every member's evaluation), and, on the **dense**
+path (``index.method`` auto while P <= ``index.dense_limit``, 2,500, and the Hessians fit, or dense),
+the index, lambda_min and lambda_max of all that passed the gradient tests from the eigenvalues of their dense Hessians,
+assembled together through the affine first layer (:mod:`surfacekit.curvature.population`; exact,
+``index_method`` "dense"). Otherwise (**member** path), per member: the certified Lanczos count
+(auto, or lanczos) or the inertia of the dense Hessian assembled through the same structure
+(inertia), and lambda_max (and after an inertia count lambda_min) by Lanczos. ``cert_seconds`` is the unit's time per member.
 
 Written to ``SOURCE/analyses/certify-HASH/certify.h5`` as ``/jobs/<job>/certify/...`` [K, ...]
 (members in the source's order; members not analysed hold NaN, -1, "" or False and ``analysed``
@@ -22,13 +31,14 @@ False; ``theta`` [K, P] the certified points) and ``/jobs/<job>/members`` column
 objective), ``cert_loss`` and ``cert_test_loss`` (data losses on the train and test split),
 ``cert_train_error``, ``cert_test_error``, ``cert_grad_norm2``, ``cert_grad_norm2_relative``,
 ``cert_distance`` (``||theta - theta_endpoint||``), ``cert_seconds``; with ``certify_objective``,
-``certify_weight_decay`` and ``certify_bn_mode`` from the file's provenance. Every member is saved
-as it finishes: a rerun resumes.
+``certify_weight_decay`` and ``certify_bn_mode`` from the file's provenance. Every unit is saved as it
+finishes: a rerun resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -41,9 +51,15 @@ from omegaconf import DictConfig
 
 from surfacekit import jobs
 from surfacekit.config import ConfigError
-from surfacekit.critical.certify import certify, converge
+from surfacekit.critical.certify import classify_curvature, curvature_certificate, screen
+from surfacekit.critical.lockstep import converge_population
+from surfacekit.curvature import dense_index, index_method
+from surfacekit.curvature.index import DENSE_EIG_LIMIT
+from surfacekit.curvature.memory import dense_bytes, dense_members, gib
+from surfacekit.curvature.population import population_spectrum
 from surfacekit.models import layer
 from surfacekit.population import dataset_statistics, evaluate, unflatten
+from surfacekit.store import job_objective, job_population_objective
 from surfacekit.tasks import _analysis
 
 GROUP = "certify"
@@ -85,40 +101,125 @@ def member_losses(job, theta: torch.Tensor, bn_mode: str, statistics: dict | Non
     return out
 
 
-def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, int]:
+def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict]:
+    """Units of a job: batches of ``batch_size`` members (converged in lockstep; on the dense path their
+    curvature from one batched pass). The curvature path is part of the key."""
     target = _analysis.job_model(ref).get("_target_")
     if target:  # the kink margin and the transforms read the MLP's layers
         raise ConfigError(f"task=certify supports MLP jobs (model=mlp); job {ref.name} is a module population "
                           f"(model._target_={target})")
-    return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "certify.members")}
+    ids = _analysis.select_members(members, s.get("members"), "certify.members")
+    path = curvature_path(_analysis.parameter_count(ref), s["index"], str(cfg.device), _analysis.memory_limit(cfg))
+    size = int(s["batch_size"])
+    return {f"{path}-{b[0]:06d}-{b[-1]:06d}": {"path": path, "members": b}
+            for b in (ids[i : i + size] for i in range(0, len(ids), size))}
 
 
-def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
+def curvature_path(size: int, options: dict, device: str, limit: int | None) -> str:
+    """"dense": the index, lambda_min and lambda_max of a batch from the eigenvalues of its dense Hessians
+    (``index.method`` dense, or auto while P <= ``index.dense_limit`` (default 2,500) and the Hessians
+    fit); "member": per member by :func:`surfacekit.curvature.index` (auto: the certified Lanczos
+    count, which at a minimum needs a few hundred products and beats the dense paths beyond the
+    limit: measured at P = 7,510, one thread, 15 s against 50 s for the inertia and 63 s for eigvalsh)
+    and Lanczos for lambda_max.
+
+    Raises:
+        ConfigError: index.method=dense and the dense Hessian does not fit.
+    """
+    method = options["method"]
+    fits = index_method(size, device, None, limit) != "lanczos"
+    if method == "dense" and not fits:
+        raise ConfigError(f"certify.index.method=dense is invalid here: P = {size:,} needs about "
+                          f"{gib(dense_bytes(size))} for the dense Hessian and its working copy, more than "
+                          f"{'free' if limit is None else 'memory_limit_gb'}; use index.method=auto or lanczos")
+    small = size <= min(options.get("dense_limit") or DENSE_EIG_LIMIT, DENSE_EIG_LIMIT)
+    return "dense" if method == "dense" or (method == "auto" and fits and small) else "member"
+
+
+def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
+    """The rows of the unit's members, stacked on a leading member axis (``member`` holds their ids)."""
     t0 = time.perf_counter()
-    loss_fn, theta0 = _analysis.member_objective(job, member, ctx)
+    members = list(unit["members"])
     cfg = ctx["cfg"]
     if job.cfg.model.loss != "mse" and not ctx["info"]["weight_decay"] and not ctx["cache"].get("warned"):
         ctx["cache"]["warned"] = True
         jobs.warn(f"certify: job {job.name} trained {job.cfg.model.loss} without weight decay: on separable data its "
                   "loss falls towards 0 as the weights grow and minima need not exist; a run that wanders off is "
                   f"classified diverged only past certify.max_distance={s['max_distance']} times ||theta_endpoint||")
+    objective = functools.partial(job_population_objective, job, objective=str(cfg.objective),
+                                  bn_mode=str(cfg.bn_mode), chunk_size=cfg.get("chunk_size"))
+    start = objective(members)
+    loss_fns = [job_objective(job, m, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))[0] for m in members]
     target = float(s["margin"])
-    run = converge(loss_fn, theta0, tol=target * float(s["cutoff"]), rtol=target * float(s["relative_cutoff"]),
-                   max_iter=int(s["max_iter"]), memory=int(s["memory"]), newton=str(s["newton"]),
-                   newton_max_iter=int(s["newton_max_iter"]))
+    runs, _ = converge_population(lambda rows: objective([members[r] for r in rows]).losses_fn, loss_fns, start.thetas,
+                                  tol=target * float(s["cutoff"]), rtol=target * float(s["relative_cutoff"]),
+                                  max_iter=int(s["max_iter"]), memory=int(s["memory"]), newton=str(s["newton"]),
+                                  newton_max_iter=int(s["newton_max_iter"]))
     spec = job.spec
-    params = unflatten(run.theta, spec)
-    k = _analysis.member_positions(job.members)[member]
-    statistics = {n: v[k:k + 1] for n, v in job.buffers.items()} if job.buffers else None
-    margin = math.inf if spec.activation in SMOOTH else kink_margin(spec, params, job.data.x_train)
-    index = {key: s["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap", "tol")}
-    cert = certify(loss_fn, run.theta, start_grad_norm2=run.start_grad_norm2, distance=run.distance,
-                   start_norm=float(theta0.norm()), cutoff=float(s["cutoff"]), relative_cutoff=float(s["relative_cutoff"]),
-                   max_distance=float(s["max_distance"]), smooth=margin > 0, flat_threshold=float(s["flat_threshold"]),
-                   index_options=index)
+    margins = [math.inf if spec.activation in SMOOTH else kink_margin(spec, unflatten(r.theta, spec), job.data.x_train)
+               for r in runs]
+    screened = [screen(fn, r.theta, start_grad_norm2=r.start_grad_norm2, distance=r.distance,
+                       start_norm=float(theta0.norm()), cutoff=float(s["cutoff"]),
+                       relative_cutoff=float(s["relative_cutoff"]), max_distance=float(s["max_distance"]),
+                       smooth=m > 0, flat_threshold=float(s["flat_threshold"]))
+                for fn, r, theta0, m in zip(loss_fns, runs, start.thetas, margins)]
+    certs = [refused for refused, _ in screened]
+    passed = [i for i, (refused, _) in enumerate(screened) if refused is None]
+    options = {key: s["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap", "tol")}
+    if options["method"] == "auto":  # beyond the batched dense path (curvature_path)
+        options["method"] = "lanczos"
+    if unit["path"] == "dense":
+        for i, cert in zip(passed, dense_certificates(objective, [members[i] for i in passed],
+                                                      torch.stack([runs[i].theta for i in passed]) if passed else None,
+                                                      [screened[i][1] for i in passed], options, ctx)):
+            certs[i] = cert
+    else:
+        for i in passed:
+            structure = objective([members[i]]).affine_input
+            certs[i] = curvature_certificate(loss_fns[i], runs[i].theta, screened[i][1],
+                                             {**options, "structure": structure,
+                                              "memory_limit": _analysis.memory_limit(cfg)})
+    seconds = (time.perf_counter() - t0) / len(members)
+    rows = [member_row(job, member, run, cert, margin, s, str(cfg.bn_mode), seconds)
+            for member, run, cert, margin in zip(members, runs, certs, margins)]
+    out = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+    out["member"] = np.asarray(members, dtype=np.int64)
+    return out
+
+
+def dense_certificates(objective, members: list[int], points: torch.Tensor | None, common: list[dict],
+                       options: dict, ctx: dict) -> list:
+    """Certificates of ``points`` [n, P] (members that passed the gradient tests) from the eigenvalues of
+    their dense Hessians, assembled together (through the affine first layer) in as few batches as the
+    memory allows: the index (:func:`surfacekit.curvature.dense_index`), lambda_min and lambda_max,
+    all exact up to eigvalsh rounding."""
+    certs: list = []
+    if points is None:
+        return certs
+    limit = _analysis.memory_limit(ctx["cfg"])
+    first = 0
+    while first < len(members):
+        step = max(dense_members(points.shape[1], ctx["cfg"].device, limit, wanted=len(members) - first), 1)
+        pop = objective(members[first : first + step])
+        res = population_spectrum(pop.losses_fn, points[first : first + step], 1, 1, options["threshold"],
+                                  float(options["relative_threshold"]), structure=pop.affine_input, memory_limit=limit)
+        for b in range(len(pop.thetas)):
+            eig = res.spectrum.eigenvalues[b]
+            idx = dense_index(eig, options["threshold"], float(options["relative_threshold"]), res.passes,
+                              check=False)  # population_spectrum checked it
+            certs.append(classify_curvature(common[first + b], idx, float(eig[-1]), float(eig[0])))
+        first += step
+    return certs
+
+
+def member_row(job, member: int, run, cert, margin: float, s: dict, bn_mode: str, seconds: float) -> dict[str, Any]:
+    """One member's row of the certify group (numpy values)."""
+    spec = job.spec
     if spec.activation not in SMOOTH and cert.reason in ("budget", "gradient-flat"):
         cert = dataclasses.replace(cert, reason="non-smooth")  # a ReLU objective whose gradient stalled: on kinks
-    losses = member_losses(job, run.theta, str(cfg.bn_mode), statistics)
+    k = _analysis.member_positions(job.members)[member]
+    statistics = {n: v[k:k + 1] for n, v in job.buffers.items()} if job.buffers else None
+    losses = member_losses(job, run.theta, bn_mode, statistics)
     idx = cert.index
     row = {
         "certified": cert.certified, "classification": cert.classification, "reason": cert.reason,
@@ -133,7 +234,7 @@ def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
         "lambda_min": cert.lambda_min, "lambda_max": cert.lambda_max, "flat_ratio": cert.flat_ratio,
         "kink_margin": margin, "lbfgs_iterations": run.lbfgs_iterations, "newton_iterations": run.newton_iterations,
         "grads": run.num_grads, "hvps": run.num_hvps + cert.num_hvps, "stop": run.stop, "target": run.target,
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
     if s["store_theta"]:
         row["theta"] = run.theta
@@ -142,7 +243,7 @@ def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
 
 def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
     k = len(members)
-    by_pos = _analysis.rows_by_position(members, rows)
+    by_pos = _analysis.batch_rows_by_position(members, rows)
     fields = next(iter(by_pos.values())).keys() if by_pos else []
     arrays = _analysis.member_arrays(by_pos, fields, k, strings=STRINGS)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
@@ -169,4 +270,4 @@ TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
     """Certify every member of ``source``; write ``out_dir/certify.h5``."""
-    return _analysis.run(TASK, cfg, out_dir)
+    return _analysis.run(dataclasses.replace(TASK, plan=functools.partial(TASK.plan, cfg=cfg)), cfg, out_dir)

@@ -8,7 +8,11 @@ uniformly in ``/curves/train_loss`` (each distinct trajectory point at most once
 when the trajectory has fewer distinct points than ``critical.starts``); diverged members are
 skipped with a warning. Every configured finder runs from each start in float64 on the full
 training set and the job's trained objective, and every endpoint is classified (critical,
-asymptotic, gradient-flat or rejected) and indexed. Each finder run is saved as it finishes (a rerun resumes).
+asymptotic, gradient-flat or rejected) and indexed: while the index takes eigvalsh (P <= 4,000 and
+the memory allows), the Hessians of a member's endpoints are assembled together through the affine
+first layer (h + P - h d backward passes each instead of P products) and diagonalised one by one;
+otherwise each endpoint by the inertia or the Lanczos count. A unit is one finder from every start
+of one member, saved as it finishes (a rerun resumes).
 Written to ``SOURCE/analyses/critical-HASH/critical.h5``, one group per finder and job::
 
     /jobs/<job>/critical/<finder>/{member, start_eval, start_step, start_loss, loss, start_grad_norm2, grad_norm2,
@@ -31,6 +35,8 @@ where that test did not need it); ``accepted_absolute`` is
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +46,10 @@ import torch
 from omegaconf import DictConfig
 
 from surfacekit.critical import find, sample_uniform_in_loss
+from surfacekit.curvature import dense_index, dense_members, index, index_method, population_spectrum
 from surfacekit.jobs import warn
 from surfacekit.seeds import derive_seed
-from surfacekit.store import ResultsError, _open
+from surfacekit.store import ResultsError, _open, job_population_objective
 from surfacekit.tasks import _analysis
 
 GROUP = "critical"
@@ -69,25 +76,68 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple[int, int, str]]
         if len(evals) < len(drawn):
             warn(f"critical: job {ref.name} member {m}: critical.starts={len(drawn)} but the draw met only "
                  f"{len(evals)} distinct points of its {train_loss.shape[-1]}-point trajectory; each is used once")
-        for i, e in enumerate(evals):
+        if len(evals):
             for finder in s["finders"]:
-                units[f"member-{m:06d}-start-{i:04d}-{finder}"] = (m, int(e), finder)
+                units[f"member-{m:06d}-{finder}"] = (m, [int(e) for e in evals], finder)
     return units
 
 
-def compute(job, unit: tuple[int, int, str], s: dict, ctx: dict) -> dict[str, Any]:
-    member, start_eval, finder = unit
+def compute(job, unit: tuple[int, list[int], str], s: dict, ctx: dict) -> dict[str, Any]:
+    """One finder from every start of one member; the endpoints' indices together (:func:`endpoint_indices`).
+    Rows stacked on a leading start axis."""
+    member, evals, finder = unit
     loss_fn, _ = _analysis.member_objective(job, member, ctx)
-    index = {key: s["index"][key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")}
     f, g = _open(job.ref)
     with f:
-        step = int(g["trajectory"]["step"][start_eval])
-        start = np.asarray(g["trajectory"]["theta"][start_eval, _analysis.member_positions(job.members)[member]], dtype=np.float64)
-    point = find(loss_fn, torch.from_numpy(start).to(job.data.x_train.device), finder, criterion=str(s["criterion"]),
-                 rtol=float(s["rtol"]), htol=float(s["htol"]), cutoff=float(s["cutoff"]),
-                 flat_threshold=float(s["flat_threshold"]), stol=float(s["stol"]), compute_index=bool(s["compute_index"]),
-                 index_options=index, **(s.get("options", {}).get(finder) or {}))
-    return _row(point, member, start_eval, step, bool(s.get("store_theta", True)))
+        steps = [int(g["trajectory"]["step"][e]) for e in evals]
+        position = _analysis.member_positions(job.members)[member]
+        starts = [np.asarray(g["trajectory"]["theta"][e, position], dtype=np.float64) for e in evals]
+    points = [find(loss_fn, torch.from_numpy(start).to(job.data.x_train.device), finder, criterion=str(s["criterion"]),
+                   rtol=float(s["rtol"]), htol=float(s["htol"]), cutoff=float(s["cutoff"]),
+                   flat_threshold=float(s["flat_threshold"]), stol=float(s["stol"]), compute_index=False,
+                   **(s.get("options", {}).get(finder) or {}))
+              for start in starts]
+    finite = [i for i, p in enumerate(points) if math.isfinite(p.loss) and math.isfinite(p.grad_norm2)]
+    if s["compute_index"] and finite:
+        for i, idx in zip(finite, endpoint_indices(job, member, torch.stack([points[i].theta for i in finite]),
+                                                   s["index"], ctx)):
+            points[i] = dataclasses.replace(points[i], index=idx)
+    rows = [_row(p, member, e, step, bool(s.get("store_theta", True))) for p, e, step in zip(points, evals, steps)]
+    return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+
+
+def endpoint_indices(job, member: int, points: torch.Tensor, options: dict, ctx: dict) -> list:
+    """The exact indices (:class:`~surfacekit.curvature.IndexResult`) of a member's endpoints ``points``
+    [n, P]. While ``index.method`` (auto or dense) takes eigvalsh of the dense Hessian, the Hessians
+    of as many endpoints as the memory allows are assembled together (through the affine first layer
+    where the model has one) and diagonalised one by one (:func:`surfacekit.curvature.population_spectrum`;
+    the same numbers as one :func:`surfacekit.curvature.index` call each). Otherwise one
+    :func:`surfacekit.curvature.index` call per endpoint (inertia or Lanczos), its dense Hessian
+    assembled through the same structure."""
+    cfg = ctx["cfg"]
+    limit = _analysis.memory_limit(cfg)
+    opts = {key: options[key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")}
+    n, size = points.shape
+    method = index_method(size, str(cfg.device), opts["dense_limit"], limit) if opts["method"] == "auto" else opts["method"]
+
+    def objective(rows: int):  # row b: this member's objective at points[b] (its own batch-norm statistics)
+        return job_population_objective(job, [member] * rows, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))
+
+    if method != "dense":
+        loss_fn, _ = _analysis.member_objective(job, member, ctx)
+        structure = objective(1).affine_input
+        return [index(loss_fn, theta, **{**opts, "structure": structure, "memory_limit": limit}) for theta in points]
+    out = []
+    first = 0
+    while first < n:
+        step = max(dense_members(size, cfg.device, limit, wanted=n - first), 1)
+        pop = objective(min(step, n - first))
+        res = population_spectrum(pop.losses_fn, points[first : first + step], 1, 1, opts["threshold"],
+                                  float(opts["relative_threshold"]), structure=pop.affine_input, memory_limit=limit)
+        out += [dense_index(eig, opts["threshold"], float(opts["relative_threshold"]), res.passes, check=False)
+                for eig in res.spectrum.eigenvalues]
+        first += step
+    return out
 
 
 def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> dict[str, Any]:
@@ -121,7 +171,7 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
         if not mine:
             continue
         name = f"{GROUP}/{finder}"
-        groups[name] = {key: np.stack([r[key] for r in mine]) for key in mine[0]}
+        groups[name] = {key: np.concatenate([r[key] for r in mine]) for key in mine[0]}
         dims[name] = "start"
         dims[f"{name}/theta"] = "start,param"
     return groups, dims

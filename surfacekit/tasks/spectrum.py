@@ -60,12 +60,6 @@ METHODS = ["top_method", "bottom_method", "index_method", "trace_method", "densi
 ESTIMATE_CONFIDENCE = 0.95
 
 
-def memory_limit(cfg: Mapping[str, Any]) -> int | None:
-    """The job's ``memory_limit_gb`` in bytes (None: the free memory decides)."""
-    value = cfg.get("memory_limit_gb")
-    return None if value is None else int(float(value) * 2**30)
-
-
 def job_path(size: int, s: Mapping[str, Any], device: str, limit: int | None) -> str:
     """How a job of P = ``size`` is analysed: "dense" (batched exact spectra) or "member" (one member at a
     time; the index by ``index_method``). Raises ConfigError when ``index_method`` is dense or inertia
@@ -92,7 +86,7 @@ def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict
     for key in ("top_k", "bottom_k"):
         if int(s[key]) > size:
             raise ConfigError(f"spectrum.{key}={s[key]} is invalid: job {ref.name} has P={size} parameters")
-    path = job_path(size, s, str(cfg.device), memory_limit(cfg))
+    path = job_path(size, s, str(cfg.device), _analysis.memory_limit(cfg))
     size = int(s["batch_size"]) if path == "dense" else 1
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
     return {f"{path}-{b[0]:06d}-{b[-1]:06d}": {"path": path, "members": b} for b in batches}
@@ -109,7 +103,7 @@ def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
             structure = None
             if s["index_method"] in ("auto", "inertia"):
                 structure = _population(job, [member], ctx).affine_input
-            rows.append(member_spectrum(loss_fn, theta, s, structure, memory_limit(ctx["cfg"])))
+            rows.append(member_spectrum(loss_fn, theta, s, structure, _analysis.memory_limit(ctx["cfg"])))
     out = {name: np.stack([_analysis.to_numpy(r[name]) for r in rows]) for name in FIELDS + METHODS}
     out["member"] = np.asarray(unit["members"], dtype=np.int64)
     return out
@@ -122,7 +116,7 @@ def _population(job, members: list[int], ctx: dict):
 
 def dense_rows(job, members: list[int], s: Mapping[str, Any], ctx: dict) -> list[dict[str, Any]]:
     """Exact spectra of ``members`` from their dense Hessians, as many at once as the memory allows."""
-    limit = memory_limit(ctx["cfg"])
+    limit = _analysis.memory_limit(ctx["cfg"])
     size = sum(v[0].numel() for v in job.params.values())
     rows: list[dict[str, Any]] = []
     start = 0
@@ -218,11 +212,7 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any], struct
 
 def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
     k = len(members)
-    positions = _analysis.member_positions(members)
-    by_pos: dict[int, dict[str, np.ndarray]] = {}
-    for unit in rows.values():
-        for i, member in enumerate(unit["member"]):
-            by_pos[positions[int(member)]] = {name: unit[name][i] for name in FIELDS + METHODS}
+    by_pos = _analysis.batch_rows_by_position(members, rows)
     arrays = _analysis.member_arrays(by_pos, FIELDS, k)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
     arrays.update(_analysis.member_arrays(by_pos, METHODS, k, strings=METHODS))

@@ -69,11 +69,12 @@ def test_an_embedded_saddle_is_certified_with_its_dense_index():
 
     saddle = flatten(new.params)[0]
     eig = torch.linalg.eigvalsh(dense_hessian(wide_loss, saddle))
-    for method in ("dense", "lanczos"):
+    for method in ("dense", "inertia", "lanczos"):
         cert = certify(wide_loss, saddle, index_options={"method": method})
         assert cert.certified and cert.classification == "saddle"
         assert cert.index_count == int((eig < -1e-5 * eig.abs().max()).sum()) and cert.index_count % 3 == 0
-        assert cert.lambda_min == pytest.approx(float(eig[0]), rel=1e-8)
+        assert cert.lambda_min == pytest.approx(float(eig[0]), rel=1e-8)  # inertia: Lanczos, not the last counted
+        assert cert.lambda_max == pytest.approx(float(eig[-1]), rel=1e-8)
         assert math.isnan(cert.grad_norm2_relative)  # no start given: absolute test only
 
 

@@ -38,8 +38,9 @@ def test_cap_gives_at_least(small_mlp):
 
 
 def test_threshold_zero_warns(mlp):
-    with pytest.warns(UserWarning, match="not numerically resolvable"):
+    with pytest.warns(UserWarning, match="not numerically resolvable") as caught:
         res = index(mlp.loss_fn, mlp.theta, threshold=0.0)
+    assert sum("not numerically resolvable" in str(w.message) for w in caught) == 1  # once, not per layer
     # The signs of the rounding-level eigenvalues are noise (two exact ways of computing the Hessian,
     # e.g. the graph and jvp products, disagree on them), which is why 0 is not a usable threshold.
     tiny = int((mlp.eigenvalues.abs() < 1e-10 * mlp.eigenvalues.abs().max()).sum())
