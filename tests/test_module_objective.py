@@ -148,6 +148,17 @@ def test_selected_parameters_give_the_principal_block_of_the_hessian(net, data):
         objective_from_module(net, "cross_entropy", data, params="6")
 
 
+
+def test_a_predicate_sees_the_modules_own_parameters(net, data):
+    """PyHessian's choice, the trainable parameters, as a predicate: it is shown the module's tensors."""
+    frozen = copy.deepcopy(net)
+    frozen[0].weight.requires_grad_(False)  # a frozen first convolution
+    trainable = objective_from_module(frozen, "cross_entropy", data, params=lambda name, p: p.requires_grad)
+    assert trainable.names == [n for n, p in frozen.named_parameters() if p.requires_grad] and "0.weight" not in trainable.names
+    assert objective_from_module(frozen, "cross_entropy", data).names == [n for n, _ in frozen.named_parameters()]
+    assert not frozen[0].weight.requires_grad and frozen[5].weight.requires_grad  # untouched
+
+
 def test_a_loss_not_connected_to_the_selection_raises(data):
     net = WithUnusedHead()
     with pytest.raises(ValueError, match=r"does not depend on the selected parameters \['unused.weight', 'unused.bias'\]"):
