@@ -336,8 +336,8 @@ def mapping_hint(key: str) -> str | None:
     """For a free-form mapping named whole (``model.args``): how to set its entries; else None."""
     if f"{key}." not in FREE_FORM:
         return None
-    return (f"{key} is a mapping that exists already: add entries with +{key}.KEY=VALUE (e.g. +{key}.hidden=64) "
-            f"or replace it whole with ++{key}={{KEY: VALUE}}")
+    return (f"{key} is a mapping that exists already: add entries with +{key}.KEY=VALUE or replace it whole "
+            f"with ++{key}={{KEY: VALUE}}")
 
 
 def check_overrides(overrides: Iterable[str], cfg: DictConfig) -> None:
