@@ -237,7 +237,7 @@ TRAINER = {
     "backprop": {"grad_tol": number(0), "coupling": choice(("none", "easgd", "eamsgd", "averaging")), "tau": integer(1),
                  "beta": number(0), "delta": number(0, 1, hi_open=True),
                  "communication": choice(("synchronous", "round_robin")), "track_sharpness": integer(0),
-                 "sharpness_tol": number(0, lo_open=True), "sharpness_max_hvps": integer(1)},
+                 "sharpness_tol": number(0, lo_open=True), "sharpness_max_hvps": integer(1), "fused_step": boolean},
     "dtp": {"difference_correction": boolean, "target_step": number(0, lo_open=True),
             "target_reduction": choice(("sum", "mean")), "noise_std": number(0), "forward_lr": number(0, lo_open=True),
             "inverse_lr": number(0, lo_open=True), "schedule": choice(("passes", "interleaved")),

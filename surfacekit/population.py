@@ -29,7 +29,7 @@ from surfacekit.models.module import norm_moments
 from surfacekit.seeds import member_seed
 
 __all__ = [
-    "Params", "chunks", "dataset_statistics", "evaluate", "flatten", "full_loss", "init_population",
+    "Params", "chunks", "dataset_statistics", "evaluate", "flatten", "full_loss", "gather_rows", "init_population",
     "member_loss_fn", "member_seed", "unflatten",
 ]
 
@@ -64,6 +64,21 @@ def unflatten(flat: torch.Tensor, spec: Spec) -> Params:
         start += size
     if start != flat.shape[1]:
         raise ValueError(f"flat vector has {flat.shape[1]} entries, the spec needs {start}")
+    return out
+
+
+def gather_rows(data: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The rows ``data[index]`` [K, B, ...] of ``data`` [N, ...] for a minibatch index [K, B] (every member
+    its own examples), as one ``index_select`` of the flattened index: the same values as advanced
+    indexing, which took 5 to 6 times longer for [64, 128] rows of 64 floats on the CPU (its kernel
+    handles general index shapes). out: a contiguous buffer [K, B, ...] to write into.
+
+    Raises:
+        IndexError: an index outside [0, N).
+    """
+    if out is None:
+        return data.index_select(0, index.reshape(-1)).unflatten(0, index.shape)
+    torch.index_select(data, 0, index.reshape(-1), out=out.view(-1, *data.shape[1:]))
     return out
 
 

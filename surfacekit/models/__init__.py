@@ -4,7 +4,8 @@
 ``param_shapes``, ``init_member``, ... and ``build_spec`` from a config), ``mlp`` (fully connected
 networks with optional batch norm and residual connections, batched matrix products), ``module``
 (any ``torch.nn.Module``: vmap over functional_call), ``cnn`` and ``resnet`` (the built-in modules),
-``losses``, ``activations``, ``batchnorm`` (batch moments, pooled moments, running statistics).
+``losses``, ``activations``, ``batchnorm`` (batch moments, pooled moments, running statistics),
+``fused`` (the hand-written forward and backward pass of plain MLP populations: the trainer's fused step).
 """
 
 from surfacekit.models.activations import ACTIVATION_NAMES, ACTIVATIONS, MAXOUT, activation_derivative

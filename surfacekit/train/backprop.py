@@ -4,6 +4,9 @@ The population loss is the sum of member losses, each on the member's own miniba
 element-wise optimizer over the stacked tensors equals K independent runs. With batch norm, every
 training step normalizes with its minibatch's moments and updates each member's running statistics
 as torch does; at the end the exact full-training-set statistics are stored for evaluation mode.
+A plain MLP (no batch norm, residual connections or maxout) with loss cross_entropy or mse takes the
+fused step (``trainer.fused_step``, :mod:`surfacekit.models.fused`): the same gradients by a
+hand-written forward and backward pass into buffers reused from step to step.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from typing import Any, Mapping
 import torch
 
 from surfacekit.data import Dataset
-from surfacekit.models import Spec, forward, init_statistics, member_losses, param_shapes, update_statistics
+from surfacekit.models import Spec, forward, fused, init_statistics, member_losses, param_shapes, update_statistics
 from surfacekit.objective import check_choices, l2_coefficients as objective_l2
 from surfacekit.optim import build_optimizer, coupled_weight_decay, learning_rate, optimizer_config
-from surfacekit.population import Params
+from surfacekit.population import Params, gather_rows
 from surfacekit.seeds import stream_generators
 from surfacekit.train import coupling as couplings, tracking
 from surfacekit.train.common import (
@@ -65,7 +68,9 @@ def train(
     trainer_cfg (complete, as composed from ``conf/trainer/backprop.yaml``): epochs, batch_size (null:
     full batch), eval_every (epochs), grad_tol (a member whose full-data gradient norm falls below
     it is converged and frozen; 0 disables), divergence_loss (a member whose minibatch loss is
-    non-finite or above it is marked diverged and frozen), snapshots. optimizer_cfg: an
+    non-finite or above it is marked diverged and frozen), snapshots, fused_step (plain MLPs with loss
+    cross_entropy or mse: the hand-written forward and backward pass of :mod:`surfacekit.models.fused`
+    instead of autograd; other networks and losses always use autograd). optimizer_cfg: an
     ``optimizer`` group config (missing fields take the YAML defaults).
     lr_scale [K]: per-member learning-rate multipliers, applied by scaling each member's update (exact
     for every optimizer whose step is proportional to lr, i.e. all but rprop).
@@ -91,6 +96,7 @@ def train(
     grad_tol = float(trainer_cfg["grad_tol"])
     divergence_loss = float(trainer_cfg["divergence_loss"])
     optimizer_cfg = optimizer_config(optimizer_cfg)
+    fused_step = bool(trainer_cfg["fused_step"]) and fused.supported(spec, loss)
 
     leaves = {name: v.detach().clone().requires_grad_(True) for name, v in params.items()}
     init_params = {name: v.detach().clone() for name, v in params.items()}
@@ -106,6 +112,7 @@ def train(
     tracker = tracking.start(trainer_cfg, optimizer_cfg, spec, data, loss, seeds, objective, chunk_size, leaves)
 
     steps_per_epoch = 1 if batch_size is None else math.ceil(n / int(batch_size))
+    tape = None  # the fused step's buffers, reused from step to step
     diverged = torch.zeros(k, dtype=torch.bool, device=device)
     converged = torch.zeros(k, dtype=torch.bool, device=device)
     steps_taken = torch.zeros(k, dtype=torch.int64, device=device)
@@ -125,16 +132,25 @@ def train(
             lr = learning_rate(optimizer_cfg, epoch + i / steps_per_epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
-            outputs, moments = forward(spec, leaves, x, return_statistics=True)
-            losses = member_losses(outputs, y, loss)
+            if fused_step:  # the minibatch gathered into, and every product written over, the last step's buffers
+                losses, tape = fused.forward(spec, leaves, data.x_train, data.y_train, loss, index=idx, reuse=tape)
+                moments = {}
+            else:
+                x, y = (data.x_train, data.y_train) if idx is None else (gather_rows(data.x_train, idx),
+                                                                         gather_rows(data.y_train, idx))
+                outputs, moments = forward(spec, leaves, x, return_statistics=True)
+                losses = member_losses(outputs, y, loss)
             bad = (~torch.isfinite(losses) | (losses > divergence_loss)) & freezer.active
             if bool(bad.any()):
                 diverged.logical_or_(bad)
                 freezer.freeze(bad, {**leaves, **running})
             active = freezer.active
             optimizer.zero_grad()
-            torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+            if fused_step:
+                for name, grad in fused.gradients(spec, leaves, tape, active).items():
+                    leaves[name].grad = grad
+            else:
+                torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
             keep = lr_scale is not None or coupling is not None
             before = {name: v.detach().clone() for name, v in leaves.items()} if keep else None
             optimizer.step()
@@ -142,7 +158,7 @@ def train(
                 scale_updates(leaves, before, lr_scale)
             if coupling is not None:
                 couplings.step(coupling, leaves, before, active)
-            update_statistics(spec, running, moments, x.shape[-2])
+            update_statistics(spec, running, moments, n if idx is None else idx.shape[1])
             freezer.restore({**leaves, **running})
             steps_taken += active
             step += 1
