@@ -42,7 +42,7 @@ from surfacekit.curvature.hvp import Backend, HessianOperator, as_float64
 from surfacekit.models.architecture import param_shapes
 from surfacekit.models.batchnorm import pooled_moments
 from surfacekit.models.losses import LOSSES, example_losses
-from surfacekit.models.module import ExplicitBatchNorm, Norm, NormCall, _Stop, norm_call, prepare, trace
+from surfacekit.models.module import Norm, NormCall, _Stop, norm_call, prepare, trace
 
 BN_MODES = ("eval", "batch")
 HVP_MODES = ("batches", "graph")

@@ -42,7 +42,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from surfacekit import jobs, store, transforms
 from surfacekit.models import MLPSpec, buffer_shapes, param_shapes

@@ -98,3 +98,12 @@ def test_batched_units_equal_the_member_path(run_cli, tanh_job):
         np.testing.assert_allclose(a[column], b[column], rtol=1e-6)
     np.testing.assert_allclose(a["cert_objective"], b["cert_objective"], rtol=1e-12)
     np.testing.assert_allclose(ga["theta"], gb["theta"], atol=1e-7 * np.abs(gb["theta"]).max())
+
+
+def test_diverged_members_are_named_when_skipped(run_cli, job_copy):
+    import h5py
+
+    with h5py.File(job_copy, "r+") as f:  # mark member 1 diverged, as the trainer does
+        f["members/diverged"][1] = True
+    out = run_cli("task=certify", f"source={job_copy}", "certify.members=[1]", *FAST)
+    assert "certify: job" in out.stderr and "skipping diverged member(s) [1] (diverged in training)" in out.stderr

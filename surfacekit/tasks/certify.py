@@ -108,7 +108,7 @@ def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict
     if target:  # the kink margin and the transforms read the MLP's layers
         raise ConfigError(f"task=certify supports MLP jobs (model=mlp); job {ref.name} is a module population "
                           f"(model._target_={target})")
-    ids = _analysis.select_members(members, s.get("members"), "certify.members")
+    ids = _analysis.select_members(members, s.get("members"), "certify.members", ref.name)
     path = curvature_path(_analysis.parameter_count(ref), s["index"], str(cfg.device), _analysis.memory_limit(cfg))
     size = int(s["batch_size"])
     return {f"{path}-{b[0]:06d}-{b[-1]:06d}": {"path": path, "members": b}

@@ -63,10 +63,7 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple[int, int, str]]
             raise ResultsError(f"{ref.file}: job {ref.name!r} has no /trajectory to start from; "
                                "train it with trainer.snapshots=true")
         train_loss = g["curves"]["train_loss"][()]
-    everyone = _analysis.select_members(members, s.get("members"), "critical.members", skip_diverged=False)
-    chosen = _analysis.select_members(members, s.get("members"), "critical.members")
-    if len(chosen) < len(everyone):
-        warn(f"critical: job {ref.name}: skipping diverged member(s) {sorted(set(everyone) - set(chosen))}")
+    chosen = _analysis.select_members(members, s.get("members"), "critical.members", ref.name)
     positions = _analysis.member_positions(members)
     units = {}
     for m in chosen:

@@ -24,7 +24,6 @@ from omegaconf import DictConfig
 
 from surfacekit import landscape as ls
 from surfacekit.config import ConfigError
-from surfacekit.jobs import warn
 from surfacekit.objective import l2_penalty
 from surfacekit.population import flatten, unflatten
 from surfacekit.seeds import derive_seed
@@ -49,10 +48,7 @@ def _pairs(spec: Any, ids: list[int]) -> list[tuple[int, int]]:
 
 
 def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple]:
-    everyone = _analysis.select_members(members, s.get("members"), "landscape.members", skip_diverged=False)
-    chosen = _analysis.select_members(members, s.get("members"), "landscape.members")
-    if len(chosen) < len(everyone):
-        warn(f"landscape: job {ref.name}: skipping diverged member(s) {sorted(set(everyone) - set(chosen))}")
+    chosen = _analysis.select_members(members, s.get("members"), "landscape.members", ref.name)
     kinds = _kinds(s)
     units: dict[str, tuple] = {}
     if "interpolation" in kinds:

@@ -104,7 +104,7 @@ def member_sharpness(loss_fn, theta: torch.Tensor, errors, s: dict, seed: int) -
 
 
 def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, int]:
-    return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "sharpness.members")}
+    return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "sharpness.members", ref.name)}
 
 
 def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:

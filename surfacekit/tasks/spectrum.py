@@ -81,7 +81,7 @@ def job_path(size: int, s: Mapping[str, Any], device: str, limit: int | None) ->
 def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict]:
     """Units of a job: batches of ``batch_size`` members on the dense path, single members otherwise
     (the path is part of the unit's key, so a rerun that decides otherwise recomputes)."""
-    ids = _analysis.select_members(members, s.get("members"), "spectrum.members")
+    ids = _analysis.select_members(members, s.get("members"), "spectrum.members", ref.name)
     size = _analysis.parameter_count(ref)
     for key in ("top_k", "bottom_k"):
         if int(s[key]) > size:
