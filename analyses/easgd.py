@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 out, "train_loss_vs_steps")
     save_figure(spread_figure(table), out, "spread_vs_tau")
     print(summary.to_string(index=False, float_format="%.4g"))
-    print(momentum.to_string(index=False, float_format="%.4g"))
+    print(momentum.to_string(index=False, float_format="%.4g") if len(momentum) else
+          "momentum effect: no pair to compare (EAMSGD and EASGD at one tau, or momentum SGD and SGD baselines)")
     print(f"wrote figures and tables to {out}")
     return 0
 

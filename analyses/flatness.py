@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.concat([networks(results_path(s), str(s)) for s in args.sources], ignore_index=True)
     if len(table) < 3:
         raise AnalysisError(f"{args.sources[0]}: {len(table)} analysed networks; correlations need at least 3")
+    for source, part in table.groupby("source", sort=False):
+        if not varying_axes(part):
+            raise AnalysisError(f"{source}: none of the hyperparameters {list(AXES)} varies among its {len(part)} "
+                                "networks, so there is no axis to correlate along (sweep one: experiment=flatness)")
     out = output_dir(args.sources[0], PROG, args.out)
     kendall = pd.concat([kendall_table(table, "error_gap"), kendall_table(table, "loss_gap")], ignore_index=True)
     columns = ["source", "job", "member", "coupling", "tau", "batch_size", "lr", "train_error", "test_error", "error_gap",

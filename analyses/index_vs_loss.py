@@ -71,8 +71,9 @@ def bray_dean(eps: np.ndarray, eps_c: float, w: float) -> np.ndarray:
 
 
 def fit_bray_dean(loss: np.ndarray, alpha: np.ndarray) -> tuple[float, float]:
-    """Least-squares (eps_c, w) of :func:`bray_dean` on accepted points; (nan, nan) if it fails."""
-    if len(loss) < 3 or np.ptp(loss) == 0:
+    """Least-squares (eps_c, w) of :func:`bray_dean` on accepted points; (nan, nan) if it fails or the data
+    cannot determine them (fewer than 3 points, one loss, or one index: all minima, say)."""
+    if len(loss) < 3 or np.ptp(loss) == 0 or np.ptp(alpha) == 0:
         return float("nan"), float("nan")
     span = float(np.ptp(loss))
     try:

@@ -67,7 +67,14 @@ def predicted_steps(lam_min: float, x0: float, g0: float, eta: float, drop: floa
 
 
 def choose(saddles: pd.DataFrame, n: int) -> pd.DataFrame:
-    """``n`` accepted saddles spread over |lambda_min| (quantiles of the sorted list)."""
+    """``n`` accepted saddles spread over |lambda_min| (quantiles of the sorted list).
+
+    Raises:
+        AnalysisError: no accepted embedded saddle (none embedded: a single job or a single width).
+    """
+    if not len(saddles):
+        raise AnalysisError("no embedded saddle: the certified minima of a narrower network are embedded into a wider "
+                            "one of the same sweep, so run it on a width sweep (experiment=dauphin_index), not one job")
     ok = saddles[saddles.accepted.astype(bool) & (saddles.index_count > 0)].sort_values("lambda_min").reset_index(drop=True)
     if not len(ok):
         raise AnalysisError("no certified embedded saddle: run task=certify on a width sweep (experiment=dauphin_index)")

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from surfacekit import jobs, sweep
-from surfacekit.config import TASK_RULES, ConfigError, check_forced, flat_keys, nearest_keys, validate
+from surfacekit.config import TASK_RULES, ConfigError, check_forced, flat_keys, mapping_hint, nearest_keys, validate
 from surfacekit.data import DataError
 from surfacekit.jobs import JobError
 from surfacekit.store import FAILURE_NAME, ResultsError
@@ -141,6 +141,8 @@ def _composition_message(exc: Exception, overrides: list[str]) -> str:
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     if "Could not override '" in text:
         key = text.split("Could not override '", 1)[1].split("'", 1)[0]
+        if mapping_hint(key):
+            return f"{key}: {mapping_hint(key)}"
         groups = [o for o in overrides if "=" in o and "." not in o.partition("=")[0].lstrip("+~")]
         try:
             known = flat_keys(_compose(groups))

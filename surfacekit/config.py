@@ -4,7 +4,8 @@
 trainer groups, and the selected task's settings) and the ``+`` overrides, and raises
 :class:`ConfigError` with one line naming the key, the value and what is expected. Values that are
 legal but dubious produce warnings (returned, printed and stored in the results file). Checks that
-need the data (a batch larger than the training set) are in :func:`validate_with_data`.
+need the data and the built network (a batch larger than the training set, a batch of one with batch
+norm) are in :func:`validate_with_data`.
 
 Defaults live in the YAML files under ``conf/`` only; :func:`group_defaults` reads one option's
 file for direct (non-Hydra) use. The rules are written out here rather than as Hydra structured
@@ -333,6 +334,14 @@ def nearest_keys(key: str, known: Iterable[str], n: int = 3) -> list[str]:
     return close[:n]
 
 
+def mapping_hint(key: str) -> str | None:
+    """For a free-form mapping named whole (``model.args``): how to set its entries; else None."""
+    if f"{key}." not in FREE_FORM:
+        return None
+    return (f"{key} is a mapping that exists already: add entries with +{key}.KEY=VALUE or replace it whole "
+            f"with ++{key}={{KEY: VALUE}}")
+
+
 def check_overrides(overrides: Iterable[str], cfg: DictConfig) -> None:
     """Reject overrides that add keys the config does not have (``+key``: typos; every setting exists
     in the YAML already) or delete settings (``~key``: every setting needs a value). Free-form maps
@@ -349,6 +358,8 @@ def check_overrides(overrides: Iterable[str], cfg: DictConfig) -> None:
         if text.startswith("~"):
             raise ConfigError(f"{text}: deleting a setting is not supported (every setting needs a value); "
                               f"set it instead, e.g. {key}=VALUE")
+        if mapping_hint(key):
+            raise ConfigError(f"{text}: {mapping_hint(key)}")
         others = [k for k in known if k != key]
         hint = nearest_keys(key, others)
         raise ConfigError(f"{text}: no such setting{'; did you mean ' + ' or '.join(hint) + '?' if hint else ''} "
@@ -442,6 +453,10 @@ def _zero_thresholds(cfg: DictConfig, task: str) -> list[str]:
 
 TRAINING_GROUPS = ("data", "model", "optimizer", "trainer", "population")
 OWN_OPTIMIZER = ("dtp", "penalty", "hessian_free", "scg")  # trainers that do not use the optimizer group
+# Settings that act only with another setting on (a warning names them when given without it).
+COUPLING_KEYS = ("trainer.tau", "trainer.beta", "trainer.delta", "trainer.communication")
+TRACKING_KEYS = ("trainer.sharpness_tol", "trainer.sharpness_max_hvps")
+HIDDEN_LAYER_KEYS = ("model.width", "model.activation", "model.maxout_pieces", "model.batch_norm", "model.residual")
 
 
 def _override_keys(overrides: Iterable[str]) -> list[str]:
@@ -499,6 +514,14 @@ def validate_training(cfg: DictConfig, overrides: Iterable[str] = ()) -> list[st
         if given:
             warnings.append(f"{', '.join(given)} has no effect with trainer={method_name}: it sets its own steps "
                             "(see its trainer.* settings)")
+    for condition, settings, reason in (
+            (get(cfg, "trainer.coupling", "none") in (None, "none"), COUPLING_KEYS, "trainer.coupling=none (independent members)"),
+            (not get(cfg, "trainer.track_sharpness", 0), TRACKING_KEYS, "trainer.track_sharpness=0 (no tracking)"),
+            (get(cfg, "model.widths") is None and get(cfg, "model.depth") == 0 and not get(cfg, "model._target_"),
+             HIDDEN_LAYER_KEYS, "model.depth=0 (no hidden layer: logistic or linear regression)")):
+        given = [k for k in keys if k in settings]
+        if condition and given:
+            warnings.append(f"{', '.join(given)} has no effect with {reason}")
     if method_name == "penalty" and "trainer.epochs" in keys:
         warnings.append("trainer.epochs has no effect with trainer=penalty: its schedule is trainer.stages x "
                         "trainer.alternations")
@@ -723,11 +746,15 @@ def _validate_methods(cfg: DictConfig, method: str, optimizer: str) -> None:
                   "zero curvature in the outputs, so its Gauss-Newton matrix is 0); or trainer.curvature=hessian")
 
 
-def validate_with_data(cfg: DictConfig, num_train: int) -> None:
-    """Checks that need the data: a minibatch larger than the training set."""
+def validate_with_data(cfg: DictConfig, num_train: int, batch_norm: bool = False) -> None:
+    """Checks that need the data and the built network: a minibatch larger than the training set; with
+    batch norm, a minibatch of one example (its variance is undefined)."""
     bs = get(cfg, "trainer.batch_size")
     if bs is not None and bs > num_train:
         _fail("trainer.batch_size", bs, f"<= {num_train} (the training set size) or null for full batch")
+    if batch_norm and bs is not None and (bs == 1 or num_train % bs == 1):
+        _fail("trainer.batch_size", bs, f"a size that leaves no batch of one example of the {num_train} training "
+              f"examples (batch norm needs at least 2 per batch), e.g. {bs + 1} or null")
 
 
 # ----------------------------------------------------------------------------------- resources

@@ -169,10 +169,23 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _npz_files(path: Path, expected: str) -> tuple[Path, list[Path]]:
+    """(directory, .npz files) of ``data.path``: an .npz file itself, or a directory and the .npz files in it.
+
+    Raises:
+        DataError: ``path`` is neither a directory nor an .npz file.
+    """
+    if path.is_file() and path.suffix == ".npz":
+        return path.parent, [path]
+    if path.is_file():
+        raise DataError(f"data.path={path}: a file that is not an .npz (expected a directory of {expected} or an .npz file)")
+    if not path.is_dir():
+        raise DataError(f"data.path={path}: no such file or directory (expected a directory of {expected} or an .npz file)")
+    return path, sorted(path.glob("*.npz"))
+
+
 def _mnist_arrays(directory: Path) -> dict[str, np.ndarray]:
-    if not directory.is_dir():
-        raise DataError(f"data.path={directory}: no such directory (expected MNIST-format IDX files or mnist.npz)")
-    npz = sorted(directory.glob("*.npz"))
+    directory, npz = _npz_files(directory, "MNIST-format IDX files")
     if npz:
         import zipfile
 
@@ -277,11 +290,9 @@ def _cifar_arrays(cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
         raise DataError(f"data.path is not set: name the directory holding the {name} files")
     directory = Path(path).expanduser()
     train_files, test_files, subdir = _CIFAR_FILES[name]
-    if not directory.is_dir():
-        raise DataError(f"data.path={directory}: no such directory (expected {name}'s python batches or an .npz)")
     if (directory / subdir).is_dir():
         directory = directory / subdir
-    npz = sorted(directory.glob("*.npz"))
+    directory, npz = _npz_files(directory, f"{name}'s python batches")
     if npz:
         return _cifar_npz(npz[0])
     missing = [f for f in train_files + test_files if not (directory / f).is_file()]

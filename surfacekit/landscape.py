@@ -43,7 +43,7 @@ Shapes: theta [P] float64 flat vectors in the canonical order of ``models.param_
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch

@@ -42,7 +42,7 @@ from surfacekit.curvature.hvp import Backend, HessianOperator, as_float64
 from surfacekit.models.architecture import param_shapes
 from surfacekit.models.batchnorm import pooled_moments
 from surfacekit.models.losses import LOSSES, example_losses
-from surfacekit.models.module import ExplicitBatchNorm, Norm, NormCall, _Stop, norm_call, prepare, trace
+from surfacekit.models.module import Norm, NormCall, _Stop, norm_call, prepare, trace
 
 BN_MODES = ("eval", "batch")
 HVP_MODES = ("batches", "graph")
@@ -91,7 +91,8 @@ def select_parameters(names: Iterable[str], params: Selection, tensors: Mapping[
     """The selected parameter names, in the module's order.
 
     ``params``: None (all), a name or module prefix (``"layer1"`` selects ``layer1.*``), a list of
-    names or prefixes, or a predicate ``(name, tensor) -> bool``.
+    names or prefixes, or a predicate ``(name, tensor) -> bool`` shown ``tensors[name]`` (the module's
+    own parameter: ``lambda name, p: p.requires_grad`` selects the trainable ones).
 
     Raises:
         ValueError: a name or prefix that matches nothing, or an empty selection.
@@ -120,7 +121,8 @@ class Problem:
     template: the prepared private copy (on ``device``, ``dtype``); values: every parameter and buffer
     as float64 (``dtype``) tensors by name; statistics: the running statistics as ``{norm}.bn_mean`` /
     ``bn_var`` (eval mode); norms: norm layers in forward order; num_examples / num_batches: what one
-    pass over the data gives.
+    pass over the data gives; parameters: the module's own parameters by name (never written: what a
+    ``params`` predicate is shown, with their ``requires_grad`` flags).
     """
 
     template: nn.Module
@@ -139,6 +141,7 @@ class Problem:
     num_batches: int = 0
     tensors_chunk: int | None = None
     hvp: str = "batches"
+    parameters: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def separable(self) -> bool:
@@ -274,7 +277,13 @@ class ModuleObjective:
         ``hvp="batches"`` (and a separable objective): :class:`BatchHessianOperator`, products a batch
         at a time; otherwise (``hvp="graph"``, or batch norm in batch mode, which couples the batches)
         the generic operator over the whole objective with ``backend``.
+
+        Raises:
+            ValueError: the objective computes in another dtype than float64 (``objective_from_module(dtype=...)``).
         """
+        if self.problem.dtype != torch.float64:
+            raise ValueError(f"the objective computes in {str(self.problem.dtype).replace('torch.', '')} "
+                             "(objective_from_module(dtype=...)); curvature needs dtype=torch.float64")
         if self.problem.hvp == "batches" and self.problem.separable:
             return BatchHessianOperator(self, theta)
         return HessianOperator(self, theta, backend)
@@ -366,7 +375,7 @@ def _(objective: ModuleObjective) -> dict[str, tuple[int, ...]]:
 
 def _selection(problem: Problem, params: Selection, info: Mapping[str, Any]) -> ModuleObjective:
     values = problem.values
-    names = select_parameters(problem.parameter_names, params, values)
+    names = select_parameters(problem.parameter_names, params, problem.parameters or values)
     theta = torch.cat([values[n].reshape(-1) for n in names]).clone()
     shapes = {n: tuple(values[n].shape) for n in names}
     return ModuleObjective(problem, names, theta, shapes, {**info, "num_params": int(theta.numel())})
@@ -407,6 +416,8 @@ def _data_form(data: Any, chunk_size: int | None) -> int | None:
         lengths = {len(t) for t in data}
         if len(lengths) != 1:
             raise ValueError(f"data tensors have different lengths {sorted(lengths)}")
+        if not len(data[0]):
+            raise ValueError("data hold no examples")
         return int(chunk_size or len(data[0]))
     if iter(data) is data:
         raise TypeError("data is a one-shot iterator: pass a DataLoader, a list of batches or a tuple of tensors, "
@@ -480,7 +491,7 @@ def objective_from_module(
               for name, t in [*original.items(), *model.named_buffers()] if name in kept}
     chunk = _data_form(data, chunk_size)
     problem = Problem(template, values, list(original), {}, (), data, loss, inputs, targets, bn_mode, device, dtype,
-                      tensors_chunk=chunk, hvp=hvp)
+                      tensors_chunk=chunk, hvp=hvp, parameters=original)
     first_batch, count, batches = None, 0, 0
     for batch in problem.batches():
         first_batch = batch if first_batch is None else first_batch

@@ -221,7 +221,7 @@ def deepen(spec: MLPSpec, params: Params, after_layer: int, statistics: Params |
     _check_hidden(spec, after_layer, "deepen")
     if spec.activation not in IDEMPOTENT:
         raise ValueError(f"deepen: model.activation={spec.activation} has phi(phi(x)) != phi(x), so an identity layer "
-                         f"changes the function (tanh: logits changed by 2.08); Net2DeeperNet needs one of {list(IDEMPOTENT)}")
+                         f"changes the function; Net2DeeperNet needs one of {list(IDEMPOTENT)}")
     if spec.batch_norm:
         raise ValueError("deepen: batch-norm networks are not supported (the inserted layer's normalization would have "
                          "to be undone with data statistics)")

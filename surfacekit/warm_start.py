@@ -6,8 +6,9 @@ instead of a random initialization:
 
 * the starting point (``population.init_point``): ``final``, the member's final parameters
   (``/params``), or ``certify``, the point ``task=certify`` drove it to (``/certify/theta`` of the
-  newest certify analysis of SOURCE; members whose certification failed start from their point too
-  and say so in ``source_certified``);
+  newest certify analysis of SOURCE's trained objective, else of the newest with a warning; recorded
+  as ``certify_analysis`` and ``certify_objective``; members whose certification failed start from
+  their point too, with a warning, and say so in ``source_certified``);
 * the map applied to it (``population.transform``): ``none``, ``widen`` (Net2WiderNet:
   :func:`surfacekit.transforms.widen` of hidden layer ``population.transform_layer`` to
   ``population.new_width`` units, symmetry-breaking ``population.transform_noise``, mapping drawn
@@ -15,6 +16,8 @@ instead of a random initialization:
   an identity layer after hidden layer ``population.transform_layer``; relu and linear only).
   Both preserve the function exactly (noise included), so the new job's first recorded losses equal
   SOURCE's last ones;
+* a coupled source (``trainer.coupling``): its workers are the members; the centre is not a start;
+  members that diverged in SOURCE start from their diverged point, with a warning;
 * batch norm: the exact full-training-set statistics of the starting point (SOURCE's stored
   ``bn_mean`` / ``bn_var``, recomputed at a certified point), mapped by the transform, are the
   evaluation-mode statistics and the initial running statistics of the new job.
@@ -23,7 +26,8 @@ The model of the new job is derived, not configured: SOURCE's model settings wit
 transform produces (:func:`derived_model`); a model setting that the command line or a preset gives
 a different value is refused by :func:`surfacekit.config.validate`, as are a population size other
 than SOURCE's and data settings other than SOURCE's. The results file records what was done:
-``/init_from`` (source_path, source_job, source_run_id, source_sha256, init_point), ``/transform``
+``/init_from`` (source_path, source_job, source_run_id, source_sha256, init_point, and with
+``init_point=certify`` certify_analysis and certify_objective), ``/transform``
 (:meth:`surfacekit.transforms.Transformed.record`: kind, layer, widths, mapping, outgoing_scale)
 and the members columns ``source_member`` and, with ``init_point=certify``, ``source_certified``
 and ``source_class``.
@@ -35,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import h5py
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from surfacekit import store, transforms
+from surfacekit import jobs, store, transforms
 from surfacekit.models import MLPSpec, buffer_shapes, param_shapes
 from surfacekit.population import Params, dataset_statistics, unflatten
 
@@ -139,23 +144,61 @@ def configure(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _starting_params(cfg: DictConfig, job: store.Job) -> tuple[Params, Params, dict[str, np.ndarray]]:
-    """The source's points [K, ...] (float64), their exact batch-norm statistics and extra members columns."""
+def _certify_analysis(init_from: str) -> tuple[store.AnalysisRef, str, str]:
+    """The certify analysis of the source job to start from: the newest of the trained objective (the
+    one training continues on), else the newest of any; with that analysis's ``objective`` and the job's
+    name in it.
+
+    Raises:
+        store.ResultsError: the source has no certify analysis.
+    """
+    collection = store.collect(Path(str(init_from)).expanduser())
+    ref = next(iter(collection.jobs.values()))
+    found = store.analyses_of(collection, ref, "certify")
+    if not found:
+        raise store.ResultsError(f"{ref.file}: no task=certify analysis; run it first or use population.init_point=final")
+    objectives = []
+    for analysis in found:
+        with h5py.File(analysis.file, "r") as f:
+            objectives.append(str(f["/".join(p for p in (analysis.group, "jobs", ref.name) if p)].attrs["objective"]))
+    chosen = objectives.index("trained") if "trained" in objectives else 0
+    return found[chosen], objectives[chosen], ref.name
+
+
+def _starting_params(cfg: DictConfig, job: store.Job, workers: np.ndarray
+                     ) -> tuple[Params, Params, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The source's points [K, ...] (float64) of the members ``workers`` (a mask over ``job.members``: a
+    coupled job's centre row left out), their exact batch-norm statistics, extra members columns and the
+    provenance of certified points (``certify_analysis``, ``certify_objective``)."""
     point = str(cfg.population.init_point)
-    statistics = {name: v for name, v in job.buffers.items() if name.endswith((".bn_mean", ".bn_var"))}
+    keep = torch.from_numpy(workers)
+    statistics = {name: v[keep] for name, v in job.buffers.items() if name.endswith((".bn_mean", ".bn_var"))}
     if point == "final":
-        return job.params, statistics, {}
-    arrays = store.load_group(cfg.population.init_from, "certify")
-    theta = torch.from_numpy(np.asarray(arrays["theta"], dtype=np.float64))
-    missing = [int(m) for m, row in zip(job.members["member"], theta) if not bool(torch.isfinite(row).all())]
+        return {name: v[keep] for name, v in job.params.items()}, statistics, {}, {}
+    analysis, objective, name = _certify_analysis(cfg.population.init_from)
+    with h5py.File(analysis.file, "r") as f:
+        group = f["/".join(p for p in (analysis.group, "jobs", name, "certify") if p)]
+        theta = torch.from_numpy(np.asarray(group["theta"][()], dtype=np.float64))[keep]
+        certified = np.asarray(group["certified"][()], dtype=bool)[workers]
+        classes = np.asarray(group["classification"].asstr()[()]).astype(str)[workers]
+    members = np.asarray(job.members["member"])[workers]
+    missing = [int(m) for m, row in zip(members, theta) if not bool(torch.isfinite(row).all())]
     if missing:
         raise store.ResultsError(f"{job.path}: members {missing} have no certified point (not analysed by task=certify); "
                                  "certify every member or use population.init_point=final")
+    if objective != "trained":
+        jobs.warn(f"population.init_point=certify: the only certify analysis of {job.path} used objective={objective}, "
+                  "not the trained objective this job continues on")
+    if not certified.all():
+        jobs.warn(f"population.init_point=certify: members {[int(m) for m in members[~certified]]} of {job.path} were "
+                  f"not certified ({', '.join(sorted(set(classes[~certified])))}); they start from the point certify "
+                  "reached (members column source_certified)")
     params = {name: value.contiguous() for name, value in unflatten(theta, job.spec).items()}
     statistics = dataset_statistics(job.spec, params, job.data.x_train) if job.spec.batch_norm else {}
-    columns = {"source_certified": np.asarray(arrays["certified"], dtype=bool),
-               "source_class": np.asarray(arrays["classification"]).astype(str)}
-    return params, {k: v.detach() for k, v in statistics.items()}, columns
+    columns = {"source_certified": certified, "source_class": classes}
+    provenance = {"certify_analysis": np.array(str(Path(analysis.file).resolve())),
+                  "certify_objective": np.array(objective)}
+    return params, {k: v.detach() for k, v in statistics.items()}, columns, provenance
 
 
 def start(cfg: DictConfig, spec: MLPSpec, dtype: torch.dtype, device: torch.device | str) -> Start:
@@ -171,7 +214,12 @@ def start(cfg: DictConfig, spec: MLPSpec, dtype: torch.dtype, device: torch.devi
     """
     pop = cfg.population
     job = store.load_job(pop.init_from)
-    params, statistics, columns = _starting_params(cfg, job)
+    workers = ~np.asarray(job.members.get("is_centre", np.zeros(len(job.members), dtype=bool)), dtype=bool)
+    diverged = np.asarray(job.members["diverged"], dtype=bool) & workers
+    if diverged.any():
+        jobs.warn(f"population.init_from: members {[int(m) for m in np.asarray(job.members['member'])[diverged]]} "
+                  f"of {job.path} diverged; they start from their diverged point (and are frozen as diverged)")
+    params, statistics, columns, provenance = _starting_params(cfg, job, workers)
     kind, layer = str(pop.transform), int(pop.transform_layer)
     groups: dict[str, dict[str, Any]] = {}
     new_spec = job.spec
@@ -190,8 +238,8 @@ def start(cfg: DictConfig, spec: MLPSpec, dtype: torch.dtype, device: torch.devi
         raise store.ResultsError(f"{job.path}: the transformed network {new_spec} is not the job's model {spec}")
     groups["init_from"] = {"source_path": np.array(str(job.path.resolve())), "source_job": np.array(job.name),
                            "source_run_id": np.array(job.run_id), "source_sha256": np.array(store.file_sha256(job.path)),
-                           "init_point": np.array(str(pop.init_point))}
-    columns["source_member"] = np.asarray(job.members["member"], dtype=np.int64)
+                           "init_point": np.array(str(pop.init_point)), **provenance}
+    columns["source_member"] = np.asarray(job.members["member"], dtype=np.int64)[workers]
     to = dict(dtype=dtype, device=device)
     return Start({name: params[name].to(**to).contiguous() for name in param_shapes(spec)},
                  {name: statistics[name].to(**to).contiguous() for name in buffer_shapes(spec)}, groups, columns)

@@ -82,6 +82,26 @@ class UserNet(torch.nn.Module):
         return self.out(self.body(x))
 
 
+class FrozenNet(UserNet):
+    """UserNet with its first linear layer frozen (requires_grad=False): a population cannot honour it."""
+
+    def __init__(self, in_shape, num_outputs, hidden=4):
+        super().__init__(in_shape, num_outputs, hidden)
+        self.body[1].weight.requires_grad_(False)
+
+
+class RandomFeaturesNet(torch.nn.Module):
+    """A fixed random projection drawn at construction (a seed-dependent buffer) and a linear head."""
+
+    def __init__(self, in_shape, num_outputs, hidden=4):
+        super().__init__()
+        self.register_buffer("projection", torch.randn(int(torch.tensor(in_shape).prod()), hidden))
+        self.head = torch.nn.Linear(hidden, num_outputs)
+
+    def forward(self, x):
+        return self.head(torch.tanh(x.flatten(1) @ self.projection))
+
+
 def interrupt_after(monkeypatch, owner, name: str, calls: int) -> list:
     """Let ``owner.name`` run ``calls`` times, then raise KeyboardInterrupt (a Ctrl-C in the middle of
     a task). Returns the list of each call's keyword arguments; ``monkeypatch.undo()`` restores it."""

@@ -220,3 +220,17 @@ def test_help_header_names_every_task():
     words = set(header.replace(",", " ").replace("(", " ").replace(")", " ").replace(";", " ").replace("=", " ").split())
     missing = [p.stem for p in (conf / "task").glob("*.yaml") if p.stem not in words]
     assert not missing, f"tasks missing from the --help header: {missing}"
+
+
+@pytest.mark.parametrize("args, warned, enabling", [
+    (["trainer.tau=5", "trainer.beta=0.5"], "trainer.tau, trainer.beta has no effect with trainer.coupling=none",
+     "trainer.coupling=easgd"),
+    (["trainer.sharpness_tol=1e-3"], "trainer.sharpness_tol has no effect with trainer.track_sharpness=0",
+     "trainer.track_sharpness=5"),
+    (["model.depth=0", "model.batch_norm=true", "model.width=7"],
+     "model.batch_norm, model.width has no effect with model.depth=0 (no hidden layer", "model.depth=1"),
+])
+def test_settings_that_need_another_setting_warn(args, warned, enabling):
+    assert any(warned in w for w in validate(compose_config(args), args))
+    args = [*args, enabling]
+    assert not any("has no effect" in w for w in validate(compose_config(args), args))

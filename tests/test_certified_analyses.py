@@ -72,6 +72,23 @@ def test_saddle_escape(sweep):
         assert (out / name).stat().st_size > 0
 
 
+def test_saddle_escape_on_one_job_is_one_line(sweep, capsys):
+    """One job (one width) has no wider network to embed its minima into: no saddles, one line."""
+    assert script("saddle_escape").main([str(sweep / "0")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("saddle_escape: error: no embedded saddle"), err
+
+
+def test_bray_dean_fit_needs_more_than_one_index():
+    """All minima (index 0) or one embedded index: (eps_c, w) are not determined, so no fitted numbers."""
+    ivl = script("index_vs_loss")
+    loss = np.array([0.1, 0.2, 0.3, 0.4])
+    for alpha in (np.zeros(4), np.full(4, 0.05)):
+        assert all(math.isnan(v) for v in ivl.fit_bray_dean(loss, alpha))
+    eps_c, w = ivl.fit_bray_dean(np.linspace(0.0, 1.0, 9), ivl.bray_dean(np.linspace(0.0, 1.0, 9), 0.1, 1.5))
+    assert eps_c == pytest.approx(0.1, abs=1e-6) and w == pytest.approx(1.5, rel=1e-6)
+
+
 def test_predicted_steps_closed_forms():
     se = script("saddle_escape")
     # pure displacement growth: x0 e^{|l| eta t} reaches sqrt(2 drop / |l|)

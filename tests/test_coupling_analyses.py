@@ -117,7 +117,7 @@ def test_method_of_a_job():
             easgd.method_of(case(coupling, 0.9, optimizer))
 
 
-def test_easgd_analysis_on_tiny_jobs(run_cli, tmp_path):
+def test_easgd_analysis_on_tiny_jobs(run_cli, tmp_path, capsys):
     common = (*TINY, "population.size=3", "trainer.batch_size=25", "trainer.epochs=3", "optimizer.schedule=constant")
     for name, extra in (("c", ["trainer.coupling=easgd", "trainer.tau=2"]), ("m", ["trainer.coupling=eamsgd", "trainer.tau=2"]),
                         ("b", ["trainer.coupling=easgd", "trainer.beta=0"]), ("n", ["trainer.coupling=eamsgd", "trainer.beta=0"])):
@@ -139,6 +139,9 @@ def test_easgd_analysis_on_tiny_jobs(run_cli, tmp_path):
     assert set(momentum["comparison"]) == {"momentum SGD vs SGD", "EAMSGD vs EASGD"}
     for name in ("test_error_vs_steps", "test_error_vs_gradient_evaluations", "train_loss_vs_steps", "spread_vs_tau"):
         assert (folder / f"{name}.png").exists()
+    capsys.readouterr()
+    assert easgd.main([str(tmp_path / "sweep" / "c")]) == 0  # one job: nothing to compare, said in words
+    assert "momentum effect: no pair to compare" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------- flatness
@@ -201,6 +204,16 @@ def test_flatness_needs_the_sharpness_task(tmp_path, capsys):
                         {**store.provenance(), "kind": "job", "config": "{}", "overrides": []})
     assert script("flatness").main([str(tmp_path / "r")]) == 2
     assert "run surfacekit task=sharpness" in one_error_line(capsys, "flatness")
+
+
+def test_flatness_without_a_varying_hyperparameter_is_one_line(tmp_path, capsys):
+    """A width sweep at one learning rate and batch size: no axis of the granulated coefficient varies."""
+    measures = {name: np.arange(1.0, 4.0) for name in ("sharpness_lambda_max", "sharpness_trace", "keskar_sharpness",
+                                                        "adaptive_sharpness", "pac_bayes_flatness")}
+    for j in range(2):
+        flatness_job(tmp_path / "sweep" / str(j) / "results.h5", [1.0, 1.0, 1.0], 50, measures, [0.01, 0.02, 0.03])
+    assert script("flatness").main([str(tmp_path / "sweep")]) == 2
+    assert "varies among its 6 networks" in one_error_line(capsys, "flatness")
 
 
 def test_flatness_end_to_end_on_a_tiny_job(run_cli, tmp_path):

@@ -80,6 +80,11 @@ def test_cifar100_and_npz_layouts(tmp_path):
     np.savez(npz / "cifar.npz", x_train=last, y_train=rng.integers(0, 10, (5, 1)), x_test=last[:2],
              y_test=rng.integers(0, 10, 2))
     d = load_data({"name": "cifar10", "path": str(npz), "standardize": False})
+    same = load_data({"name": "cifar10", "path": str(npz / "cifar.npz"), "standardize": False})  # the file itself
+    assert torch.equal(same.x_train, d.x_train) and torch.equal(same.y_test, d.y_test)
+    (npz / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="notes.txt: a file that is not an .npz"):
+        load_data({"name": "cifar10", "path": str(npz / "notes.txt")})
     np.testing.assert_allclose(d.x_train.reshape(5, 3, 32, 32).numpy(), last.transpose(0, 3, 1, 2) / 255.0)
     assert d.y_train.shape == (5,)
     np.savez(npz / "cifar.npz", x_train=last, y_train=np.array([0.0, 1.0, 2.5, 3.0, 4.0]), x_test=last[:2],
@@ -89,7 +94,7 @@ def test_cifar100_and_npz_layouts(tmp_path):
 
 
 def test_cifar_errors_are_one_line(cifar10_dir, tmp_path):
-    with pytest.raises(DataError, match="data.path=.*nope: no such directory"):
+    with pytest.raises(DataError, match="data.path=.*nope: no such file or directory"):
         load_data({"name": "cifar10", "path": str(tmp_path / "nope")})
     folder = cifar10_dir / "cifar-10-batches-py"
     (folder / "data_batch_3").unlink()

@@ -108,6 +108,17 @@ def test_the_choromanska_sweep_runs_over_convolutional_widths(run_cli, tmp_path)
     (["model=cnn", "model.kernel_size=2"], "model.kernel_size=2 is invalid: expected an odd integer >= 1"),
     (["model=cnn", "data=teacher", "model.loss=mse"], "a CNN takes images (channels, height, width)"),
     (["model=module", "model._target_=support.UserNet", "+model.args.hiden=3"], "unexpected keyword argument 'hiden'"),
+    (["model=module", "model._target_=support.FrozenNet"], "has parameters with requires_grad=False (body.1.weight): "
+                                                           "a population trains every parameter"),
+    (["model=module", "model._target_=support.RandomFeaturesNet"], "has buffers that depend on the seed (projection)"),
+    (["model=module", "model._target_=support.UserNet", "model.args={hidden: 3}"],
+     "model.args: model.args is a mapping that exists already: add entries with +model.args.KEY=VALUE"),
+    (["model=module", "model._target_=support.UserNet", "+model.args={hidden: 3}"],
+     "or replace it whole with ++model.args={KEY: VALUE}"),
+    (["model=cnn", "trainer.batch_size=33"], "trainer.batch_size=33 is invalid: expected a size that leaves no batch of "
+                                             "one example of the 100 training examples (batch norm needs at least 2"),
+    (["model=module", "model._target_=support.UserNet", "trainer.batch_size=1"], "trainer.batch_size=1 is invalid"),
+    (["model.batch_norm=true", "trainer.batch_size=99"], "trainer.batch_size=99 is invalid: expected a size that leaves"),
     (["model=resnet", "population.size=100000000"], "population.size=100000000 with 817 parameters per network needs about"),
 ])
 def test_module_configs_are_refused_in_one_line(run_cli, args, message):
@@ -115,3 +126,11 @@ def test_module_configs_are_refused_in_one_line(run_cli, args, message):
     assert out.returncode == 2, out.stdout
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("surfacekit: error: ") and message in line, line
+
+
+def test_the_whole_args_mapping_replaces_with_double_plus(run_cli, tmp_path):
+    """docs/modules.md: ``++model.args={hidden: 3}`` sets the constructor arguments as a mapping."""
+    out = run_cli(*MODULE_TINY, "model=module", "model._target_=support.UserNet", "++model.args={hidden: 3}",
+                  f"hydra.run.dir={tmp_path / 'user'}")
+    assert out.returncode == 0, out.stderr
+    assert store.load_job(tmp_path / "user").params["body.1.weight"].shape == (2, 3, 64)

@@ -148,6 +148,17 @@ def test_selected_parameters_give_the_principal_block_of_the_hessian(net, data):
         objective_from_module(net, "cross_entropy", data, params="6")
 
 
+
+def test_a_predicate_sees_the_modules_own_parameters(net, data):
+    """PyHessian's choice, the trainable parameters, as a predicate: it is shown the module's tensors."""
+    frozen = copy.deepcopy(net)
+    frozen[0].weight.requires_grad_(False)  # a frozen first convolution
+    trainable = objective_from_module(frozen, "cross_entropy", data, params=lambda name, p: p.requires_grad)
+    assert trainable.names == [n for n, p in frozen.named_parameters() if p.requires_grad] and "0.weight" not in trainable.names
+    assert objective_from_module(frozen, "cross_entropy", data).names == [n for n, _ in frozen.named_parameters()]
+    assert not frozen[0].weight.requires_grad and frozen[5].weight.requires_grad  # untouched
+
+
 def test_a_loss_not_connected_to_the_selection_raises(data):
     net = WithUnusedHead()
     with pytest.raises(ValueError, match=r"does not depend on the selected parameters \['unused.weight', 'unused.bias'\]"):
@@ -189,6 +200,19 @@ def test_data_that_cannot_define_a_full_data_objective_is_refused(net, data):
                               "cross_entropy", data)
     with pytest.raises(ValueError, match="bn_mode='train' is invalid"):
         objective_from_module(net, "cross_entropy", data, bn_mode="train")
+    with pytest.raises(ValueError, match="data hold no examples"):
+        objective_from_module(net, "cross_entropy", (data[0][:0], data[1][:0]))
+
+
+@pytest.mark.parametrize("bn_mode, hvp", [("eval", "batches"), ("eval", "graph"), ("batch", "batches")])
+def test_curvature_of_a_float32_objective_is_refused_in_one_line(net, data, bn_mode, hvp):
+    single = objective_from_module(net, "cross_entropy", data, dtype=torch.float32, bn_mode=bn_mode, hvp=hvp)
+    for routine in (lambda: curvature.index(single, single.theta),
+                    lambda: curvature.hessian_vector_product(single, single.theta, torch.ones_like(single.theta))):
+        with pytest.raises(ValueError, match=r"^the objective computes in float32 \(objective_from_module\(dtype=...\)\); "
+                                             "curvature needs dtype=torch.float64$"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            routine()
 
 
 def test_explicit_cpu_device_takes_the_same_path(net, data):

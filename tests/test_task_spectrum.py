@@ -302,7 +302,7 @@ def test_a_member_that_is_not_finite_is_left_out_with_a_warning(run_cli, job_cop
     assert arrays["analysed"].tolist() == [False, True]
     eig = dense_eigenvalues(store.load_job(job_copy), 1)
     np.testing.assert_allclose(arrays["top"][1], eig[::-1][:3], rtol=1e-8)
-    assert "member(s) [0] not analysed (analysed=False): their loss or gradient" in _warnings(sweep, "spectrum")
+    assert "member(s) [0] not analysed (analysed=False): the loss or gradient" in _warnings(sweep, "spectrum")
     _poison(job_copy, 1)
     for path in sweep.glob("analyses/*"):
         shutil.rmtree(path)

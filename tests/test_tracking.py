@@ -145,3 +145,18 @@ def test_shared_init_starts_every_member_from_the_first(run_cli, tmp_path):
     for name, value in init.items():
         assert (value == value[:1]).all()
         assert not np.allclose(final[name][0], final[name][1])  # their own minibatch orders
+
+
+def test_checks_that_miss_the_tolerance_are_warned_and_stored(run_cli, tmp_path):
+    import json
+
+    import h5py
+    from support import TINY
+
+    out = run_cli(*TINY, "trainer.track_sharpness=2", "trainer.sharpness_max_hvps=2", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 0, out.stderr
+    message = "lambda_max checks did not reach trainer.sharpness_tol=0.0001 within trainer.sharpness_max_hvps=2"
+    assert message in out.stderr
+    with h5py.File(tmp_path / "run" / "results.h5") as f:
+        assert any(message in w for w in json.loads(f.attrs["warnings"]))
+        assert not f["tracked_sharpness/converged"][()].all()

@@ -107,6 +107,9 @@ def test_deepen_relu_is_exact_and_refusals_are_one_clear_error(digits64):
     tanh = dataclasses.replace(spec, activation="tanh")
     with pytest.raises(ValueError, match=r"phi\(phi\(x\)\) != phi\(x\)"):
         transforms.deepen(tanh, params, 0)
+    with pytest.raises(ValueError) as refused:  # no number measured on another network in the message
+        transforms.deepen(dataclasses.replace(spec, activation="sigmoid"), params, 0)
+    assert "sigmoid" in str(refused.value) and "tanh" not in str(refused.value)
     # what the refusal protects: tanh's identity layer changes the function
     changed = transforms.deepen(dataclasses.replace(spec, activation="linear"), params, 0)
     changed = dataclasses.replace(changed, spec=dataclasses.replace(changed.spec, activation="tanh"))

@@ -185,3 +185,36 @@ def test_other_training_methods_start_from_the_transformed_point(sources, run_cl
     first, last = store.load_curves(out)["train_loss"][:, 0], store.load_curves(source)["train_loss"][:, -1]
     assert np.allclose(first, last, rtol=0, atol=1e-12)
     assert store.load_job(out).spec.widths == (6, 3)
+
+
+def test_certified_start_takes_the_trained_objectives_analysis_and_records_it(run_cli, tmp_path):
+    """A newer certify analysis of another objective (objective=data) does not replace the trained
+    objective's points, and the file says which analysis the points came from."""
+    source = _train(tmp_path, "decay", "model.width=3", "model.activation=tanh", "model.loss=mse", "trainer.epochs=2",
+                    "optimizer.weight_decay=0.01")
+    common = ("task=certify", f"source={source}", "progress=false", "threads=1", "certify.newton_max_iter=20",
+              "certify.max_iter=300")
+    assert run_cli(*common).returncode == 0
+    trained = store.load_group(source, "certify")["theta"]
+    assert run_cli(*common, "objective=data").returncode == 0
+    assert not np.array_equal(store.load_group(source, "certify")["theta"], trained)  # the newest is the data objective's
+    job, spec, begin = started(source, "population.init_point=certify")
+    assert np.array_equal(torch.cat([begin.params[n].reshape(2, -1) for n in begin.params], 1).numpy(), trained)
+    record = begin.groups["init_from"]
+    assert str(record["certify_objective"]) == "trained"
+    analysis = [a for a in store.collect(source).analyses if a.task == "certify"]
+    chosen = next(a for a in analysis if np.array_equal(store.load_group(a.file, "certify")["theta"], trained))
+    assert str(record["certify_analysis"]) == str(chosen.file.resolve())
+
+
+def test_a_coupled_source_starts_its_workers_and_diverged_members_are_warned(run_cli, tmp_path, capsys):
+    coupled = _train(tmp_path, "coupled", "model.width=3", "trainer.epochs=1", "trainer.coupling=easgd")
+    job, spec, begin = started(coupled)
+    workers = store.load_group(coupled, "params")  # the training file's /params: the K workers, no centre
+    assert all(begin.params[n].shape[0] == 2 and np.array_equal(begin.params[n].numpy(), workers[n]) for n in workers)
+    assert list(begin.members["source_member"]) == [0, 1]
+    diverged = _train(tmp_path, "diverged", "model.width=3", "trainer.epochs=1", "population.lr_scale=[1,1e8]")
+    assert list(store.load_members(diverged).diverged) == [False, True]
+    capsys.readouterr()
+    started(diverged)
+    assert "population.init_from: members [1] of" in capsys.readouterr().err

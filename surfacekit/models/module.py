@@ -245,24 +245,52 @@ def constructor_kwargs(cls: type, kwargs: Mapping[str, Any], in_shape: tuple[int
     return out
 
 
+def _built(cls: type, kwargs: Mapping[str, Any], seed: int) -> nn.Module:
+    """``cls(**kwargs)`` under ``torch.manual_seed(seed)`` in a forked RNG (the caller's state is untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(**kwargs)
+
+
+def _check_population_module(target: str, module: nn.Module, other: nn.Module) -> None:
+    """Refuse what a population cannot honour: frozen parameters (every parameter is trained) and buffers
+    that depend on the seed (every member runs the one template's buffers). ``module`` and ``other`` are
+    the class built under seeds 0 and 1.
+
+    Raises:
+        ValueError: naming the parameters or buffers and the fix.
+    """
+    frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ValueError(f"model._target_={target} has parameters with requires_grad=False ({', '.join(frozen)}): a "
+                         "population trains every parameter; register fixed tensors as buffers instead")
+    theirs = dict(other.named_buffers())
+    seeded = [name for name, b in module.named_buffers()
+              if name in theirs and b.shape == theirs[name].shape and not torch.equal(b, theirs[name])]
+    if seeded:
+        raise ValueError(f"model._target_={target} has buffers that depend on the seed ({', '.join(seeded)}): every "
+                         "member of a population shares one copy of the buffers, so member k would not be "
+                         "torch.manual_seed(seed_k); Class(...); draw them from a fixed generator or make them parameters")
+
+
 def module_spec(target: str, kwargs: Mapping[str, Any], in_shape: tuple[int, ...], out_dim: int) -> ModuleSpec:
     """Build and check a :class:`ModuleSpec` for class ``target`` on inputs of shape ``in_shape``.
 
-    One module is built (seed 0, in a forked RNG) and run on two zero examples to find its norm
-    layers, their order and its output size.
+    The class is built under seeds 0 and 1 (in a forked RNG); the seed-0 module is run on two zero
+    examples to find its norm layers, their order and its output size.
 
     Raises:
-        ValueError: the class cannot be imported or built with these arguments, fails on such inputs,
-            or gives outputs other than [B, out_dim].
+        ValueError: the class cannot be imported or built with these arguments, has frozen parameters
+            or seed-dependent buffers (a population cannot honour them), fails on such inputs, or gives
+            outputs other than [B, out_dim].
     """
     cls = import_class(target)
     full = constructor_kwargs(cls, kwargs, in_shape, out_dim)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            module = cls(**full)
+        module, other = (_built(cls, full, seed) for seed in (0, 1))
     except Exception as exc:  # noqa: BLE001 - a user's constructor: report it in one line
         raise ValueError(f"model._target_={target} cannot be built with {full} ({type(exc).__name__}: {exc})") from None
+    _check_population_module(target, module, other)
     template = prepare(module)
     sample = torch.zeros(2, *in_shape, dtype=next(template.parameters(), torch.zeros(())).dtype)
 

@@ -70,28 +70,22 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg[cfg.task], resolve=True)
 
 
-def select_members(members: pd.DataFrame, wanted: Any, key: str, skip_diverged: bool = True) -> list[int]:
+def select_members(members: pd.DataFrame, wanted: Any, key: str, job: str) -> list[int]:
     """Member ids to analyse: ``wanted`` (ids of the ``member`` column, an id or null for all);
-    diverged members are skipped. Raises ConfigError naming ``key`` for unknown ids."""
+    diverged members are skipped with a stored warning naming them and ``job``. Raises ConfigError
+    naming ``key`` (``<task>.members``) for unknown ids."""
     ids = [int(m) for m in members["member"]]
     chosen = ids if wanted is None else ([int(wanted)] if isinstance(wanted, int) else [int(m) for m in wanted])
     chosen = list(dict.fromkeys(chosen))  # a repeated id is analysed once
     unknown = sorted(set(chosen) - set(ids))
     if unknown:
         raise ConfigError(f"{key}={chosen} is invalid: no member(s) {unknown}; the members are {ids[0]}..{ids[-1]}")
-    if skip_diverged and "diverged" in members:
+    if "diverged" in members:
         diverged = set(members.loc[members["diverged"].astype(bool), "member"].astype(int))
+        skipped = sorted(set(chosen) & diverged)
+        if skipped:
+            warn(f"{key.split('.')[0]}: job {job}: skipping diverged member(s) {skipped} (diverged in training)")
         chosen = [m for m in chosen if m not in diverged]
-    return chosen
-
-
-def analysable_members(job: str, task: str, members: pd.DataFrame, wanted: Any, key: str) -> list[int]:
-    """:func:`select_members` without the diverged members, with a stored warning naming those skipped
-    (also the ones ``wanted`` names explicitly: they are never analysed silently)."""
-    everyone = select_members(members, wanted, key, skip_diverged=False)
-    chosen = select_members(members, wanted, key)
-    if len(chosen) < len(everyone):
-        warn(f"{task}: job {job}: skipping diverged member(s) {sorted(set(everyone) - set(chosen))}")
     return chosen
 
 

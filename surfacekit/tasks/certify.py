@@ -108,7 +108,7 @@ def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict
     if target:  # the kink margin and the transforms read the MLP's layers
         raise ConfigError(f"task=certify supports MLP jobs (model=mlp); job {ref.name} is a module population "
                           f"(model._target_={target})")
-    ids = _analysis.analysable_members(ref.name, GROUP, members, s.get("members"), "certify.members")
+    ids = _analysis.select_members(members, s.get("members"), "certify.members", ref.name)
     size, limit = _analysis.parameter_count(ref), _analysis.memory_limit(cfg)
     path = curvature_path(size, s["index"], str(cfg.device), limit)
     if path == "member":  # refuse a count that cannot fit before converging anything

@@ -63,7 +63,7 @@ def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple[int, int, str]]
             raise ResultsError(f"{ref.file}: job {ref.name!r} has no /trajectory to start from; "
                                "train it with trainer.snapshots=true")
         train_loss = g["curves"]["train_loss"][()]
-    chosen = _analysis.analysable_members(ref.name, "critical", members, s.get("members"), "critical.members")
+    chosen = _analysis.select_members(members, s.get("members"), "critical.members", ref.name)
     positions = _analysis.member_positions(members)
     units = {}
     for m in chosen:

@@ -48,7 +48,7 @@ def _pairs(spec: Any, ids: list[int]) -> list[tuple[int, int]]:
 
 
 def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, tuple]:
-    chosen = _analysis.analysable_members(ref.name, "landscape", members, s.get("members"), "landscape.members")
+    chosen = _analysis.select_members(members, s.get("members"), "landscape.members", ref.name)
     kinds = _kinds(s)
     units: dict[str, tuple] = {}
     if "interpolation" in kinds:

@@ -43,7 +43,8 @@ FIELDS = ["loss", "grad_norm", "lambda_max", "lambda_max_residual", "lambda_max_
           "pac_bayes_train_error", "pac_bayes_drop_at_sigma", "pac_bayes_evaluations", "hvps"]
 COLUMNS = {"loss": "sharpness_loss", "grad_norm": "sharpness_grad_norm", "lambda_max": "sharpness_lambda_max",
            "trace": "sharpness_trace", "keskar": "keskar_sharpness", "adaptive": "adaptive_sharpness",
-           "pac_bayes_sigma": "pac_bayes_sigma", "pac_bayes_flatness": "pac_bayes_flatness"}
+           "pac_bayes_sigma": "pac_bayes_sigma", "pac_bayes_flatness": "pac_bayes_flatness",
+           "lambda_max_converged": "sharpness_lambda_max_converged", "adaptive_converged": "adaptive_sharpness_converged"}
 
 
 def error_function(job, member: int, bn_mode: str):
@@ -103,7 +104,7 @@ def member_sharpness(loss_fn, theta: torch.Tensor, errors, s: dict, seed: int) -
 
 
 def plan(ref, members: pd.DataFrame, s: dict) -> dict[str, int]:
-    return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "sharpness.members")}
+    return {f"member-{m:06d}": m for m in _analysis.select_members(members, s.get("members"), "sharpness.members", ref.name)}
 
 
 def compute(job, member: int, s: dict, ctx: dict) -> dict[str, Any]:
@@ -127,9 +128,21 @@ def summary(groups: dict) -> str:
     ok = a["analysed"]
     sigma = a["pac_bayes_sigma"][ok]
     pac = f"{np.nanmean(sigma):.4g}" if np.isfinite(sigma).any() else "none (regression targets)"
-    return (f"  {int(ok.sum())} members; means: lambda_max {np.nanmean(a['lambda_max'][ok]):.4g}, trace "
+    line = (f"  {int(ok.sum())} members; means: lambda_max {np.nanmean(a['lambda_max'][ok]):.4g}, trace "
             f"{np.nanmean(a['trace'][ok]):.4g}, Keskar {np.nanmean(a['keskar'][ok]):.4g} %, adaptive "
             f"{np.nanmean(a['adaptive'][ok]):.4g}, PAC-Bayes sigma {pac}")
+    for name, what in (("lambda_max", "lambda_max"), ("adaptive", "the adaptive sharpness")):
+        short = np.flatnonzero(ok & ~np.asarray(a[f"{name}_converged"], dtype=bool))
+        if len(short):
+            line += (f"\n  {what} of members {short.tolist()} did not converge within sharpness.max_steps (Ritz "
+                     f"residual up to {np.max(a[f'{name}_residual'][short]):.2g}): an estimate from below, flagged in "
+                     f"{name}_converged; raise sharpness.max_steps")
+    unbounded = np.flatnonzero(ok & np.isposinf(a["pac_bayes_sigma_above"]))
+    if len(unbounded):
+        line += (f"\n  PAC-Bayes sigma of members {unbounded.tolist()} is only a lower bound: the training error never "
+                 f"rose by pac_bayes_drop up to sigma {np.max(a['pac_bayes_sigma'][unbounded]):.4g} (training error "
+                 f"{np.max(a['pac_bayes_train_error'][unbounded]):.3g}: near chance?); pac_bayes_sigma_above is inf")
+    return line
 
 
 TASK = _analysis.Task(GROUP, plan, compute, assemble, summary)

@@ -58,6 +58,7 @@ FIELDS = ["loss", "grad_norm", "top", "top_residual", "top_converged", "top_mult
           "trace_stderr", "density_nodes", "density_weights", "hvps"]
 METHODS = ["top_method", "bottom_method", "index_method", "trace_method", "density_method", "dense_assembly"]
 ESTIMATE_CONFIDENCE = 0.95
+NOT_FINITE = "the loss or gradient at the stored parameters is not finite (NaN or inf)"
 
 
 def job_path(size: int, s: Mapping[str, Any], device: str, limit: int | None) -> str:
@@ -85,7 +86,7 @@ def job_path(size: int, s: Mapping[str, Any], device: str, limit: int | None) ->
 def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict]:
     """Units of a job: batches of ``batch_size`` members on the dense path, single members otherwise
     (the path is part of the unit's key, so a rerun that decides otherwise recomputes)."""
-    ids = _analysis.analysable_members(ref.name, GROUP, members, s.get("members"), "spectrum.members")
+    ids = _analysis.select_members(members, s.get("members"), "spectrum.members", ref.name)
     size = _analysis.parameter_count(ref)
     for key in ("top_k", "bottom_k"):
         if int(s[key]) > size:
@@ -98,8 +99,11 @@ def plan(ref, members: pd.DataFrame, s: dict, cfg: DictConfig) -> dict[str, dict
 
 def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
     """The rows of the unit's members, stacked on a leading member axis (``member`` holds their ids).
-    Members whose loss or gradient is not finite at their parameters get no row (``assemble`` warns)."""
+    Members whose loss or gradient is not finite at their parameters get no row (warned, stored)."""
     members = finite_members(job, unit["members"], ctx)
+    lost = [m for m in unit["members"] if m not in members]
+    if lost:
+        warn(f"spectrum: job {job.name}: member(s) {lost} not analysed (analysed=False): {NOT_FINITE}")
     if not members:
         return {"member": np.zeros(0, dtype=np.int64)}
     if unit["path"] == "dense":
@@ -233,22 +237,15 @@ def member_spectrum(loss_fn, theta: torch.Tensor, cfg: Mapping[str, Any], struct
 
 
 def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tuple[dict, dict]:
-    """The job's groups from its units' rows. Members that were selected but have no row (not finite at
-    their parameters: :func:`finite_members`) are warned about and stored as not analysed.
+    """The job's groups from its units' rows (members without a row: ``analysed`` False).
 
     Raises:
-        ResultsError: no selected member could be analysed.
+        ResultsError: no selected member could be analysed (none finite: :func:`finite_members`).
     """
     k = len(members)
     by_pos = _analysis.batch_rows_by_position(members, rows)
-    positions = _analysis.member_positions(members)
-    lost = [m for m in _analysis.select_members(members, s.get("members"), "spectrum.members")
-            if positions[m] not in by_pos]
-    reason = "their loss or gradient at the stored parameters is not finite (NaN or inf)"
     if not by_pos:
-        raise ResultsError(f"spectrum: job {ref.name}: no member could be analysed: {reason} (member(s) {lost})")
-    if lost:
-        warn(f"spectrum: job {ref.name}: member(s) {lost} not analysed (analysed=False): {reason}")
+        raise ResultsError(f"spectrum: job {ref.name}: no member could be analysed: {NOT_FINITE}")
     arrays = _analysis.member_arrays(by_pos, FIELDS, k)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
     arrays.update(_analysis.member_arrays(by_pos, METHODS, k, strings=METHODS))

@@ -33,11 +33,11 @@ def build(cfg: DictConfig) -> tuple[Spec, Dataset, list[int]]:
     validate_training(cfg)  # errors only: the command's validation already printed and stored the warnings
     device = resolve_device(cfg.device)
     data = load_data(OmegaConf.to_container(cfg.data, resolve=True)).to(device, DTYPES[cfg.dtype])
-    validate_with_data(cfg, len(data.x_train))
     try:
         spec = build_spec(cfg.model, data)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    validate_with_data(cfg, len(data.x_train), spec.batch_norm)
     check_memory(cfg, num_params(spec), len(data.x_train), None if isinstance(spec, MLPSpec) else activation_size(spec))
     first = int(cfg.population.first_member)
     seeds = [member_seed(cfg.seed, first + k) for k in range(int(cfg.population.size))]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from surfacekit import curvature
+from surfacekit import curvature, jobs
 from surfacekit.data import Dataset
 from surfacekit.objective import l2_coefficients, objective_fn
 from surfacekit.population import Params, flatten
@@ -137,6 +137,11 @@ def finish(t: Tracker, result: TrainResult, params: Params, step: int, epoch: fl
     arrays = {name: np.stack(t.rows[name], axis=1) for name in ("lambda_max", "residual", "hvps", "converged")}
     arrays.update(step=np.asarray(t.rows["step"]), epoch=np.asarray(t.rows["epoch"], dtype=np.float64))
     missed = int((~arrays["converged"] & np.isfinite(arrays["lambda_max"])).sum())
+    if missed:
+        checked = int(np.isfinite(arrays["lambda_max"]).sum())
+        jobs.warn(f"trainer.track_sharpness: {missed} of {checked} lambda_max checks did not reach trainer.sharpness_tol="
+                  f"{t.tol:g} within trainer.sharpness_max_hvps={t.max_hvps} products (estimates from below, flagged in "
+                  "/tracked_sharpness/converged)")
     dims = {"tracked_sharpness": "member,check", "tracked_sharpness/step": "check", "tracked_sharpness/epoch": "check"}
     result.groups["tracked_sharpness"] = ResultGroup(arrays, dims, {**t.info, "not_converged": missed})
     return result
