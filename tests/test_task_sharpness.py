@@ -130,3 +130,17 @@ def test_summary_names_members_whose_eigenvalues_did_not_converge():
     assert "lambda_max of members [1] did not converge within sharpness.max_steps (Ritz residual up to 0.26)" in text
     assert "adaptive sharpness" not in text
     assert COLUMNS["lambda_max_converged"] == "sharpness_lambda_max_converged"
+
+
+def test_a_later_run_on_some_members_keeps_the_others_joined(run_cli, job_copy):
+    """load_members fills each member from the newest sharpness analysis that analysed it: a run on
+    member 1 alone must not blank member 0's columns from an earlier run on both."""
+    sweep = job_copy.parent.parent
+    assert run_cli("task=sharpness", f"source={sweep}", *FAST).returncode == 0
+    first = store.load_members(sweep)
+    one = run_cli("task=sharpness", f"source={sweep}", "sharpness.members=[1]", "sharpness.keskar_iterations=4",
+                  *FAST[:-2], "progress=false")
+    assert one.returncode == 0, one.stderr
+    joined = store.load_members(sweep)
+    assert joined["sharpness_lambda_max"][0] == first["sharpness_lambda_max"][0]
+    assert np.isfinite(joined["sharpness_lambda_max"]).all()

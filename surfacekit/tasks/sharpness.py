@@ -119,7 +119,9 @@ def assemble(ref, members: pd.DataFrame, rows: dict[str, dict], s: dict) -> tupl
     by_pos = _analysis.rows_by_position(members, rows)
     arrays = _analysis.member_arrays(by_pos, FIELDS, k)
     arrays["analysed"] = np.isin(np.arange(k), list(by_pos))
-    columns = {"member": members["member"].to_numpy(), **{column: arrays[name] for name, column in COLUMNS.items()}}
+    # "analysed" lets load_members fill the other members from older analyses (it drops the column)
+    columns = {"member": members["member"].to_numpy(), "analysed": arrays["analysed"],
+               **{column: arrays[name] for name, column in COLUMNS.items()}}
     return {GROUP: arrays, "members": columns}, {GROUP: "member", "members": "member"}
 
 
