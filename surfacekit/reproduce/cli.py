@@ -43,9 +43,10 @@ def _parser(names: list[str]) -> argparse.ArgumentParser:
                     "PASS/FAIL, wall time and the exact commands.",
         epilog=f"reproductions:\n{listing}\n\nkey=value arguments are Hydra overrides added to every surfacekit command, "
                "e.g. launcher=joblib hydra.launcher.n_jobs=2, or launcher=slurm hydra.launcher.partition=... with "
-               "--scale full. --scale small needs about 5 minutes of CPU time, one process at a time (docs/reproduce.md).")
+               "--scale full. --scale small runs one process at a time (docs/reproduce.md).")
     parser.add_argument("--scale", choices=SCALES, default="small",
-                        help="small: minutes on a laptop, sized to finish within 20 minutes on 2 cores (default); "
+                        help="small: the default, a budget of 20 minutes on 2 cores (measured: about 4 minutes of wall and CPU "
+                             "time for all ten on a quiet machine); "
                              "full: the papers' sizes where the data exist locally (hours; a cluster with launcher=slurm)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these reproductions (names below)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="report folder (default outputs/reproduce/DATE/TIME-SCALE); must be new "
