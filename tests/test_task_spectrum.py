@@ -325,15 +325,15 @@ def test_diverged_members_named_explicitly_are_skipped_with_a_warning(run_cli, j
 def test_a_batch_that_does_not_fit_shrinks_to_the_members_that_do(run_cli, job_copy, monkeypatch):
     """memory_limit_gb that holds one dense Hessian and its working copy (16 P^2 bytes) but not two
     members' (24 P^2): the unit of two runs as two passes of one member, exact as before."""
-    from surfacekit.tasks import spectrum
+    from surfacekit.tasks import _analysis
 
     full = run_cli("task=spectrum", f"source={job_copy}", *FAST)
     assert full.returncode == 0, full.stderr
     expected = store.load_group(job_copy, "spectrum")
     p = expected["density_nodes"].shape[-1]
     sizes = []
-    original = spectrum.population_spectrum
-    monkeypatch.setattr(spectrum, "population_spectrum",
+    original = _analysis.population_spectrum  # the batched dense pass of every task
+    monkeypatch.setattr(_analysis, "population_spectrum",
                         lambda fn, thetas, *a, **k: sizes.append(len(thetas)) or original(fn, thetas, *a, **k))
     limit = 20 * p * p / 2**30
     out = run_cli("task=spectrum", f"source={job_copy}", *FAST, f"memory_limit_gb={limit}", "spectrum.top_k=2")
@@ -346,11 +346,11 @@ def test_a_batch_that_does_not_fit_shrinks_to_the_members_that_do(run_cli, job_c
 
 
 def test_a_repeated_member_id_is_analysed_once(run_cli, job_copy, monkeypatch):
-    from surfacekit.tasks import spectrum
+    from surfacekit.tasks import _analysis
 
     sizes = []
-    original = spectrum.population_spectrum
-    monkeypatch.setattr(spectrum, "population_spectrum",
+    original = _analysis.population_spectrum  # the batched dense pass of every task
+    monkeypatch.setattr(_analysis, "population_spectrum",
                         lambda fn, thetas, *a, **k: sizes.append(len(thetas)) or original(fn, thetas, *a, **k))
     out = run_cli("task=spectrum", f"source={job_copy}", "spectrum.members=[1,1]", *FAST)
     assert out.returncode == 0, out.stderr

@@ -26,12 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from surfacekit.config import ConfigError, resolve_device
 from surfacekit.curvature.errors import MemoryLimitError, NonFiniteError
+from surfacekit.curvature.memory import dense_members
+from surfacekit.curvature.population import PopulationSpectrum, population_spectrum
 from surfacekit.data import DataError
 from surfacekit.jobs import JobError, analysis_root, job_attributes, warn
 from surfacekit.progress import bar
 from surfacekit.store import (
     ANALYSES_DIR, PARTS_DIR, Job, JobRef, Parts, ResultsError, _members_frame, _open, collect, file_sha256,
-    _job_config, job_objective, load_job, now_iso, set_attrs, write_atomic, _write_groups,
+    _job_config, job_objective, job_population_objective, load_job, now_iso, set_attrs, write_atomic,
+    _write_groups,
 )
 
 # a job that cannot be analysed (one line, the other jobs go on); NonFiniteError: a curvature routine met a NaN
@@ -153,6 +156,40 @@ def memory_limit(cfg: Mapping[str, Any]) -> int | None:
 def member_positions(members: pd.DataFrame) -> dict[int, int]:
     """Member id -> position on the population axis."""
     return {int(m): i for i, m in enumerate(members["member"])}
+
+
+def population_objective(job: Job, members: list[int], ctx: dict):
+    """``store.job_population_objective`` of ``members`` (repeats allowed: row b is member
+    ``members[b]``'s objective) on the task's objective, bn_mode and chunking."""
+    cfg = ctx["cfg"]
+    return job_population_objective(job, members, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))
+
+
+def dense_spectra(job: Job, members: list[int], ctx: dict, top_k: int = 1, bottom_k: int = 1,
+                  threshold: float | None = None, relative_threshold: float = 1e-5,
+                  points: torch.Tensor | None = None) -> list[tuple[PopulationSpectrum, int]]:
+    """Exact spectra from dense Hessians for row b of ``members``, at ``points[b]`` [n, P] (None: the
+    members' stored parameters): :func:`surfacekit.curvature.population_spectrum` on as many rows at
+    once as the memory allows (``memory_limit_gb``, else free memory), assembled through the affine
+    first layer where the model has one. Returns (result, row in that result) per member, in order.
+
+    Raises:
+        MemoryLimitError: not even one dense Hessian fits.
+    """
+    cfg = ctx["cfg"]
+    limit = memory_limit(cfg)
+    size = parameter_count(job.ref) if points is None else points.shape[1]
+    out: list[tuple[PopulationSpectrum, int]] = []
+    first = 0
+    while first < len(members):
+        step = max(dense_members(size, cfg.device, limit, wanted=len(members) - first), 1)
+        pop = population_objective(job, members[first : first + step], ctx)
+        thetas = pop.thetas if points is None else points[first : first + step]
+        res = population_spectrum(pop.losses_fn, thetas, top_k, bottom_k, threshold, relative_threshold,
+                                  structure=pop.affine_input, memory_limit=limit)
+        out += [(res, b) for b in range(len(thetas))]
+        first += len(thetas)
+    return out
 
 
 def member_objective(job: Job, member: int, ctx: dict):

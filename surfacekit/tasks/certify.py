@@ -55,11 +55,10 @@ from surfacekit.critical.certify import classify_curvature, curvature_certificat
 from surfacekit.critical.lockstep import converge_population
 from surfacekit.curvature import dense_index, index_method, lanczos_workspace
 from surfacekit.curvature.index import DENSE_EIG_LIMIT
-from surfacekit.curvature.memory import available_bytes, dense_bytes, dense_members, gib, require_memory
-from surfacekit.curvature.population import population_spectrum
+from surfacekit.curvature.memory import available_bytes, dense_bytes, gib, require_memory
 from surfacekit.models import layer
 from surfacekit.population import dataset_statistics, evaluate, unflatten
-from surfacekit.store import job_objective, job_population_objective
+from surfacekit.store import job_objective
 from surfacekit.tasks import _analysis
 
 GROUP = "certify"
@@ -155,12 +154,19 @@ def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
         jobs.warn(f"certify: job {job.name} trained {job.cfg.model.loss} without weight decay: on separable data its "
                   "loss falls towards 0 as the weights grow and minima need not exist; a run that wanders off is "
                   f"classified diverged only past certify.max_distance={s['max_distance']} times ||theta_endpoint||")
-    objective = functools.partial(job_population_objective, job, objective=str(cfg.objective),
-                                  bn_mode=str(cfg.bn_mode), chunk_size=cfg.get("chunk_size"))
+    objective = functools.partial(_analysis.population_objective, job, ctx=ctx)
     start = objective(members)
     loss_fns = [job_objective(job, m, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))[0] for m in members]
+    running: dict[tuple[int, ...], Any] = {}  # the members still running change rarely: build each loss once
+
+    def losses_for(rows: tuple[int, ...]):
+        if rows not in running:
+            running.clear()
+            running[rows] = objective([members[r] for r in rows]).losses_fn
+        return running[rows]
+
     target = float(s["margin"])
-    runs, _ = converge_population(lambda rows: objective([members[r] for r in rows]).losses_fn, loss_fns, start.thetas,
+    runs, _ = converge_population(losses_for, loss_fns, start.thetas,
                                   tol=target * float(s["cutoff"]), rtol=target * float(s["relative_cutoff"]),
                                   max_iter=int(s["max_iter"]), memory=int(s["memory"]), newton=str(s["newton"]),
                                   newton_max_iter=int(s["newton_max_iter"]))
@@ -178,7 +184,7 @@ def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
     if options["method"] == "auto":  # beyond the batched dense path (curvature_path)
         options["method"] = "lanczos"
     if unit["path"] == "dense":
-        for i, cert in zip(passed, dense_certificates(objective, [members[i] for i in passed],
+        for i, cert in zip(passed, dense_certificates(job, [members[i] for i in passed],
                                                       torch.stack([runs[i].theta for i in passed]) if passed else None,
                                                       [screened[i][1] for i in passed], options, ctx)):
             certs[i] = cert
@@ -196,28 +202,22 @@ def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
     return out
 
 
-def dense_certificates(objective, members: list[int], points: torch.Tensor | None, common: list[dict],
+def dense_certificates(job, members: list[int], points: torch.Tensor | None, common: list[dict],
                        options: dict, ctx: dict) -> list:
     """Certificates of ``points`` [n, P] (members that passed the gradient tests) from the eigenvalues of
     their dense Hessians, assembled together (through the affine first layer) in as few batches as the
     memory allows: the index (:func:`surfacekit.curvature.dense_index`), lambda_min and lambda_max,
     all exact up to eigvalsh rounding."""
-    certs: list = []
     if points is None:
-        return certs
-    limit = _analysis.memory_limit(ctx["cfg"])
-    first = 0
-    while first < len(members):
-        step = max(dense_members(points.shape[1], ctx["cfg"].device, limit, wanted=len(members) - first), 1)
-        pop = objective(members[first : first + step])
-        res = population_spectrum(pop.losses_fn, points[first : first + step], 1, 1, options["threshold"],
-                                  float(options["relative_threshold"]), structure=pop.affine_input, memory_limit=limit)
-        for b in range(len(pop.thetas)):
-            eig = res.spectrum.eigenvalues[b]
-            idx = dense_index(eig, options["threshold"], float(options["relative_threshold"]), res.passes,
-                              check=False)  # population_spectrum checked it
-            certs.append(classify_curvature(common[first + b], idx, float(eig[-1]), float(eig[0])))
-        first += step
+        return []
+    certs = []
+    spectra = _analysis.dense_spectra(job, members, ctx, threshold=options["threshold"],
+                                      relative_threshold=float(options["relative_threshold"]), points=points)
+    for shared, (res, b) in zip(common, spectra):
+        eig = res.spectrum.eigenvalues[b]
+        idx = dense_index(eig, options["threshold"], float(options["relative_threshold"]), res.passes,
+                          check=False)  # population_spectrum checked it
+        certs.append(classify_curvature(shared, idx, float(eig[-1]), float(eig[0])))
     return certs
 
 

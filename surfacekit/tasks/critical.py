@@ -46,10 +46,10 @@ import torch
 from omegaconf import DictConfig
 
 from surfacekit.critical import find, sample_uniform_in_loss
-from surfacekit.curvature import dense_index, dense_members, index, index_method, population_spectrum
+from surfacekit.curvature import dense_index, index, index_method
 from surfacekit.jobs import warn
 from surfacekit.seeds import derive_seed
-from surfacekit.store import ResultsError, _open, job_population_objective
+from surfacekit.store import ResultsError, _open
 from surfacekit.tasks import _analysis
 
 GROUP = "critical"
@@ -116,25 +116,15 @@ def endpoint_indices(job, member: int, points: torch.Tensor, options: dict, ctx:
     opts = {key: options[key] for key in ("threshold", "relative_threshold", "method", "dense_limit", "cap")}
     n, size = points.shape
     method = index_method(size, str(cfg.device), opts["dense_limit"], limit) if opts["method"] == "auto" else opts["method"]
-
-    def objective(rows: int):  # row b: this member's objective at points[b] (its own batch-norm statistics)
-        return job_population_objective(job, [member] * rows, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))
-
     if method != "dense":
         loss_fn, _ = _analysis.member_objective(job, member, ctx)
-        structure = objective(1).affine_input
+        structure = _analysis.population_objective(job, [member], ctx).affine_input
         return [index(loss_fn, theta, **{**opts, "structure": structure, "memory_limit": limit}) for theta in points]
-    out = []
-    first = 0
-    while first < n:
-        step = max(dense_members(size, cfg.device, limit, wanted=n - first), 1)
-        pop = objective(min(step, n - first))
-        res = population_spectrum(pop.losses_fn, points[first : first + step], 1, 1, opts["threshold"],
-                                  float(opts["relative_threshold"]), structure=pop.affine_input, memory_limit=limit)
-        out += [dense_index(eig, opts["threshold"], float(opts["relative_threshold"]), res.passes, check=False)
-                for eig in res.spectrum.eigenvalues]
-        first += step
-    return out
+    # row b: this member's objective (its own batch-norm statistics) at points[b]
+    spectra = _analysis.dense_spectra(job, [member] * n, ctx, threshold=opts["threshold"],
+                                      relative_threshold=float(opts["relative_threshold"]), points=points)
+    return [dense_index(res.spectrum.eigenvalues[b], opts["threshold"], float(opts["relative_threshold"]), res.passes,
+                        check=False) for res, b in spectra]
 
 
 def _row(p, member: int, start_eval: int, start_step: int, keep_theta: bool) -> dict[str, Any]:

@@ -44,10 +44,9 @@ from omegaconf import DictConfig
 from surfacekit import curvature
 from surfacekit.config import ConfigError
 from surfacekit.curvature.estimate import count_estimate
-from surfacekit.curvature.memory import available_bytes, dense_bytes, dense_members, gib
-from surfacekit.curvature.population import population_spectrum
+from surfacekit.curvature.memory import available_bytes, dense_bytes, gib
 from surfacekit.jobs import warn
-from surfacekit.store import ResultsError, job_population_objective
+from surfacekit.store import ResultsError
 from surfacekit.tasks import _analysis
 
 GROUP = "spectrum"
@@ -114,7 +113,7 @@ def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
             loss_fn, theta = _analysis.member_objective(job, member, ctx)
             structure = None
             if s["index_method"] in ("auto", "inertia"):
-                structure = _population(job, [member], ctx).affine_input
+                structure = _analysis.population_objective(job, [member], ctx).affine_input
             rows.append(member_spectrum(loss_fn, theta, s, structure, _analysis.memory_limit(ctx["cfg"])))
     out = {name: np.stack([_analysis.to_numpy(r[name]) for r in rows]) for name in FIELDS + METHODS}
     out["member"] = np.asarray(members, dtype=np.int64)
@@ -124,7 +123,7 @@ def compute(job, unit: dict, s: dict, ctx: dict) -> dict[str, Any]:
 def finite_members(job, members: list[int], ctx: dict) -> list[int]:
     """The ``members`` whose loss and gradient are finite at their parameters (one population gradient):
     a spectrum exists only there (a NaN parameter of a member not flagged diverged, or an overflow)."""
-    pop = _population(job, members, ctx)
+    pop = _analysis.population_objective(job, members, ctx)
     point = pop.thetas.detach().to(torch.float64).requires_grad_(True)
     with torch.enable_grad():
         losses = pop.losses_fn(point)
@@ -135,25 +134,10 @@ def finite_members(job, members: list[int], ctx: dict) -> list[int]:
     return [m for m, good in zip(members, ok.tolist()) if good]
 
 
-def _population(job, members: list[int], ctx: dict):
-    cfg = ctx["cfg"]
-    return job_population_objective(job, members, str(cfg.objective), str(cfg.bn_mode), cfg.get("chunk_size"))
-
-
 def dense_rows(job, members: list[int], s: Mapping[str, Any], ctx: dict) -> list[dict[str, Any]]:
     """Exact spectra of ``members`` from their dense Hessians, as many at once as the memory allows."""
-    limit = _analysis.memory_limit(ctx["cfg"])
-    size = sum(v[0].numel() for v in job.params.values())
-    rows: list[dict[str, Any]] = []
-    start = 0
-    while start < len(members):
-        step = max(dense_members(size, ctx["cfg"].device, limit, wanted=len(members) - start), 1)
-        pop = _population(job, members[start : start + step], ctx)
-        res = population_spectrum(pop.losses_fn, pop.thetas, int(s["top_k"]), int(s["bottom_k"]), s.get("threshold"),
-                                  float(s["relative_threshold"]), structure=pop.affine_input, memory_limit=limit)
-        rows += [_dense_row(res, b) for b in range(len(pop.thetas))]
-        start += step
-    return rows
+    return [_dense_row(res, b) for res, b in _analysis.dense_spectra(
+        job, members, ctx, int(s["top_k"]), int(s["bottom_k"]), s.get("threshold"), float(s["relative_threshold"]))]
 
 
 def _dense_row(res, b: int) -> dict[str, Any]:
